@@ -1,0 +1,104 @@
+"""Artifacts on disk: atomic JSON writes, the run manifest, and the output-folder lock."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from .errors import UserError
+
+TRACKED_PACKAGES = (
+    "torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes",
+    "lm_eval", "litgpt", "openai", "gguf",
+)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """Write JSON to a temp file beside `path`, fsync it, then rename: readers never see half a file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; artifacts are meant to be shared
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {exc.strerror}") from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON artifact, turning a missing or corrupt file into a message that names it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not valid UTF-8 (byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name.replace("_", "-"))
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def manifest(**fields: Any) -> dict[str, Any]:
+    """What a person needs to reproduce an artifact: the given fields plus versions and machine."""
+    return {
+        **fields,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": library_versions(),
+    }
+
+
+@contextmanager
+def output_lock(output_dir: str | Path, stage: str) -> Iterator[None]:
+    """Hold `<output_dir>/.<stage>.lock` so a second run of the same stage stops instead of racing."""
+    output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output folder {output_dir}: {exc.strerror}") from exc
+    lock = FileLock(str(output_dir / f".{stage}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout as exc:
+        raise UserError(
+            f"another {stage} run is using {output_dir} (lock {lock.lock_file}); "
+            "wait for it to finish or choose another --output-dir"
+        ) from exc
+    try:
+        yield
+    finally:
+        lock.release()

@@ -1,0 +1,93 @@
+"""Turn a GGUF file into a plain transformers folder (safetensors + tokenizer), once.
+
+transformers can read GGUF, but a GGUF-loaded model refuses `save_pretrained` and takes minutes to
+dequantize, so we convert once into a cache folder and reload from there in seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import torch
+from tokenizers import AddedToken
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.convert_slow_tokenizer import generate_merges
+from transformers.models.gemma.tokenization_gemma import GemmaTokenizer
+
+GEMMA_ARCHITECTURES = {"gemma", "gemma2", "gemma3"}
+CONTROL_TOKEN_TYPE = 3  # gguf.TokenType.CONTROL
+
+
+def gguf_architecture(path: Path) -> str:
+    reader = gguf.GGUFReader(path)
+    return reader.fields["general.architecture"].contents()
+
+
+def _gemma_tokenizer(path: Path) -> GemmaTokenizer:
+    """Gemma's SentencePiece-BPE tokenizer rebuilt with its merges.
+
+    transformers 5.3 turns a Gemma GGUF vocabulary into a BPE model with no merges, which splits
+    every word into single characters and adds no <bos>: the model then scores loss ~15 on plain
+    English. SentencePiece BPE merges follow from the piece scores, which is what transformers'
+    own `generate_merges` computes for its slow-to-fast conversion.
+    """
+    fields = gguf.GGUFReader(path).fields
+    tokens = fields["tokenizer.ggml.tokens"].contents()
+    scores = fields["tokenizer.ggml.scores"].contents()
+    types = fields["tokenizer.ggml.token_type"].contents()
+    special_ids = {
+        key: fields[f"tokenizer.ggml.{key}_token_id"].contents()
+        for key in ("bos", "eos", "unknown", "padding")
+    }
+    vocab = {token: index for index, token in enumerate(tokens)}
+    tokenizer = GemmaTokenizer(
+        vocab=vocab,
+        merges=generate_merges(vocab, list(zip(tokens, scores))),
+        bos_token=tokens[special_ids["bos"]],
+        eos_token=tokens[special_ids["eos"]],
+        unk_token=tokens[special_ids["unknown"]],
+        pad_token=tokens[special_ids["padding"]],
+        add_bos_token=True,
+    )
+    # Control tokens such as <start_of_turn> must never be split into characters.
+    control = [AddedToken(tokens[i], special=True, normalized=False) for i, t in enumerate(types) if t == CONTROL_TOKEN_TYPE]
+    tokenizer.add_special_tokens({"additional_special_tokens": control}, replace_extra_special_tokens=False)
+    return tokenizer
+
+
+def load_gguf_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    if gguf_architecture(path) in GEMMA_ARCHITECTURES:
+        return _gemma_tokenizer(path)
+    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+
+def _align_special_tokens(tokenizer: PreTrainedTokenizerBase, model) -> None:
+    """Make the tokenizer's EOS the one generation stops at, and give it a pad token.
+
+    SmolLM2's GGUF names <|im_start|> as the tokenizer's EOS while generation stops at <|im_end|>;
+    training on the former would teach the model a stop token that generation ignores.
+    """
+    eos_ids = model.generation_config.eos_token_id
+    first_eos = eos_ids[0] if isinstance(eos_ids, list) else eos_ids
+    if first_eos is not None and tokenizer.eos_token_id != first_eos:
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(first_eos)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def convert_gguf_to_hf(path: Path, target: Path) -> None:
+    """Dequantize `path` to float32 safetensors in `target` with its tokenizer and generation config."""
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    # A GGUF-loaded model refuses save_pretrained; a fresh model with the same weights does not.
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    tokenizer = load_gguf_tokenizer(path)
+    _align_special_tokens(tokenizer, model)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)

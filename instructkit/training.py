@@ -1,0 +1,308 @@
+"""Stage 1: supervised finetuning with TRL's SFTTrainer and a PEFT LoRA/QLoRA adapter."""
+
+from __future__ import annotations
+
+import math
+import resource
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
+from trl import SFTConfig, SFTTrainer
+
+from .artifacts import manifest, output_lock, read_json, write_json_atomic
+from .data import Split, load_records, split_records
+from .errors import UserError
+from .models import EMBEDDED_BASE, ResolvedModel, load_causal_lm, load_tokenizer, qlora_quantization, resolve_model
+from .plots import plot_loss
+from .prompts import STYLES, PromptStyle, get_style
+
+DEFAULT_DATA = str(Path(__file__).resolve().parent.parent / "data" / "instruction-data.json")
+SUMMARY_FILE = "training_summary.json"
+RUN_CONFIG_FILE = "run_config.json"
+
+
+@dataclass
+class TrainingConfig:
+    base_model: str = field(default=EMBEDDED_BASE, metadata={"help": f"embedded name ({EMBEDDED_BASE}), .gguf file, model folder or hub id"})
+    data: str = field(default=DEFAULT_DATA, metadata={"help": "Alpaca/Dolly .json, .jsonl or .csv file, or a hub dataset: alpaca, dolly, owner/name"})
+    prompt_style: str = field(default="alpaca", metadata={"help": "prompt format", "choices": list(STYLES)})
+    output_dir: str = field(default="outputs", metadata={"help": "where data/ and finetuned/ are written"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the training split (ignored when --max-steps > 0)"})
+    max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (-1: use --epochs)"})
+    batch_size: int = field(default=8, metadata={"help": "records per device per step"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    lr: float = field(default=5e-4, metadata={"help": "peak learning rate (cosine decay, 3%% warm-up)"})
+    max_length: int = field(default=512, metadata={"help": "tokens per training sequence; longer records are truncated (counted in the summary)"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
+    qlora: bool = field(default=False, metadata={"help": "load the base model in 4-bit NF4 (bitsandbytes; CUDA GPU only)"})
+    packing: bool = field(default=False, metadata={"help": "pack several records into each sequence (TRL best-fit decreasing)"})
+    val_fraction: float = field(default=0.05, metadata={"help": "share of records held out for validation loss"})
+    test_fraction: float = field(default=0.10, metadata={"help": "share of records held out for stages 2-4"})
+    seed: int = field(default=123, metadata={"help": "seed of the split, the LoRA initialisation and the data order"})
+    eval_steps: int = field(default=0, metadata={"help": "evaluate validation loss every N steps (0: about 10 times per run)"})
+    early_stopping_patience: int = field(default=0, metadata={"help": "stop after N evaluations without a better validation loss (0: off)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory (always on with --qlora)"})
+    merge: bool = field(default=False, metadata={"help": "also write finetuned/merged/: base + adapter, loadable by plain transformers"})
+    resume: bool = field(default=True, metadata={"help": "continue from the last checkpoint of an interrupted run (--no-resume to start over)"})
+    overwrite: bool = field(default=False, metadata={"help": "retrain even if a finished run is on disk"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub (only for models you trust)"})
+
+
+def _planned_steps(config: TrainingConfig, n_train: int) -> int:
+    if config.max_steps > 0:
+        return config.max_steps
+    per_epoch = math.ceil(n_train / (config.batch_size * config.grad_accum))
+    return max(1, math.ceil(config.epochs * per_epoch))
+
+
+def _count_truncated(examples: list[dict], style: PromptStyle, tokenizer, max_length: int) -> int:
+    """Records whose prompt + response exceed max_length: TRL keeps their start, so their end is lost."""
+    count = 0
+    for example in examples:
+        if style.name == "chat":
+            ids = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=True)
+            ids = ids["input_ids"] if isinstance(ids, dict) else ids
+        else:
+            ids = tokenizer(example["prompt"] + example["completion"])["input_ids"]
+        count += len(ids) + 1 > max_length  # +1: the EOS TRL appends
+    return count
+
+
+class ThroughputCallback(TrainerCallback):
+    """Tokens per second over this process's training, counting real tokens, not padding."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start_time = time.perf_counter()
+        self.start_tokens = _last_logged(state.log_history, "num_tokens") or 0
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.seconds = time.perf_counter() - self.start_time
+        self.tokens = (_last_logged(state.log_history, "num_tokens") or 0) - self.start_tokens
+
+
+def _last_logged(history: list[dict], key: str):
+    values = [entry[key] for entry in history if key in entry]
+    return values[-1] if values else None
+
+
+def _final_val_loss(trainer: SFTTrainer) -> float:
+    """The validation loss at the last step: reuse the evaluation made there, else run one."""
+    last = [e for e in trainer.state.log_history if "eval_loss" in e and e["step"] == trainer.state.global_step]
+    if last and not trainer.args.load_best_model_at_end:  # early stopping reloads the best model
+        return last[-1]["eval_loss"]
+    return trainer.evaluate()["eval_loss"]
+
+
+def _peak_memory_mb() -> dict[str, float]:
+    peak = {"cpu_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available():
+        peak["gpu_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peak
+
+
+def _write_split(split: Split, data_dir: Path) -> None:
+    for name in ("train", "val", "test"):
+        write_json_atomic(data_dir / f"{name}.json", getattr(split, name))
+
+
+def _check_resumable(checkpoints: Path, run_config: dict, resume: bool) -> bool:
+    """Resume only a run made with the same settings; anything else would mix two experiments."""
+    for partial in checkpoints.glob("checkpoint-*"):
+        if not (partial / "trainer_state.json").is_file():  # killed while saving: unusable
+            shutil.rmtree(partial)
+    if not any(checkpoints.glob("checkpoint-*")):
+        return False
+    if not resume:
+        shutil.rmtree(checkpoints)
+        return False
+    saved_path = checkpoints / RUN_CONFIG_FILE
+    saved = read_json(saved_path) if saved_path.is_file() else None
+    if saved != run_config:
+        changed = sorted(k for k in run_config if saved is None or saved.get(k) != run_config[k])
+        raise UserError(
+            f"{checkpoints} holds checkpoints of a run with other settings ({', '.join(changed)}); "
+            "rerun with the same settings to resume, or pass --no-resume or --overwrite to start over"
+        )
+    return True
+
+
+def train(config: TrainingConfig) -> Path:
+    """Run stage 1 and return the adapter folder (`<output_dir>/finetuned`)."""
+    style = get_style(config.prompt_style)
+    records = load_records(config.data)  # validates before anything is written
+    split = split_records(records, config.val_fraction, config.test_fraction, config.seed)
+    if config.qlora:
+        qlora_quantization()  # fails fast without a GPU, before anything is converted or written
+    base = resolve_model(config.base_model)
+    output_dir = Path(config.output_dir)
+    adapter_dir = output_dir / "finetuned"
+    summary_path = adapter_dir / SUMMARY_FILE
+
+    with output_lock(output_dir, "train"):
+        if summary_path.is_file() and not config.overwrite:
+            print(f"stage 1 already finished: {summary_path} (pass --overwrite to train again)")
+            return adapter_dir
+        if config.overwrite and adapter_dir.exists():
+            shutil.rmtree(adapter_dir)
+        return _train(config, style, split, base, output_dir, adapter_dir)
+
+
+def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: ResolvedModel,
+           output_dir: Path, adapter_dir: Path) -> Path:
+    set_seed(config.seed)
+    tokenizer = load_tokenizer(base, config.trust_remote_code)
+    style.check_tokenizer(tokenizer)
+    train_examples = [style.training_example(r) for r in split.train]
+    val_examples = [style.training_example(r) for r in split.val]
+    n_truncated = _count_truncated(train_examples, style, tokenizer, config.max_length)
+    if n_truncated:
+        print(f"warning: {n_truncated} of {len(train_examples)} training records exceed --max-length "
+              f"{config.max_length} tokens and are truncated (their end and EOS are not learned)")
+
+    _write_split(split, output_dir / "data")
+    checkpoints = adapter_dir / "checkpoints"
+    run_config = {k: v for k, v in asdict(config).items() if k not in ("resume", "overwrite", "merge")}
+    resuming = _check_resumable(checkpoints, run_config, config.resume)
+    write_json_atomic(checkpoints / RUN_CONFIG_FILE, run_config)
+
+    total_steps = _planned_steps(config, len(train_examples))
+    eval_steps = config.eval_steps or max(1, total_steps // 10)
+    has_val = bool(val_examples)
+    on_gpu = torch.cuda.is_available()
+    args = SFTConfig(
+        output_dir=str(checkpoints),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.lr,
+        lr_scheduler_type="cosine",
+        warmup_ratio=0.03,
+        max_length=config.max_length,
+        packing=config.packing,
+        completion_only_loss=True,
+        logging_steps=1,
+        eval_strategy="steps" if has_val else "no",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=eval_steps,
+        save_total_limit=2,
+        load_best_model_at_end=has_val and config.early_stopping_patience > 0,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        use_cpu=not on_gpu,
+        gradient_checkpointing=config.qlora or config.gradient_checkpointing,
+        report_to="none",
+        disable_tqdm=False,
+    )
+    callbacks: list[TrainerCallback] = [throughput := ThroughputCallback()]
+    if config.early_stopping_patience > 0 and has_val:
+        callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
+
+    model = load_causal_lm(base, qlora=config.qlora, trust_remote_code=config.trust_remote_code)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_examples),
+        eval_dataset=Dataset.from_list(val_examples) if has_val else None,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        ),
+        callbacks=callbacks,
+    )
+
+    # The adapter starts as a no-op (LoRA B = 0), so this is the base model's validation loss.
+    baseline_path = checkpoints / "baseline_eval.json"
+    if has_val and not baseline_path.is_file():
+        print("validation loss of the base model, before training:")
+        write_json_atomic(baseline_path, {"eval_loss": trainer.evaluate()["eval_loss"]})
+    val_loss_before = read_json(baseline_path)["eval_loss"] if has_val else None
+
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=True if resuming else None)
+    val_loss_after = _final_val_loss(trainer) if has_val else None
+    wall_time = time.perf_counter() - started
+
+    if not trainer.is_world_process_zero():
+        return adapter_dir
+    trainer.save_model(str(adapter_dir))  # the PEFT adapter and the tokenizer
+    style.save(adapter_dir)
+    history = trainer.state.log_history
+    train_curve = [{"step": e["step"], "loss": e["loss"]} for e in history if "loss" in e]
+    evals = {e["step"]: e["eval_loss"] for e in history if "eval_loss" in e}  # the final evaluate repeats the last step
+    val_curve = [{"step": step, "loss": loss} for step, loss in sorted({0: val_loss_before, **evals}.items()) if loss is not None]
+    plot_loss(train_curve, val_curve, adapter_dir / "loss.png", f"LoRA on {base.reference}")
+    merged_dir = merge_adapter(base, adapter_dir, config.trust_remote_code) if config.merge else None
+
+    summary = manifest(
+        stage="part1_instruction_finetuning",
+        base_model=base.reference,
+        base_model_path=base.path,
+        base_model_source=base.source,
+        prompt_style=style.name,
+        data=config.data,
+        hyperparameters=asdict(config),
+        n_records={"train": len(split.train), "val": len(split.val), "test": len(split.test)},
+        n_train_truncated=n_truncated,
+        steps=trainer.state.global_step,
+        epochs_done=round(trainer.state.epoch or 0, 3),
+        resumed=resuming,
+        train_loss=train_curve,
+        val_loss=val_curve,
+        val_loss_before=val_loss_before,
+        val_loss_after=val_loss_after,
+        final_train_loss=result.training_loss,
+        train_tokens=throughput.tokens,
+        tokens_per_second=round(throughput.tokens / throughput.seconds, 2) if throughput.seconds else None,
+        wall_time_s=round(wall_time, 1),
+        peak_memory=_peak_memory_mb(),
+        device="cuda:" + torch.cuda.get_device_name() if on_gpu else "cpu",
+        merged_model=str(merged_dir) if merged_dir else None,
+    )
+    write_json_atomic(adapter_dir / SUMMARY_FILE, summary)  # written last: it marks the run finished
+    _print_summary(summary, adapter_dir)
+    return adapter_dir
+
+
+def merge_adapter(base: ResolvedModel, adapter_dir: Path, trust_remote_code: bool = False) -> Path:
+    """Base weights + LoRA update in one model folder that plain transformers loads.
+
+    The base is reloaded unquantized so a QLoRA adapter merges into full-precision weights.
+    """
+    from peft import PeftModel
+
+    target = adapter_dir / "merged"
+    staging = adapter_dir / ".merged.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    model = PeftModel.from_pretrained(load_causal_lm(base, trust_remote_code=trust_remote_code), adapter_dir)
+    model.merge_and_unload().save_pretrained(staging)
+    load_tokenizer(base, trust_remote_code).save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.replace(target)
+    return target
+
+
+def _print_summary(summary: dict, adapter_dir: Path) -> None:
+    before, after = summary["val_loss_before"], summary["val_loss_after"]
+    print(f"\n== stage 1 done in {summary['wall_time_s']} s, {summary['steps']} steps, "
+          f"{summary['tokens_per_second']} tokens/s")
+    if before is not None:
+        print(f"validation loss: {before:.3f} before -> {after:.3f} after")
+    print(f"adapter: {adapter_dir}\nsummary: {adapter_dir / SUMMARY_FILE}\nloss curves: {adapter_dir / 'loss.png'}")

@@ -1,0 +1,73 @@
+"""Shared fixtures: each real model is converted/loaded once per session; one real training run
+(interrupted and resumed) serves every test that needs a finetuned adapter."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+# Tests never reach the hub: the offline paths are the ones under test.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data" / "instruction-data.json"
+
+# Small but real: enough steps for the validation loss to move, short enough for CI.
+TRAIN_ARGS = ["--max-steps", "8", "--batch-size", "4", "--lr", "1e-3", "--eval-steps", "4", "--merge"]
+
+
+def run_script(script: str, *args: str, timeout: int = 900, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kwargs,
+    )
+
+
+@pytest.fixture(scope="session")
+def base_model():
+    from instructkit.models import EMBEDDED_BASE, resolve_model
+
+    return resolve_model(EMBEDDED_BASE)
+
+
+@pytest.fixture(scope="session")
+def base_tokenizer(base_model):
+    from instructkit.models import load_tokenizer
+
+    return load_tokenizer(base_model)
+
+
+@pytest.fixture(scope="session")
+def judge_model():
+    from instructkit.models import EMBEDDED_JUDGE, resolve_model
+
+    return resolve_model(EMBEDDED_JUDGE)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, base_model) -> Path:
+    """Stage 1 on the embedded model, SIGKILLed once its first checkpoint is saved, then rerun.
+
+    Returns the output folder; the rerun must have resumed and finished all 8 steps.
+    """
+    output_dir = tmp_path_factory.mktemp("stage1")
+    command = [sys.executable, str(ROOT / "part1_instruction_finetuning.py"), "--output-dir", str(output_dir), *TRAIN_ARGS]
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint_state = output_dir / "finetuned" / "checkpoints" / "checkpoint-4" / "trainer_state.json"
+    deadline = time.time() + 600
+    while not checkpoint_state.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not (output_dir / "finetuned" / "training_summary.json").exists(), "killed too late to test resuming"
+    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    return output_dir

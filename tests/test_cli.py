@@ -1,0 +1,87 @@
+"""The stage-1 command line: --help, YAML config with flag overrides, and bad input that exits
+non-zero with a message naming file, record and field, writing nothing."""
+
+import json
+
+import pytest
+
+from conftest import run_script
+from instructkit.cli import build_parser, parse_config, run_stage
+from instructkit.training import TrainingConfig
+
+
+def test_help_lists_every_flag():
+    result = run_script("part1_instruction_finetuning.py", "--help")
+    assert result.returncode == 0
+    for flag in ("--base-model", "--data", "--prompt-style", "--output-dir", "--epochs", "--max-steps", "--batch-size",
+                 "--grad-accum", "--lr", "--max-length", "--lora-r", "--lora-alpha", "--qlora", "--packing",
+                 "--val-fraction", "--test-fraction", "--seed", "--merge", "--resume", "--config",
+                 "--early-stopping-patience"):
+        assert flag in result.stdout, flag
+    assert "python part1_instruction_finetuning.py --base-model meta-llama/Meta-Llama-3-8B" in result.stdout
+
+
+def test_yaml_config_is_overridden_by_flags(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("lr: 0.002\nlora_r: 4\nprompt_style: phi3\n")
+    config = parse_config(build_parser(TrainingConfig, ""), ["--config", str(config_file), "--lora-r", "8"])
+    assert (config.lr, config.lora_r, config.prompt_style) == (0.002, 8, "phi3")
+
+
+def test_yaml_with_an_unknown_key_is_rejected(tmp_path, capsys):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("learning_rate_typo: 0.1\n")
+    with pytest.raises(SystemExit) as info:
+        parse_config(build_parser(TrainingConfig, ""), ["--config", str(config_file)])
+    assert info.value.code == 2
+    assert "learning_rate_typo" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("", "file is empty"),
+        ("[{oops", "not valid JSON"),
+        ('[{"input": "", "output": "y"}]', "record 0: missing field 'instruction'"),
+        ('[{"instruction": "x", "input": "", "output": 42}]', "record 0: field 'output' must be text, found int"),
+    ],
+)
+def test_malformed_data_exits_2_and_writes_nothing(tmp_path, capsys, content, expected):
+    data = tmp_path / "bad.json"
+    data.write_text(content)
+    out = tmp_path / "outputs"
+    main = __import__("part1_instruction_finetuning").main
+    code = run_stage(main, build_parser(TrainingConfig, ""), ["--data", str(data), "--output-dir", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(data) in err and expected in err
+    assert not out.exists()
+
+
+def test_bad_input_through_the_real_script(tmp_path):
+    data = tmp_path / "bad.json"
+    data.write_text(json.dumps([{"instruction": "ok", "output": "ok"}, {"instruction": None, "output": "y"}]))
+    result = run_script("part1_instruction_finetuning.py", "--data", str(data), "--output-dir", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert f"{data}: record 1: missing field 'instruction'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_base_model_is_a_clear_error(tmp_path, capsys):
+    main = __import__("part1_instruction_finetuning").main
+    code = run_stage(main, build_parser(TrainingConfig, ""), ["--base-model", "no-such-model", "--output-dir", str(tmp_path / "o")])
+    assert code == 2
+    assert "model 'no-such-model' is not an embedded name" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_qlora_without_gpu_is_a_clear_error(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this checks the CPU-only message")
+    main = __import__("part1_instruction_finetuning").main
+    code = run_stage(main, build_parser(TrainingConfig, ""), ["--qlora", "--output-dir", str(tmp_path / "o"), "--max-steps", "1"])
+    assert code == 2
+    assert "--qlora needs a CUDA GPU" in capsys.readouterr().err

@@ -1,0 +1,74 @@
+"""Model references: embedded names, GGUF files, folders, hub ids; the conversion cache."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import ROOT
+from instructkit.errors import UserError
+from instructkit.models import ResolvedModel, load_tokenizer, resolve_model
+
+
+def test_embedded_base_tokenizes_like_gemma(base_model, base_tokenizer):
+    assert base_model.source == "embedded"
+    # Gemma 3's own tokenizer gives these ids; a merge-less GGUF conversion gives one id per character.
+    assert base_tokenizer("The capital of France is")["input_ids"] == [2, 818, 5279, 529, 7001, 563]
+    assert (base_tokenizer.eos_token, base_tokenizer.pad_token) == ("<eos>", "<pad>")
+    assert base_tokenizer.tokenize("<start_of_turn>user") == ["<start_of_turn>", "user"]
+
+
+def test_embedded_base_is_a_working_language_model(base_model, base_tokenizer):
+    import torch
+
+    from instructkit.models import load_causal_lm
+
+    model = load_causal_lm(base_model)
+    inputs = base_tokenizer("The capital of France is Paris. The capital of Germany is", return_tensors="pt")
+    with torch.no_grad():
+        loss = model(**inputs, labels=inputs["input_ids"]).loss.item()
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert loss < 5.0
+    assert "Berlin" in base_tokenizer.decode(out[0, inputs["input_ids"].shape[1]:])
+
+
+def test_embedded_judge_stops_at_im_end(judge_model):
+    tokenizer = load_tokenizer(judge_model)
+    assert tokenizer.eos_token == "<|im_end|>"
+    assert tokenizer.pad_token is not None
+
+
+def test_local_folder_and_errors(tmp_path, base_model):
+    assert resolve_model(base_model.path).source == "local"
+    with pytest.raises(UserError, match="has no config.json"):
+        resolve_model(str(tmp_path))
+    with pytest.raises(UserError, match="does not exist"):
+        resolve_model(str(tmp_path / "missing.gguf"))
+    with pytest.raises(UserError, match="not an embedded name"):
+        resolve_model("gemma 3")
+    assert resolve_model("meta-llama/Meta-Llama-3-8B").source == "hub"
+
+
+def test_unreachable_hub_model_is_a_clear_error():
+    with pytest.raises(UserError, match="could not load 'meta-llama/Meta-Llama-3-8B' from the Hugging Face hub"):
+        load_tokenizer(ResolvedModel("meta-llama/Meta-Llama-3-8B", "meta-llama/Meta-Llama-3-8B", "hub"))
+
+
+def test_two_processes_converting_at_once_share_one_conversion(tmp_path):
+    """Two first runs on an empty cache: one converts, the other waits and reuses it."""
+    script = textwrap.dedent("""
+        from instructkit.models import EMBEDDED_JUDGE, resolve_model
+        print(resolve_model(EMBEDDED_JUDGE).path)
+    """)
+    env = {**os.environ, "INSTRUCTKIT_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [r[1][-2000:] for r in results]
+    paths = {r[0].strip().splitlines()[-1] for r in results}
+    assert len(paths) == 1
+    assert sum(r[0].startswith("converting ") for r in results) == 1, "exactly one process converts"
+    models = tmp_path / "cache" / "models"
+    assert sorted(p.name for p in models.iterdir() if not p.name.endswith(".lock")) == ["smollm2-135m-instruct"]

@@ -1,0 +1,106 @@
+"""Stage 1 end to end on the real embedded model: one run, killed after its first checkpoint and
+resumed (see conftest.trained_run), then checked from its files as the next stage would read them."""
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from conftest import SHARED_DATA, run_script
+from instructkit.models import load_causal_lm
+from instructkit.prompts import load_style
+
+SUMMARY_KEYS = {
+    "stage", "base_model", "base_model_path", "base_model_source", "prompt_style", "data", "hyperparameters",
+    "n_records", "n_train_truncated", "steps", "epochs_done", "resumed", "train_loss", "val_loss",
+    "val_loss_before", "val_loss_after", "final_train_loss", "train_tokens", "tokens_per_second",
+    "wall_time_s", "peak_memory", "device", "merged_model", "created_at", "python", "platform", "versions",
+}
+
+
+@pytest.fixture(scope="module")
+def summary(trained_run):
+    return json.loads((trained_run / "finetuned" / "training_summary.json").read_text())
+
+
+def test_artifacts_and_summary_keys(trained_run, summary):
+    finetuned = trained_run / "finetuned"
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "prompt_style.json", "loss.png"):
+        assert (finetuned / name).is_file(), name
+    assert (finetuned / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for split in ("train", "val", "test"):
+        assert json.loads((trained_run / "data" / f"{split}.json").read_text())
+    assert set(summary) == SUMMARY_KEYS
+    assert summary["steps"] == 8 and len(summary["train_loss"]) == 8
+    assert summary["n_records"] == {"train": 425, "val": 25, "test": 50}
+    assert summary["tokens_per_second"] > 0 and summary["peak_memory"]["cpu_rss_mb"] > 0
+    assert summary["versions"]["trl"] and summary["versions"]["peft"]
+    assert [p["step"] for p in summary["val_loss"]] == [0, 4, 8]
+    assert load_style(finetuned).name == "alpaca"
+
+
+def test_interrupted_run_resumed_from_its_checkpoint(summary):
+    assert summary["resumed"] is True
+    assert [p["step"] for p in summary["train_loss"]] == list(range(1, 9)), "no step lost or repeated"
+
+
+def test_validation_loss_drops_below_the_base_model(summary):
+    assert summary["val_loss_after"] < summary["val_loss_before"] - 0.1, summary["val_loss"]
+
+
+@pytest.fixture(scope="module")
+def finetuned_model(trained_run, base_model):
+    return PeftModel.from_pretrained(load_causal_lm(base_model), trained_run / "finetuned").eval()
+
+
+def _prompt_ids(trained_run, tokenizer, split="train", index=0):
+    record = json.loads((trained_run / "data" / f"{split}.json").read_text())[index]
+    return tokenizer(load_style(trained_run / "finetuned").prompt(record), return_tensors="pt")
+
+
+def test_adapter_loads_and_changes_the_output(trained_run, base_tokenizer, finetuned_model):
+    inputs = _prompt_ids(trained_run, base_tokenizer, "test")
+    with torch.no_grad():
+        tuned = finetuned_model(**inputs).logits
+        with finetuned_model.disable_adapter():
+            base = finetuned_model(**inputs).logits
+    assert (tuned - base).abs().max() > 1.0
+
+
+def test_generation_after_training_ends_with_eos(trained_run, base_tokenizer, finetuned_model):
+    stopped = 0
+    for index in range(3):
+        inputs = _prompt_ids(trained_run, base_tokenizer, "train", index)
+        with torch.no_grad():
+            out = finetuned_model.generate(**inputs, max_new_tokens=48, do_sample=False)
+        new = out[0, inputs["input_ids"].shape[1]:].tolist()
+        stopped += base_tokenizer.eos_token_id in new
+    assert stopped == 3, "the finetuned model should stop by itself"
+
+
+def test_merged_model_loads_with_plain_transformers(trained_run, base_tokenizer, finetuned_model):
+    merged = AutoModelForCausalLM.from_pretrained(trained_run / "finetuned" / "merged").eval()
+    inputs = _prompt_ids(trained_run, base_tokenizer, "test")
+    with torch.no_grad():
+        assert torch.allclose(merged(**inputs).logits, finetuned_model(**inputs).logits, atol=1e-3)
+
+
+def test_rerun_of_a_finished_stage_does_nothing(trained_run):
+    before = (trained_run / "finetuned" / "training_summary.json").stat().st_mtime_ns
+    result = run_script("part1_instruction_finetuning.py", "--output-dir", str(trained_run), "--max-steps", "8",
+                        "--batch-size", "4", "--lr", "1e-3", "--eval-steps", "4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "stage 1 already finished" in result.stdout
+    assert (trained_run / "finetuned" / "training_summary.json").stat().st_mtime_ns == before
+
+
+def test_shared_public_dataset_trains(tmp_path):
+    """The issue's acceptance command, on the real 1,100-record public dataset (5 steps)."""
+    result = run_script("part1_instruction_finetuning.py", "--data", str(SHARED_DATA), "--max-steps", "5",
+                        "--batch-size", "2", "--val-fraction", "0.02", "--output-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "finetuned" / "training_summary.json").read_text())
+    assert summary["steps"] == 5
+    assert summary["n_records"] == {"train": 968, "val": 22, "test": 110}
