@@ -1,7 +1,30 @@
-"""This stage is not built yet; see the open issues. It exits with an error rather than write fake output."""
+"""Stage 2: the base and the finetuned model answer every test record.
+
+After stage 1, with no arguments (reads outputs/data/test.json and outputs/finetuned/):
+    python part2_generate_test_responses.py
+
+A quick look at 5 records, finetuned model only:
+    python part2_generate_test_responses.py --limit 5 --models finetuned --overwrite
+
+Llama 3 8B on a GPU, with a merged model or with vLLM (pip install vllm):
+    python part2_generate_test_responses.py --batch-size 32 --max-new-tokens 256
+    python part2_generate_test_responses.py --engine vllm
+
+Writes outputs/test_base_model.json (instruction, input, output, base_model_response,
+finetuned_model_response per record) and test_base_model.meta.json (settings, timings, versions).
+Killed halfway? Rerun the same command: finished records are kept and not generated again.
+"""
 
 import sys
 
+from instructkit.cli import build_parser, print_config, run_stage
+from instructkit.generation import GenerationConfig, generate_responses
+
+
+def main(config: GenerationConfig) -> None:
+    print_config(config, "stage 2: test-set responses")
+    generate_responses(config)
+
+
 if __name__ == "__main__":
-    print("error: part2_generate_test_responses.py is not built yet (see the project's open issues)", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(run_stage(main, build_parser(GenerationConfig, __doc__)))

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
+from .artifacts import read_json
 from .errors import UserError
 
 EMBEDDED_BASE = "gemma-3-270m"
@@ -162,3 +163,22 @@ def load_causal_lm(model: ResolvedModel, *, qlora: bool = False, trust_remote_co
         return AutoModelForCausalLM.from_pretrained(model.path, **kwargs)
     except OSError as exc:
         raise hub_error(model.reference, exc) from exc
+
+
+def base_reference(explicit: str, adapter: Path) -> str:
+    """The base model a later stage compares against: the user's choice, else the one stage 1 trained."""
+    if explicit:
+        return explicit
+    summary = adapter / "training_summary.json"
+    if summary.is_file():
+        return read_json(summary)["base_model"]
+    adapter_config = adapter / "adapter_config.json"
+    if adapter_config.is_file():
+        return read_json(adapter_config)["base_model_name_or_path"]
+    raise UserError(f"{adapter}: no training_summary.json or adapter_config.json; run stage 1 first, "
+                    "or pass --base-model (and --adapter)")
+
+
+def require_adapter(adapter: Path) -> None:
+    if not (adapter / "adapter_config.json").is_file():
+        raise UserError(f"{adapter}: no adapter_config.json; run stage 1 first, or pass --adapter or --merged")

@@ -1,0 +1,228 @@
+"""Stage 2: base and finetuned models answer every test record (`test_base_model.json`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .artifacts import manifest, output_lock, read_json, write_json_atomic
+from .data import Record, validate_records
+from .errors import UserError
+from .models import ResolvedModel, base_reference, load_causal_lm, load_tokenizer, require_adapter, resolve_model
+from .prompts import PromptStyle, load_style
+
+RESPONSES_FILE = "test_base_model.json"
+MODELS = {"base": "base_model_response", "finetuned": "finetuned_model_response"}
+
+
+@dataclass
+class GenerationConfig:
+    test_file: str = field(default="outputs/data/test.json", metadata={"help": "Alpaca records to answer (stage 1 writes this split)"})
+    adapter: str = field(default="outputs/finetuned", metadata={"help": "stage 1's adapter folder (with prompt_style.json)"})
+    base_model: str = field(default="", metadata={"help": "base model reference (default: the one stage 1 trained on)"})
+    merged: str = field(default="", metadata={"help": "a merged finetuned model folder to use instead of base + adapter"})
+    output_dir: str = field(default="outputs", metadata={"help": f"where {RESPONSES_FILE} and its .meta.json are written"})
+    models: str = field(default="both", metadata={"help": "which models answer", "choices": ["both", "base", "finetuned"]})
+    max_new_tokens: int = field(default=128, metadata={"help": "longest response, in tokens"})
+    batch_size: int = field(default=8, metadata={"help": "prompts per generate() call (grouped by length)"})
+    limit: int = field(default=0, metadata={"help": "answer only the first N test records (0: all)"})
+    engine: str = field(default="transformers", metadata={"help": "transformers (default, tested) or vllm (GPU, if installed)", "choices": ["transformers", "vllm"]})
+    overwrite: bool = field(default=False, metadata={"help": "generate again even if the output file is complete"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub (only for models you trust)"})
+
+
+def clean_response(text: str, stop_strings: tuple[str, ...]) -> str:
+    """Cut at the first section marker a model writes after its answer, and trim whitespace."""
+    cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=len(text))
+    return text[:cut].strip()
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar prompt length, so little compute goes to padding."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class ProgressLog:
+    """Finished responses appended as JSON lines, fsynced per batch, so a killed run loses at most
+    the batch in flight. The first line records the settings; a rerun with others must not mix in."""
+
+    def __init__(self, path: Path, settings: dict):
+        self.path = path
+        self.done: dict[tuple[str, int], str] = {}
+        if path.is_file():
+            lines = path.read_text(encoding="utf-8").splitlines()
+            header = json.loads(lines[0]) if lines else None
+            if header != {"settings": settings}:
+                raise UserError(f"{path} holds partial responses made with other settings; "
+                                "rerun with the same settings to resume, or pass --overwrite")
+            for line in lines[1:]:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:  # the line being written when the run was killed
+                    continue
+                self.done[(entry["model"], entry["index"])] = entry["response"]
+        else:
+            self._append([{"settings": settings}])
+
+    def add(self, model: str, indices: list[int], responses: list[str]) -> None:
+        entries = [{"model": model, "index": i, "response": r} for i, r in zip(indices, responses)]
+        self._append(entries)
+        self.done.update({(model, i): r for i, r in zip(indices, responses)})
+
+    def _append(self, entries: list[dict]) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries))
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class TransformersGenerator:
+    """Batched greedy decoding with one model load: the base answers with the adapter disabled."""
+
+    def __init__(self, base: ResolvedModel, adapter: Path | None, merged: str, trust_remote_code: bool):
+        self.tokenizer = load_tokenizer(base, trust_remote_code)
+        self.tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
+        self.model = load_causal_lm(base, trust_remote_code=trust_remote_code).eval()
+        self.merged = None
+        if merged:
+            self.merged = load_causal_lm(resolve_model(merged), trust_remote_code=trust_remote_code).eval()
+        elif adapter is not None:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(self.model, adapter).eval()
+
+    def generate(self, model: str, prompts: list[str], max_new_tokens: int, style: PromptStyle) -> tuple[list[str], int]:
+        """Responses to `prompts`, and how many tokens were generated for them."""
+        stop_strings = style.stop_strings
+        # A chat template writes its own <bos>; plain prompts get it from the tokenizer, as in training.
+        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True,
+                                add_special_tokens=style.name != "chat").to(self.model.device)
+        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
+        if stop_strings:
+            kwargs.update(stop_strings=list(stop_strings), tokenizer=self.tokenizer)
+        with torch.inference_mode():
+            if model == "finetuned" and self.merged is not None:
+                output = self.merged.generate(**inputs, **kwargs)
+            elif model == "base" and hasattr(self.model, "disable_adapter"):
+                with self.model.disable_adapter():
+                    output = self.model.generate(**inputs, **kwargs)
+            else:
+                output = self.model.generate(**inputs, **kwargs)
+        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        generated = int((new_tokens != self.tokenizer.pad_token_id).sum())
+        return [clean_response(t, stop_strings) for t in texts], generated
+
+
+class VllmGenerator:
+    """vLLM with the adapter as a LoRA request; for GPU users who installed vllm."""
+
+    def __init__(self, base: ResolvedModel, adapter: Path | None, merged: str, trust_remote_code: bool):
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise UserError("--engine vllm needs vLLM on a CUDA GPU (pip install vllm); "
+                            "the default --engine transformers needs nothing more") from exc
+        self.adapter, self.merged_path = adapter, merged
+        self.llm = LLM(model=base.path, enable_lora=adapter is not None and not merged, trust_remote_code=trust_remote_code)
+        self.merged_llm = LLM(model=resolve_model(merged).path) if merged else None
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def generate(self, model: str, prompts: list[str], max_new_tokens: int, style: PromptStyle) -> tuple[list[str], int]:
+        """Responses to `prompts`, and how many tokens were generated for them."""
+        from vllm import SamplingParams
+
+        stop_strings = style.stop_strings
+        from vllm.lora.request import LoRARequest
+
+        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop=list(stop_strings) or None)
+        if model == "finetuned" and self.merged_llm is not None:
+            outputs = self.merged_llm.generate(prompts, params)
+        else:
+            lora = LoRARequest("finetuned", 1, str(self.adapter)) if model == "finetuned" and self.adapter else None
+            outputs = self.llm.generate(prompts, params, lora_request=lora)
+        generated = sum(len(o.outputs[0].token_ids) for o in outputs)
+        return [clean_response(o.outputs[0].text, stop_strings) for o in outputs], generated
+
+
+def generate_responses(config: GenerationConfig) -> Path:
+    """Run stage 2 and return the path of `test_base_model.json`."""
+    output_dir = Path(config.output_dir)
+    final_path = output_dir / RESPONSES_FILE
+    models = ["base", "finetuned"] if config.models == "both" else [config.models]
+    adapter = Path(config.adapter)
+    if "finetuned" in models and not config.merged:
+        require_adapter(adapter)
+    style: PromptStyle = load_style(adapter)
+    records = validate_records(read_json(config.test_file), config.test_file)
+    if config.limit > 0:
+        records = records[:config.limit]
+    base = resolve_model(base_reference(config.base_model, adapter))
+
+    with output_lock(output_dir, "generate"):
+        if final_path.is_file() and not config.overwrite:
+            print(f"stage 2 already finished: {final_path} (pass --overwrite to generate again)")
+            return final_path
+        progress_path = output_dir / f".{RESPONSES_FILE}.progress.jsonl"
+        if config.overwrite:
+            progress_path.unlink(missing_ok=True)
+        settings = {k: v for k, v in asdict(config).items() if k not in ("overwrite", "output_dir")}
+        settings["base_model_path"] = base.path
+        progress = ProgressLog(progress_path, settings)
+        engine_cls = VllmGenerator if config.engine == "vllm" else TransformersGenerator
+        generator = engine_cls(base, adapter if "finetuned" in models else None, config.merged, config.trust_remote_code)
+        timings = {m: _answer_all(generator, m, records, style, config, progress) for m in models}
+
+        rows = [
+            {**record, **{MODELS[m]: progress.done.get((m, i)) for m in MODELS}}
+            for i, record in enumerate(records)
+        ]
+        write_json_atomic(output_dir / RESPONSES_FILE.replace(".json", ".meta.json"), manifest(
+            stage="part2_generate_test_responses",
+            settings=settings,
+            prompt_style=style.name,
+            n_records=len(records),
+            models=models,
+            timings=timings,
+            device=str(getattr(getattr(generator, "model", None), "device", "vllm")),
+        ))
+        write_json_atomic(final_path, rows)
+        progress_path.unlink()
+    print(f"\n== stage 2 done: {len(rows)} records, models {', '.join(models)}\nresponses: {final_path}")
+    for model, timing in timings.items():
+        print(f"  {model}: {timing['seconds']} s, {timing['generated_tokens_per_second']} generated tokens/s")
+    return final_path
+
+
+def _answer_all(generator, model: str, records: list[Record], style: PromptStyle,
+                config: GenerationConfig, progress: ProgressLog) -> dict:
+    """Answer every record not yet in the progress log; return this run's timing for `model`.
+
+    Batches are fixed from all records' lengths, so a resumed run pads every prompt exactly as an
+    uninterrupted one does and greedy decoding gives the same tokens; a batch only partly logged
+    when the run was killed is generated again whole.
+    """
+    prompts = [style.render(record, generator.tokenizer) for record in records]
+    lengths = [len(ids) for ids in generator.tokenizer(prompts)["input_ids"]]
+    batches = length_sorted_batches(lengths, config.batch_size)
+    todo = [batch for batch in batches if any((model, i) not in progress.done for i in batch)]
+    started, new_tokens = time.perf_counter(), 0
+    for number, batch in enumerate(todo, start=1):
+        responses, generated = generator.generate(model, [prompts[i] for i in batch], config.max_new_tokens, style)
+        progress.add(model, batch, responses)
+        new_tokens += generated
+        finished = sum(1 for (m, _) in progress.done if m == model)
+        print(f"[{model}] batch {number}/{len(todo)}: {finished}/{len(records)} records", flush=True)
+    seconds = time.perf_counter() - started
+    return {
+        "records_this_run": sum(len(batch) for batch in todo),
+        "seconds": round(seconds, 2),
+        "generated_tokens": new_tokens,
+        "generated_tokens_per_second": round(new_tokens / seconds, 2) if todo and seconds else None,
+    }

@@ -1,0 +1,116 @@
+"""Stage 2 on the real embedded model and the adapter trained in conftest.trained_run."""
+
+import importlib.util
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, run_script
+from instructkit.generation import clean_response, length_sorted_batches
+
+KEYS = ["instruction", "input", "output", "base_model_response", "finetuned_model_response"]
+ARGS = ["--limit", "6", "--max-new-tokens", "32", "--batch-size", "2"]
+
+
+def stage2_args(stage1, output_dir):
+    return ["--test-file", str(stage1 / "data" / "test.json"), "--adapter", str(stage1 / "finetuned"),
+            "--output-dir", str(output_dir), *ARGS]
+
+
+@pytest.fixture(scope="module")
+def responses_dir(trained_run, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("stage2")
+    result = run_script("part2_generate_test_responses.py", *stage2_args(trained_run, output_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir
+
+
+def test_one_record_per_test_record_in_order_with_five_keys(trained_run, responses_dir):
+    rows = json.loads((responses_dir / "test_base_model.json").read_text())
+    test = json.loads((trained_run / "data" / "test.json").read_text())[:6]
+    assert [list(row) for row in rows] == [KEYS] * 6
+    assert [{k: row[k] for k in ("instruction", "input", "output")} for row in rows] == test
+    assert all(isinstance(row["base_model_response"], str) and isinstance(row["finetuned_model_response"], str) for row in rows)
+
+
+def test_finetuned_responses_differ_from_base(responses_dir):
+    rows = json.loads((responses_dir / "test_base_model.json").read_text())
+    assert sum(row["base_model_response"] != row["finetuned_model_response"] for row in rows) >= 3
+
+
+def test_responses_are_clean(responses_dir):
+    for row in json.loads((responses_dir / "test_base_model.json").read_text()):
+        for key in ("base_model_response", "finetuned_model_response"):
+            assert "### Instruction:" not in row[key] and "### Response:" not in row[key]
+            assert row[key] == row[key].strip()
+            assert not row[key].startswith("Below is an instruction"), "prompt echo must be removed"
+
+
+def test_sidecar_holds_settings_timings_and_versions(responses_dir):
+    meta = json.loads((responses_dir / "test_base_model.meta.json").read_text())
+    assert meta["settings"]["max_new_tokens"] == 32 and meta["settings"]["limit"] == 6
+    assert meta["prompt_style"] == "alpaca" and meta["n_records"] == 6
+    assert set(meta["timings"]) == {"base", "finetuned"}
+    assert meta["timings"]["base"]["generated_tokens"] > 0
+    assert meta["versions"]["transformers"]
+    assert not list(responses_dir.glob(".*progress*")), "the progress file is removed once the output is final"
+
+
+def test_killed_run_resumes_to_the_same_file(trained_run, responses_dir, tmp_path):
+    """SIGKILL after the first batches are logged; the rerun must equal the uninterrupted run."""
+    command = [sys.executable, str(ROOT / "part2_generate_test_responses.py"), *stage2_args(trained_run, tmp_path)]
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = tmp_path / ".test_base_model.json.progress.jsonl"
+    deadline = time.time() + 300
+    while first.poll() is None and time.time() < deadline:
+        if progress.is_file() and len(progress.read_text().splitlines()) >= 5:  # header + 2 batches of 2
+            break
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not (tmp_path / "test_base_model.json").exists(), "killed too late to test resuming"
+    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    meta = json.loads((tmp_path / "test_base_model.meta.json").read_text())
+    assert meta["timings"]["base"]["records_this_run"] < 6, "the rerun must not redo finished batches"
+    assert (tmp_path / "test_base_model.json").read_text() == (responses_dir / "test_base_model.json").read_text()
+
+
+def test_rerun_does_nothing_and_changed_settings_do_not_mix(trained_run, responses_dir, tmp_path):
+    result = run_script("part2_generate_test_responses.py", *stage2_args(trained_run, responses_dir))
+    assert result.returncode == 0 and "stage 2 already finished" in result.stdout
+    progress = tmp_path / ".test_base_model.json.progress.jsonl"
+    progress.write_text(json.dumps({"settings": {"max_new_tokens": 999}}) + "\n")
+    result = run_script("part2_generate_test_responses.py", *stage2_args(trained_run, tmp_path))
+    assert result.returncode == 2
+    assert "holds partial responses made with other settings" in result.stderr
+
+
+def test_missing_adapter_is_a_clear_error(trained_run, tmp_path):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(trained_run / "finetuned", adapter, ignore=shutil.ignore_patterns("checkpoints", "merged"))
+    (adapter / "adapter_config.json").unlink()
+    result = run_script("part2_generate_test_responses.py", "--adapter", str(adapter), "--output-dir", str(tmp_path / "o"),
+                        "--test-file", str(trained_run / "data" / "test.json"))
+    assert result.returncode == 2
+    assert f"{adapter}: no adapter_config.json" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_vllm_engine_without_vllm_says_so(trained_run, tmp_path):
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    result = run_script("part2_generate_test_responses.py", *stage2_args(trained_run, tmp_path), "--engine", "vllm")
+    assert result.returncode == 2 and "--engine vllm needs vLLM" in result.stderr
+
+
+def test_clean_response_and_batching():
+    stops = ("### Instruction:", "### Response:")
+    assert clean_response("  Paris.\n\n### Instruction:\nMore", stops) == "Paris."
+    assert clean_response("No marker here ", stops) == "No marker here"
+    assert length_sorted_batches([5, 1, 4, 2, 3], 2) == [[1, 3], [4, 2], [0]]
