@@ -17,6 +17,7 @@ $(VENV)/.installed: requirements.txt constraints.txt requirements-nodeps.txt
 demo: setup
 	$(BIN)/python part1_instruction_finetuning.py
 	$(BIN)/python part2_generate_test_responses.py
+	$(BIN)/python part3_benchmark_evaluation.py
 
 test: setup
 	$(BIN)/python -m pytest -q

