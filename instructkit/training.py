@@ -18,7 +18,15 @@ from trl import SFTConfig, SFTTrainer
 from .artifacts import manifest, output_lock, read_json, write_json_atomic
 from .data import Split, load_records, split_records
 from .errors import UserError
-from .models import EMBEDDED_BASE, ResolvedModel, load_causal_lm, load_tokenizer, qlora_quantization, resolve_model
+from .models import (
+    EMBEDDED_BASE,
+    ResolvedModel,
+    attention_implementation,
+    load_causal_lm,
+    load_tokenizer,
+    qlora_quantization,
+    resolve_model,
+)
 from .plots import plot_loss
 from .prompts import STYLES, PromptStyle, get_style
 
@@ -43,7 +51,7 @@ class TrainingConfig:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
     lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
     qlora: bool = field(default=False, metadata={"help": "load the base model in 4-bit NF4 (bitsandbytes; CUDA GPU only)"})
-    packing: bool = field(default=False, metadata={"help": "pack several records into each sequence (TRL best-fit decreasing)"})
+    packing: bool = field(default=False, metadata={"help": "pack several records into each sequence (TRL best-fit decreasing, padding-free; needs FlashAttention 2)"})
     val_fraction: float = field(default=0.05, metadata={"help": "share of records held out for validation loss"})
     test_fraction: float = field(default=0.10, metadata={"help": "share of records held out for stages 2-4"})
     seed: int = field(default=123, metadata={"help": "seed of the split, the LoRA initialisation and the data order"})
@@ -141,6 +149,11 @@ def train(config: TrainingConfig) -> Path:
     split = split_records(records, config.val_fraction, config.test_fraction, config.seed)
     if config.qlora:
         qlora_quantization()  # fails fast without a GPU, before anything is converted or written
+    if config.packing and attention_implementation() != "flash_attention_2":
+        # TRL packs padding-free (position_ids, no mask); only FlashAttention's varlen kernels keep the
+        # records apart. Under SDPA every record would attend to the ones packed before it.
+        raise UserError("--packing needs FlashAttention 2 (a CUDA GPU and `pip install -r requirements-gpu.txt`): "
+                        "with SDPA, records packed into one sequence would attend to each other")
     base = resolve_model(config.base_model)
     output_dir = Path(config.output_dir)
     adapter_dir = output_dir / "finetuned"
