@@ -86,6 +86,9 @@ def manifest(**fields: Any) -> dict[str, Any]:
 def output_lock(output_dir: str | Path, stage: str) -> Iterator[None]:
     """Hold `<output_dir>/.<stage>.lock` so a second run of the same stage stops instead of racing."""
     output_dir = Path(output_dir)
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun/accelerate workers: rank 0 holds it for the job
+        yield
+        return
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -161,6 +161,10 @@ def train(config: TrainingConfig) -> Path:
 
     with output_lock(output_dir, "train"):
         if summary_path.is_file() and not config.overwrite:
+            if config.merge and not (adapter_dir / "merged").is_dir():
+                summary = read_json(summary_path)
+                summary["merged_model"] = str(merge_adapter(base, adapter_dir, config.trust_remote_code))
+                write_json_atomic(summary_path, summary)
             print(f"stage 1 already finished: {summary_path} (pass --overwrite to train again)")
             return adapter_dir
         if config.overwrite and adapter_dir.exists():
