@@ -2,13 +2,14 @@
 resumed (see conftest.trained_run), then checked from its files as the next stage would read them."""
 
 import json
+import shutil
 
 import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from conftest import SHARED_DATA, run_script
+from conftest import SHARED_DATA, TRAIN_ARGS, run_script
 from instructkit.models import load_causal_lm
 from instructkit.prompts import load_style
 
@@ -104,3 +105,12 @@ def test_shared_public_dataset_trains(tmp_path):
     summary = json.loads((tmp_path / "finetuned" / "training_summary.json").read_text())
     assert summary["steps"] == 5
     assert summary["n_records"] == {"train": 968, "val": 22, "test": 110}
+
+
+def test_merge_can_be_asked_for_after_training(trained_run, tmp_path):
+    shutil.copytree(trained_run / "finetuned", tmp_path / "finetuned", ignore=shutil.ignore_patterns("merged", "checkpoints"))
+    result = run_script("part1_instruction_finetuning.py", "--output-dir", str(tmp_path), "--merge", *TRAIN_ARGS[:-1])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "finetuned" / "merged" / "config.json").is_file()
+    summary = json.loads((tmp_path / "finetuned" / "training_summary.json").read_text())
+    assert summary["merged_model"] == str(tmp_path / "finetuned" / "merged")
