@@ -172,29 +172,13 @@ def train(config: TrainingConfig) -> Path:
         return _train(config, style, split, base, output_dir, adapter_dir)
 
 
-def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: ResolvedModel,
-           output_dir: Path, adapter_dir: Path) -> Path:
-    set_seed(config.seed)
-    tokenizer = load_tokenizer(base, config.trust_remote_code)
-    style.check_tokenizer(tokenizer)
-    train_examples = [style.training_example(r) for r in split.train]
-    val_examples = [style.training_example(r) for r in split.val]
-    n_truncated = _count_truncated(train_examples, style, tokenizer, config.max_length)
-    if n_truncated:
-        print(f"warning: {n_truncated} of {len(train_examples)} training records exceed --max-length "
-              f"{config.max_length} tokens and are truncated (their end and EOS are not learned)")
-
-    _write_split(split, output_dir / "data")
-    checkpoints = adapter_dir / "checkpoints"
-    run_config = {k: v for k, v in asdict(config).items() if k not in ("resume", "overwrite", "merge")}
-    resuming = _check_resumable(checkpoints, run_config, config.resume)
-    write_json_atomic(checkpoints / RUN_CONFIG_FILE, run_config)
-
-    total_steps = _planned_steps(config, len(train_examples))
+def sft_arguments(config: TrainingConfig, checkpoints: Path, n_train: int, has_val: bool) -> SFTConfig:
+    """Stage 1's SFTConfig. Unlike TRL's defaults: no gradient checkpointing unless asked (always
+    with QLoRA), and no bf16 autocast on a CPU; bench/train_throughput.py measures the difference."""
+    total_steps = _planned_steps(config, n_train)
     eval_steps = config.eval_steps or max(1, total_steps // 10)
-    has_val = bool(val_examples)
     on_gpu = torch.cuda.is_available()
-    args = SFTConfig(
+    return SFTConfig(
         output_dir=str(checkpoints),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
@@ -224,6 +208,29 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
         report_to="none",
         disable_tqdm=False,
     )
+
+
+def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: ResolvedModel,
+           output_dir: Path, adapter_dir: Path) -> Path:
+    set_seed(config.seed)
+    tokenizer = load_tokenizer(base, config.trust_remote_code)
+    style.check_tokenizer(tokenizer)
+    train_examples = [style.training_example(r) for r in split.train]
+    val_examples = [style.training_example(r) for r in split.val]
+    n_truncated = _count_truncated(train_examples, style, tokenizer, config.max_length)
+    if n_truncated:
+        print(f"warning: {n_truncated} of {len(train_examples)} training records exceed --max-length "
+              f"{config.max_length} tokens and are truncated (their end and EOS are not learned)")
+
+    _write_split(split, output_dir / "data")
+    checkpoints = adapter_dir / "checkpoints"
+    run_config = {k: v for k, v in asdict(config).items() if k not in ("resume", "overwrite", "merge")}
+    resuming = _check_resumable(checkpoints, run_config, config.resume)
+    write_json_atomic(checkpoints / RUN_CONFIG_FILE, run_config)
+
+    has_val = bool(val_examples)
+    on_gpu = torch.cuda.is_available()
+    args = sft_arguments(config, checkpoints, len(train_examples), has_val)
     callbacks: list[TrainerCallback] = [throughput := ThroughputCallback()]
     if config.early_stopping_patience > 0 and has_val:
         callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))

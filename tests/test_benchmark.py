@@ -29,7 +29,7 @@ def test_offline_task_renders_byte_identical_prompts(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.DatasetDict(test=local, dev=local.select(range(5))))
     builtin = _load_task(TaskManager(), "mmlu_philosophy")
     assert builtin.config.dataset_path == "cais/mmlu"
-    for doc in docs[:25] + docs[-5:]:
+    for doc in docs:
         ours_prompt = ours.fewshot_context(doc, 0)
         assert ours_prompt == builtin.fewshot_context(doc, 0)
         assert ours.doc_to_choice(doc) == builtin.doc_to_choice(doc) == ["A", "B", "C", "D"]
