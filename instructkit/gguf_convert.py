@@ -10,8 +10,8 @@ from pathlib import Path
 
 import gguf
 import torch
-from tokenizers import AddedToken
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import generate_merges
 from transformers.models.gemma.tokenization_gemma import GemmaTokenizer
 
@@ -56,9 +56,42 @@ def _gemma_tokenizer(path: Path) -> GemmaTokenizer:
     return tokenizer
 
 
+def _byte_level_bpe_tokenizer(path: Path) -> PreTrainedTokenizerFast:
+    """A GPT-2-style byte-level BPE tokenizer (SmolLM2's) rebuilt from the GGUF vocabulary and merges.
+
+    transformers 5.3 loads such a GGUF tokenizer as a CodeLlama (SentencePiece-style) tokenizer: once
+    saved and reloaded it maps "\n" and every word after a space to <unk>, and decodes to "Ċ"/"Ġ"
+    soup. The GGUF's `tokenizer.ggml.pre` names the pre-tokenizer; "smollm" splits digits one by one.
+    """
+    fields = gguf.GGUFReader(path).fields
+    tokens = fields["tokenizer.ggml.tokens"].contents()
+    types = fields["tokenizer.ggml.token_type"].contents()
+    merges = [tuple(merge.split(" ", 1)) for merge in fields["tokenizer.ggml.merges"].contents()]
+    backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if "tokenizer.ggml.pre" in fields and fields["tokenizer.ggml.pre"].contents() == "smollm":
+        backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    else:
+        backend.pre_tokenizer = byte_level
+    backend.decoder = decoders.ByteLevel()
+    special = {key: tokens[fields[f"tokenizer.ggml.{key}_token_id"].contents()]
+               for key in ("bos", "eos", "unknown", "padding") if f"tokenizer.ggml.{key}_token_id" in fields}
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=special.get("bos"), eos_token=special.get("eos"),
+        unk_token=special.get("unknown"), pad_token=special.get("padding"),
+        chat_template=fields["tokenizer.chat_template"].contents() if "tokenizer.chat_template" in fields else None,
+    )
+    control = [AddedToken(tokens[i], special=True, normalized=False) for i, t in enumerate(types) if t == CONTROL_TOKEN_TYPE]
+    tokenizer.add_special_tokens({"additional_special_tokens": control}, replace_extra_special_tokens=False)
+    return tokenizer
+
+
 def load_gguf_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     if gguf_architecture(path) in GEMMA_ARCHITECTURES:
         return _gemma_tokenizer(path)
+    if gguf.GGUFReader(path).fields["tokenizer.ggml.model"].contents() == "gpt2":
+        return _byte_level_bpe_tokenizer(path)
     return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
 
 

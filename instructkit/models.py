@@ -21,6 +21,9 @@ from .errors import UserError
 EMBEDDED_BASE = "gemma-3-270m"
 EMBEDDED_JUDGE = "smollm2-135m-instruct"
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+# Bumped when a conversion fix changes what lands in the cache, so old conversions are not reused
+# (2: SmolLM2's byte-level tokenizer rebuilt; version 1 mapped newlines and spaced words to <unk>).
+CONVERSION_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -75,13 +78,17 @@ def resolve_model(reference: str) -> ResolvedModel:
     return ResolvedModel(reference, reference, "hub")
 
 
+def converted_models_dir() -> Path:
+    return cache_dir() / f"models-v{CONVERSION_VERSION}"
+
+
 def converted_gguf(gguf_path: Path, name: str) -> Path:
     """The cached transformers folder for a GGUF file; converts on first use.
 
     A file lock makes concurrent first runs wait for one conversion; the folder appears by an
     atomic rename, so an interrupted conversion leaves nothing that looks finished.
     """
-    target = cache_dir() / "models" / name
+    target = converted_models_dir() / name
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -6,10 +6,11 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from conftest import ROOT
 from instructkit.errors import UserError
-from instructkit.models import ResolvedModel, load_tokenizer, resolve_model
+from instructkit.models import CONVERSION_VERSION, ResolvedModel, load_causal_lm, load_tokenizer, resolve_model
 
 
 def test_embedded_base_tokenizes_like_gemma(base_model, base_tokenizer):
@@ -21,10 +22,6 @@ def test_embedded_base_tokenizes_like_gemma(base_model, base_tokenizer):
 
 
 def test_embedded_base_is_a_working_language_model(base_model, base_tokenizer):
-    import torch
-
-    from instructkit.models import load_causal_lm
-
     model = load_causal_lm(base_model)
     inputs = base_tokenizer("The capital of France is Paris. The capital of Germany is", return_tensors="pt")
     with torch.no_grad():
@@ -34,10 +31,21 @@ def test_embedded_base_is_a_working_language_model(base_model, base_tokenizer):
     assert "Berlin" in base_tokenizer.decode(out[0, inputs["input_ids"].shape[1]:])
 
 
-def test_embedded_judge_stops_at_im_end(judge_model):
+def test_embedded_judge_stops_at_im_end_and_answers(judge_model):
     tokenizer = load_tokenizer(judge_model)
     assert tokenizer.eos_token == "<|im_end|>"
     assert tokenizer.pad_token is not None
+    # Byte-level BPE with SmolLM2's one-digit-per-token split: newlines and spaced words are real
+    # tokens, not <unk> (transformers 5.3's own GGUF import got both wrong).
+    assert tokenizer("a\n b 85")["input_ids"] == [81, 198, 278, 216, 40, 37]
+    assert tokenizer.decode(tokenizer("Héllo\n world 100")["input_ids"]) == "Héllo\n world 100"
+    model = load_causal_lm(judge_model)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                           tokenize=False, add_generation_prompt=True)
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, inputs["input_ids"].shape[1]:])
 
 
 def test_local_folder_and_errors(tmp_path, base_model):
@@ -70,5 +78,5 @@ def test_two_processes_converting_at_once_share_one_conversion(tmp_path):
     paths = {r[0].strip().splitlines()[-1] for r in results}
     assert len(paths) == 1
     assert sum(r[0].startswith("converting ") for r in results) == 1, "exactly one process converts"
-    models = tmp_path / "cache" / "models"
+    models = tmp_path / "cache" / f"models-v{CONVERSION_VERSION}"
     assert sorted(p.name for p in models.iterdir() if not p.name.endswith(".lock")) == ["smollm2-135m-instruct"]
