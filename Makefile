@@ -1,9 +1,11 @@
-# make setup | make demo | make test   (a fresh machine needs only python3.11 and network to PyPI)
+# make setup | make demo | make test   (a fresh machine needs python3.11, PyPI, and Debian packages for the report test's chromium)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup demo test chromium
 
 setup: $(VENV)/.installed
 
@@ -18,6 +20,12 @@ demo: setup
 	$(BIN)/python part1_instruction_finetuning.py
 	$(BIN)/python part2_generate_test_responses.py
 	$(BIN)/python part3_benchmark_evaluation.py
+	$(BIN)/python part4_local_evaluation.py
 
-test: setup
+# The report test opens report.html in headless Chromium (Debian's package).
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium)
+
+test: setup chromium
 	$(BIN)/python -m pytest -q

@@ -1,7 +1,41 @@
-"""This stage is not built yet; see the open issues. It exits with an error rather than write fake output."""
+"""Stage 4: a judge model scores each response 0-100 against the expected output; the report.
+
+After stage 2, with no arguments (the embedded SmolLM2-135M-Instruct judge through LitGPT):
+    python part4_local_evaluation.py
+
+The reference setup, a local transformers judge scored by its token probabilities, an API judge:
+    python part4_local_evaluation.py --judge litgpt:meta-llama/Meta-Llama-3-8B-Instruct --pairwise
+    python part4_local_evaluation.py --judge hf:smollm2-135m-instruct --scoring probability
+    OPENAI_API_KEY=... python part4_local_evaluation.py --judge openai:gpt-4o-mini --concurrency 8
+    python part4_local_evaluation.py --judge openai:llama3 --judge-base-url http://localhost:11434/v1
+
+Rate responses yourself (blind, shuffled, resumable), then compare a judge with your ratings:
+    python part4_local_evaluation.py --human
+    python part4_local_evaluation.py --compare-with outputs/human_ratings.json --overwrite
+
+Writes outputs/judge_scores.json (every score with the judge's raw reply; per-model mean, median and
+95% bootstrap interval; finetuned - base; pairwise win rate), judge_scores.meta.json, and
+outputs/report.html with every stage's results on one page. A reply that is not a clear score is
+retried once, then kept as null with its text: counted, never averaged in as 0.
+Killed halfway? Rerun the same command: finished judgements are kept.
+"""
 
 import sys
 
+from instructkit.cli import build_parser, print_config, run_stage
+from instructkit.human import rate_in_terminal
+from instructkit.judging import JudgeConfig, judge_responses
+from instructkit.report import build_report
+
+
+def main(config: JudgeConfig) -> None:
+    print_config(config, "stage 4: judge and report")
+    if config.human:
+        rate_in_terminal(config)
+    else:
+        judge_responses(config)
+    print(f"report: {build_report(config.output_dir)}")
+
+
 if __name__ == "__main__":
-    print("error: part4_local_evaluation.py is not built yet (see the project's open issues)", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(run_stage(main, build_parser(JudgeConfig, __doc__)))

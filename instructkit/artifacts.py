@@ -25,6 +25,11 @@ TRACKED_PACKAGES = (
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:
     """Write JSON to a temp file beside `path`, fsync it, then rename: readers never see half a file."""
+    return write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` to a temp file beside `path`, fsync it, then rename over `path`."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,8 +38,7 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
         raise UserError(f"cannot write {path}: {exc.strerror}") from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; artifacts are meant to be shared

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,6 +12,7 @@ from .artifacts import manifest, output_lock, read_json, write_json_atomic
 from .data import Record, validate_records
 from .errors import UserError
 from .models import ResolvedModel, base_reference, load_causal_lm, load_tokenizer, require_adapter, resolve_model
+from .progress import ProgressLog
 from .prompts import PromptStyle, load_style
 
 RESPONSES_FILE = "test_base_model.json"
@@ -46,40 +45,6 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
     """Indices grouped into batches of similar prompt length, so little compute goes to padding."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-class ProgressLog:
-    """Finished responses appended as JSON lines, fsynced per batch, so a killed run loses at most
-    the batch in flight. The first line records the settings; a rerun with others must not mix in."""
-
-    def __init__(self, path: Path, settings: dict):
-        self.path = path
-        self.done: dict[tuple[str, int], str] = {}
-        if path.is_file():
-            lines = path.read_text(encoding="utf-8").splitlines()
-            header = json.loads(lines[0]) if lines else None
-            if header != {"settings": settings}:
-                raise UserError(f"{path} holds partial responses made with other settings; "
-                                "rerun with the same settings to resume, or pass --overwrite")
-            for line in lines[1:]:
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:  # the line being written when the run was killed
-                    continue
-                self.done[(entry["model"], entry["index"])] = entry["response"]
-        else:
-            self._append([{"settings": settings}])
-
-    def add(self, model: str, indices: list[int], responses: list[str]) -> None:
-        entries = [{"model": model, "index": i, "response": r} for i, r in zip(indices, responses)]
-        self._append(entries)
-        self.done.update({(model, i): r for i, r in zip(indices, responses)})
-
-    def _append(self, entries: list[dict]) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries))
-            f.flush()
-            os.fsync(f.fileno())
 
 
 class TransformersGenerator:
@@ -193,7 +158,7 @@ def generate_responses(config: GenerationConfig) -> Path:
             device=str(getattr(getattr(generator, "model", None), "device", "vllm")),
         ))
         write_json_atomic(final_path, rows)
-        progress_path.unlink()
+        progress.remove()
     print(f"\n== stage 2 done: {len(rows)} records, models {', '.join(models)}\nresponses: {final_path}")
     for model, timing in timings.items():
         print(f"  {model}: {timing['seconds']} s, {timing['generated_tokens_per_second']} generated tokens/s")
@@ -215,7 +180,7 @@ def _answer_all(generator, model: str, records: list[Record], style: PromptStyle
     started, new_tokens = time.perf_counter(), 0
     for number, batch in enumerate(todo, start=1):
         responses, generated = generator.generate(model, [prompts[i] for i in batch], config.max_new_tokens, style)
-        progress.add(model, batch, responses)
+        progress.add([((model, i), r) for i, r in zip(batch, responses)])
         new_tokens += generated
         finished = sum(1 for (m, _) in progress.done if m == model)
         print(f"[{model}] batch {number}/{len(todo)}: {finished}/{len(records)} records", flush=True)

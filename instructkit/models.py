@@ -82,30 +82,36 @@ def converted_models_dir() -> Path:
     return cache_dir() / f"models-v{CONVERSION_VERSION}"
 
 
-def converted_gguf(gguf_path: Path, name: str) -> Path:
-    """The cached transformers folder for a GGUF file; converts on first use.
+def build_once(target: Path, marker: str, build: Callable[[Path], None], message: str) -> Path:
+    """`target`, built by `build(staging_folder)` on first use; `marker` is a file it must contain.
 
-    A file lock makes concurrent first runs wait for one conversion; the folder appears by an
-    atomic rename, so an interrupted conversion leaves nothing that looks finished.
+    A file lock makes concurrent first runs wait for one build; the folder appears by an atomic
+    rename, so an interrupted build leaves nothing that looks finished.
     """
-    target = converted_models_dir() / name
-    if (target / "config.json").is_file():
+    if (target / marker).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if (target / "config.json").is_file():
+        if (target / marker).is_file():
             return target
-        from .gguf_convert import convert_gguf_to_hf
-
-        print(f"converting {gguf_path.name} to safetensors in {target} (once; about 2 minutes on 2 cores)")
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}."))
+        print(message)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
         try:
-            convert_gguf_to_hf(gguf_path, staging)
+            build(staging)
             staging.chmod(0o755)  # mkdtemp makes it owner-only
             os.replace(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def converted_gguf(gguf_path: Path, name: str) -> Path:
+    """The cached transformers folder for a GGUF file; converts on first use."""
+    from .gguf_convert import convert_gguf_to_hf
+
+    target = converted_models_dir() / name
+    return build_once(target, "config.json", lambda staging: convert_gguf_to_hf(gguf_path, staging),
+                      f"converting {gguf_path.name} to safetensors in {target} (once; about 2 minutes on 2 cores)")
 
 
 def hub_error(reference: str, exc: Exception) -> UserError:

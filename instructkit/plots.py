@@ -22,6 +22,25 @@ def plot_loss(train: list[dict], val: list[dict], path: str | Path, title: str) 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(fig, path)
+
+
+def plot_score_histograms(scores: dict[str, list[float | None]], path: str | Path) -> Path:
+    """One histogram of 0-100 judge scores per model, on shared bins; unscored responses noted."""
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    bins = list(range(0, 105, 5))
+    for model, values in scores.items():
+        scored = [v for v in values if v is not None]
+        ax.hist(scored, bins=bins, alpha=0.55, label=f"{model} ({len(scored)}/{len(values)} scored)")
+    ax.set_xlabel("judge score (0-100)")
+    ax.set_ylabel("responses")
+    ax.set_title("Judge scores per model")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
     fig.tight_layout()
     tmp = Path(path).with_suffix(".tmp.png")
     fig.savefig(tmp)

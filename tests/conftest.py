@@ -22,6 +22,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data" / "instruction-data.json"
 
 # Small but real: enough steps for the validation loss to move, short enough for CI.
 TRAIN_ARGS = ["--max-steps", "8", "--batch-size", "4", "--lr", "1e-3", "--eval-steps", "4", "--merge"]
+STAGE2_ARGS = ["--limit", "6", "--max-new-tokens", "32", "--batch-size", "2"]
 
 
 def run_script(script: str, *args: str, timeout: int = 900, **kwargs) -> subprocess.CompletedProcess:
@@ -70,4 +71,18 @@ def trained_run(tmp_path_factory, base_model) -> Path:
     assert not (output_dir / "finetuned" / "training_summary.json").exists(), "killed too late to test resuming"
     second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
+    return output_dir
+
+
+def stage2_args(stage1: Path, output_dir: Path) -> list[str]:
+    return ["--test-file", str(stage1 / "data" / "test.json"), "--adapter", str(stage1 / "finetuned"),
+            "--output-dir", str(output_dir), *STAGE2_ARGS]
+
+
+@pytest.fixture(scope="session")
+def responses_dir(trained_run, tmp_path_factory) -> Path:
+    """Stage 2's test_base_model.json for 6 test records, from the adapter trained above."""
+    output_dir = tmp_path_factory.mktemp("stage2")
+    result = run_script("part2_generate_test_responses.py", *stage2_args(trained_run, output_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
     return output_dir

@@ -10,24 +10,11 @@ import time
 
 import pytest
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_script, stage2_args
 from instructkit.generation import clean_response, length_sorted_batches
 
 KEYS = ["instruction", "input", "output", "base_model_response", "finetuned_model_response"]
-ARGS = ["--limit", "6", "--max-new-tokens", "32", "--batch-size", "2"]
 
-
-def stage2_args(stage1, output_dir):
-    return ["--test-file", str(stage1 / "data" / "test.json"), "--adapter", str(stage1 / "finetuned"),
-            "--output-dir", str(output_dir), *ARGS]
-
-
-@pytest.fixture(scope="module")
-def responses_dir(trained_run, tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("stage2")
-    result = run_script("part2_generate_test_responses.py", *stage2_args(trained_run, output_dir))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return output_dir
 
 
 def test_one_record_per_test_record_in_order_with_five_keys(trained_run, responses_dir):
@@ -88,7 +75,7 @@ def test_rerun_does_nothing_and_changed_settings_do_not_mix(trained_run, respons
     progress.write_text(json.dumps({"settings": {"max_new_tokens": 999}}) + "\n")
     result = run_script("part2_generate_test_responses.py", *stage2_args(trained_run, tmp_path))
     assert result.returncode == 2
-    assert "holds partial responses made with other settings" in result.stderr
+    assert "holds partial results made with other settings" in result.stderr
 
 
 def test_missing_adapter_is_a_clear_error(trained_run, tmp_path):

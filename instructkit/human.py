@@ -1,0 +1,78 @@
+"""Blind human ratings in the terminal: one response at a time, model name hidden, order shuffled;
+every rating is saved as it is given, so quitting and rerunning picks up where you stopped."""
+
+from __future__ import annotations
+
+import random
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+from .artifacts import output_lock, read_json, write_json_atomic
+from .errors import UserError
+from .judging import JudgeConfig, file_sha256, read_responses
+from .stats import describe
+
+HUMAN_FILE = "human_ratings.json"
+
+
+def _show(label: str, text: str) -> str:
+    body = "\n".join(textwrap.fill(line, 100, subsequent_indent="  ") or "" for line in (text or "(empty)").splitlines())
+    return f"\n--- {label}\n{body}"
+
+
+def rate_in_terminal(config: JudgeConfig, ask: Callable[[str], str] = input) -> Path:
+    """Ask for a 0-100 rating of each unrated response; 's' skips, 'q' (or end of input) stops."""
+    records, models = read_responses(config.input)
+    if config.limit > 0:
+        records = records[:config.limit]
+    output_dir = Path(config.output_dir)
+    path = output_dir / HUMAN_FILE
+    digest = file_sha256(config.input)
+    with output_lock(output_dir, "human"):
+        saved = read_json(path) if path.is_file() else {"input": config.input, "input_sha256": digest, "ratings": []}
+        if saved.get("input_sha256") != digest:
+            raise UserError(f"{path} holds ratings of another responses file ({saved.get('input')}); "
+                            "move it away to rate this one")
+        items = [(model, i) for i, record in enumerate(records) for model in models if record[model] is not None]
+        random.Random(config.seed).shuffle(items)  # blind: the model is never shown, the order says nothing
+        rated = {(r["model"], r["index"]) for r in saved["ratings"]}
+        todo = [item for item in items if item not in rated]
+        print(f"{len(rated)} of {len(items)} responses rated; {len(todo)} to go. "
+              "Type a rating 0-100 and Enter; s skips, q saves and quits.")
+        for number, (model, index) in enumerate(todo, start=1):
+            record = records[index]
+            print(f"\n===== response {len(rated) + number} of {len(items)} (record {index})")
+            print(_show("Instruction", record["instruction"]))
+            if record["input"]:
+                print(_show("Input", record["input"]))
+            print(_show("Expected output", record["output"]))
+            print(_show("Response", record[model]))
+            rating = _ask_rating(ask)
+            if rating == "quit":
+                break
+            if rating == "skip":
+                continue
+            saved["ratings"].append({"index": index, "model": model, "instruction": record["instruction"], "rating": rating})
+            write_json_atomic(path, saved)
+    for model in models:
+        values = [r["rating"] for r in saved["ratings"] if r["model"] == model]
+        s = describe(values, config.seed)
+        print(f"  {model}: {s['n_scored']} rated" + (f", mean {s['mean']:.1f}" if values else ""))
+    print(f"human ratings: {path}")
+    return path
+
+
+def _ask_rating(ask: Callable[[str], str]) -> int | str:
+    while True:
+        try:
+            answer = ask("rating 0-100 (s skip, q quit): ").strip().lower()
+        except EOFError:
+            return "quit"
+        if answer in ("q", "quit"):
+            return "quit"
+        if answer in ("s", "skip"):
+            return "skip"
+        if answer.isdigit() and 0 <= int(answer) <= 100:
+            return int(answer)
+        print("  please type a whole number from 0 to 100, s or q")

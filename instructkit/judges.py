@@ -1,0 +1,308 @@
+"""Judge backends behind one interface: LitGPT's `LLM`, a local transformers model, or any
+OpenAI-compatible server through the `openai` client. Each answers chat prompts greedily."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .judge_prompts import SYSTEM
+from .models import (
+    CONVERSION_VERSION,
+    EMBEDDED_JUDGE,
+    HUB_ID,
+    ResolvedModel,
+    build_once,
+    cache_dir,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model,
+)
+
+# LitGPT's config name for each embedded model it can run.
+LITGPT_NAMES = {EMBEDDED_JUDGE: "SmolLM2-135M-Instruct"}
+KINDS = ("litgpt", "hf", "openai")
+MAX_SCORE = 100
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str | None
+    error: str | None = None  # why there is no text: the server's error after retries, a refusal
+
+
+def parse_judge_reference(reference: str) -> tuple[str, str]:
+    """'litgpt:meta-llama/Meta-Llama-3-8B-Instruct' -> ('litgpt', 'meta-llama/...')."""
+    kind, _, model = reference.partition(":")
+    if kind not in KINDS or not model:
+        raise UserError(f"--judge {reference!r}: write litgpt:<model>, hf:<model> or openai:<model> "
+                        f"(for example litgpt:{EMBEDDED_JUDGE} or openai:gpt-4o-mini)")
+    return kind, model
+
+
+def _with_prefill(prefill: str, continuation: str) -> str:
+    return f"{prefill} {continuation.strip()}".strip()
+
+
+class HFJudge:
+    """A local transformers model: batched greedy replies, or expected scores from its token probabilities."""
+
+    def __init__(self, model: str, trust_remote_code: bool = False):
+        self.resolved = resolve_model(model)
+        self.tokenizer = load_tokenizer(self.resolved, trust_remote_code)
+        self.tokenizer.padding_side = "left"
+        self.model = load_causal_lm(self.resolved, trust_remote_code=trust_remote_code).eval()
+        self._score_tree: ScoreTree | None = None
+
+    def describe(self) -> dict:
+        return {"kind": "hf", "model": self.resolved.reference, "path": self.resolved.path, "source": self.resolved.source}
+
+    def _chat(self, prompt: str, prefill: str) -> str:
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefill
+
+    def replies(self, prompts: list[str], max_new_tokens: int, prefill: str = "") -> list[Reply]:
+        inputs = self.tokenizer([self._chat(p, prefill) for p in prompts], return_tensors="pt", padding=True,
+                                add_special_tokens=False).to(self.model.device)
+        with torch.inference_mode():
+            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                         pad_token_id=self.tokenizer.pad_token_id)
+        texts = self.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return [Reply(_with_prefill(prefill, text)) for text in texts]
+
+    def expected_scores(self, prompts: list[str], prefill: str = "") -> list[tuple[float | None, float]]:
+        """(expected score, probability mass on valid scores) per prompt, from one forward pass."""
+        if self._score_tree is None:
+            self._score_tree = ScoreTree(self.tokenizer, prefill)
+        ids = [self.tokenizer(self._chat(p, prefill), add_special_tokens=False)["input_ids"] for p in prompts]
+        return self._score_tree.expected_scores(self.model, ids)
+
+
+class ScoreTree:
+    """Every score 0-100 as a path of tokens, evaluated for all scores in one forward pass.
+
+    The prompt is followed by the trie of the scores' token sequences (10 + 90 + 1 nodes for a
+    one-digit-per-token vocabulary, 101 for one with a token per number); a tree attention mask lets
+    each node see the prompt and its own ancestors only, so one pass gives the probability of
+    every path. A score ends where the next token does not start with a digit, so P("8") counts
+    only the mass of "8" followed by a non-digit, and P(8) + P(85) + ... sums to at most 1.
+    After a prefill ("Score:") a score is tokenized as it follows it (" 85", not "85").
+    """
+
+    def __init__(self, tokenizer, prefill: str = ""):
+        self.nodes: list[tuple[int, int]] = []  # (token id, parent node or -1)
+        self.paths: dict[int, list[int]] = {}  # score -> node indices along its tokens
+        index: dict[tuple[int, ...], int] = {}
+        before = tokenizer.encode(prefill, add_special_tokens=False) if prefill else []
+        for score in range(MAX_SCORE + 1):
+            text = f"{prefill} {score}" if prefill else str(score)
+            tokens = tuple(tokenizer.encode(text, add_special_tokens=False))
+            if list(tokens[:len(before)]) != before:
+                raise ValueError(f"the tokenizer merges {prefill!r} with the score that follows it")
+            tokens = tokens[len(before):]
+            path = []
+            for depth in range(1, len(tokens) + 1):
+                prefix = tokens[:depth]
+                if prefix not in index:
+                    index[prefix] = len(self.nodes)
+                    self.nodes.append((prefix[-1], path[-1] if path else -1))
+                path.append(index[prefix])
+            self.paths[score] = path
+        vocab = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        self.digit_start = torch.tensor([text[:1].isdigit() for text in vocab])
+        self.depth = [0] * len(self.nodes)
+        for n, (_, parent) in enumerate(self.nodes):
+            self.depth[n] = 1 if parent < 0 else self.depth[parent] + 1
+
+    def _inputs(self, prompts: list[list[int]], dtype: torch.dtype):
+        """Left-padded rows of prompt + tree, so that the last n + 1 positions are the ones scored."""
+        n = len(self.nodes)
+        length = max(len(p) for p in prompts) + n
+        input_ids = torch.zeros(len(prompts), length, dtype=torch.long)
+        positions = torch.zeros_like(input_ids)
+        allowed = torch.zeros(len(prompts), length, length, dtype=torch.bool)
+        ancestors = torch.eye(n, dtype=torch.bool)
+        for node, (_, parent) in enumerate(self.nodes):
+            if parent >= 0:
+                ancestors[node] |= ancestors[parent]
+        tree = slice(length - n, length)
+        for row, prompt in enumerate(prompts):
+            p = len(prompt)
+            start = length - n - p
+            text = slice(start, start + p)
+            input_ids[row, text] = torch.tensor(prompt)
+            input_ids[row, tree] = torch.tensor([token for token, _ in self.nodes])
+            positions[row, text] = torch.arange(p)
+            positions[row, tree] = torch.tensor([p - 1 + d for d in self.depth])
+            allowed[row, text, text] = torch.tril(torch.ones(p, p, dtype=torch.bool))
+            allowed[row, tree, text] = True
+            allowed[row, tree, tree] = ancestors
+            padding = torch.arange(start)
+            allowed[row, padding, padding] = True  # padding sees itself only: no empty softmax rows
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+        return input_ids, positions, mask[:, None]
+
+    def score_masses(self, model, prompts: list[list[int]]) -> list[dict[int, float]]:
+        """P(the reply is exactly score s) for every s in 0-100, per tokenized prompt."""
+        input_ids, positions, mask = self._inputs(prompts, model.dtype)
+        n = len(self.nodes)
+        device = model.device
+        with torch.inference_mode():
+            # Only the last prompt token and the tree nodes need the vocabulary projection.
+            logits = model(input_ids=input_ids.to(device), position_ids=positions.to(device),
+                           attention_mask=mask.to(device), logits_to_keep=n + 1).logits.float()
+        tokens = torch.tensor([token for token, _ in self.nodes])
+        parents = torch.tensor([parent for _, parent in self.nodes]) + 1
+        masses = []
+        for row in range(len(prompts)):
+            # Position 0 predicts the first token; position k + 1 what follows node k.
+            log_probs = torch.log_softmax(logits[row], dim=-1).cpu()
+            ends = torch.log1p(-log_probs.exp()[:, self.digit_start].sum(-1).clamp(max=1 - 1e-7))
+            step = log_probs[parents, tokens]  # log P(node's token | its prefix)
+            masses.append({score: float((step[path].sum() + ends[path[-1] + 1]).exp()) for score, path in self.paths.items()})
+        return masses
+
+    def expected_scores(self, model, prompts: list[list[int]]) -> list[tuple[float | None, float]]:
+        results = []
+        for masses in self.score_masses(model, prompts):
+            coverage = sum(masses.values())
+            expected = sum(score * mass for score, mass in masses.items()) / coverage if coverage > 0 else None
+            results.append((expected, coverage))
+        return results
+
+
+class LitGPTJudge:
+    """LitGPT's `LLM` API: a hub id it downloads and converts, a LitGPT checkpoint folder, or the
+    embedded judge converted once into the cache."""
+
+    def __init__(self, model: str):
+        from litgpt import LLM
+        from litgpt.prompts import Default
+
+        self.reference = model
+        self.checkpoint = litgpt_checkpoint(model)
+        try:
+            if torch.cuda.is_available():
+                self.llm = LLM.load(str(self.checkpoint))
+            else:  # LitGPT picks bf16 everywhere; on a CPU float32 runs about 3x faster
+                self.llm = LLM.load(str(self.checkpoint), distribute=None)
+                self.llm.distribute(accelerator="cpu", precision="32-true")
+        except (OSError, ValueError) as exc:  # offline hub download, unknown model name
+            raise UserError(f"LitGPT could not load {model!r} ({type(exc).__name__}: {exc}); offline, use "
+                            f"litgpt:{EMBEDDED_JUDGE} or a LitGPT checkpoint folder") from exc
+        # The model's chat format is applied here, so that the prefill can follow it; LitGPT then
+        # passes the text through unchanged.
+        self.chat_style, self.llm.prompt_style = self.llm.prompt_style, Default()
+
+    def describe(self) -> dict:
+        return {"kind": "litgpt", "model": self.reference, "checkpoint": str(self.checkpoint)}
+
+    def replies(self, prompts: list[str], max_new_tokens: int, prefill: str = "") -> list[Reply]:
+        return [Reply(_with_prefill(prefill, self.llm.generate(
+            self.chat_style.apply(prompt, sys_prompt=SYSTEM) + prefill, max_new_tokens=max_new_tokens,
+            temperature=0.0))) for prompt in prompts]
+
+
+def litgpt_checkpoint(model: str) -> Path | str:
+    """A folder LitGPT's `LLM.load` reads: converted once for an embedded name, else as given."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "lit_model.pth").is_file():
+            raise UserError(f"{path} is not a LitGPT checkpoint (no lit_model.pth); convert it with "
+                            "`litgpt convert_to_litgpt`, or judge with hf:" + model)
+        return path
+    if model in LITGPT_NAMES:
+        return _converted_for_litgpt(resolve_model(model), LITGPT_NAMES[model])
+    if HUB_ID.match(model):
+        return model
+    raise UserError(f"litgpt judge {model!r}: use {', '.join(LITGPT_NAMES)}, a LitGPT checkpoint folder or a hub id")
+
+
+def _converted_for_litgpt(resolved: ResolvedModel, litgpt_name: str) -> Path:
+    """LitGPT's own checkpoint format (lit_model.pth + model_config.yaml), made once under the cache."""
+    def convert(staging: Path) -> None:
+        from litgpt.scripts.convert_hf_checkpoint import convert_hf_checkpoint
+
+        for file in Path(resolved.path).iterdir():
+            if file.suffix != ".safetensors":
+                shutil.copy(file, staging)
+            else:
+                os.symlink(file, staging / file.name)  # read once by the converter, not kept
+        convert_hf_checkpoint(checkpoint_dir=staging, model_name=litgpt_name)
+        for file in staging.glob("*.safetensors"):
+            file.unlink()
+
+    target = cache_dir() / f"litgpt-v{CONVERSION_VERSION}" / resolved.reference
+    return build_once(target, "lit_model.pth", convert,
+                      f"converting {resolved.reference} to a LitGPT checkpoint in {target} (once)")
+
+
+class OpenAIJudge:
+    """Any OpenAI-compatible chat server. The key is read from OPENAI_API_KEY and kept only in the
+    client; the `openai` client retries 429 (honouring Retry-After), 5xx and dropped connections
+    with exponential backoff, up to `max_retries` times."""
+
+    def __init__(self, model: str, base_url: str, concurrency: int, seed: int, max_retries: int, timeout: float):
+        import openai
+
+        key = os.environ.get("OPENAI_API_KEY", "")
+        if not key and not base_url:
+            raise UserError("--judge openai:... needs OPENAI_API_KEY in the environment "
+                            "(or --judge-base-url for a local server that needs no key)")
+        self.model, self.base_url, self.concurrency, self.seed = model, base_url, concurrency, seed
+        # Local servers (vLLM, Ollama, litgpt serve) ignore the key but the client wants one.
+        self.client = openai.OpenAI(api_key=key or "no-key", base_url=base_url or None,
+                                    max_retries=max_retries, timeout=timeout)
+        self._secret = key
+
+    def describe(self) -> dict:
+        return {"kind": "openai", "model": self.model, "base_url": self.base_url or "https://api.openai.com/v1"}
+
+    def replies(self, prompts: list[str], max_new_tokens: int, prefill: str = "") -> list[Reply]:
+        """The prefill is not sent: chat APIs take no partial assistant turn, and the models behind
+        them answer in the requested format."""
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(lambda prompt: self._reply(prompt, max_new_tokens), prompts))
+
+    def _reply(self, prompt: str, max_new_tokens: int) -> Reply:
+        import openai
+
+        try:
+            completion = self.client.chat.completions.create(
+                model=self.model,
+                messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}],
+                temperature=0.0, seed=self.seed, max_tokens=max_new_tokens,
+            )
+        except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as exc:
+            # Every record would fail the same way: stop now, before any money is spent.
+            raise UserError(f"the judge server at {self.describe()['base_url']} refused: {self._redact(exc)}") from exc
+        except (openai.OpenAIError, ValueError) as exc:  # retries spent, or a reply that is not valid JSON
+            return Reply(None, f"{type(exc).__name__}: {self._redact(exc)}")
+        if not completion.choices:
+            return Reply(None, "the server returned no choices")
+        message = completion.choices[0].message
+        if getattr(message, "refusal", None):
+            return Reply(None, f"refusal: {message.refusal}")
+        return Reply((message.content or "").strip())
+
+    def _redact(self, exc: Exception) -> str:
+        text = str(exc)
+        return text.replace(self._secret, "[OPENAI_API_KEY]") if self._secret else text
+
+
+def load_judge(reference: str, *, base_url: str = "", concurrency: int = 4, seed: int = 0,
+               max_retries: int = 4, timeout: float = 60.0, trust_remote_code: bool = False):
+    kind, model = parse_judge_reference(reference)
+    if base_url and kind != "openai":
+        raise UserError("--judge-base-url is for openai: judges (any OpenAI-compatible server)")
+    if kind == "litgpt":
+        return LitGPTJudge(model)
+    if kind == "hf":
+        return HFJudge(model, trust_remote_code)
+    return OpenAIJudge(model, base_url, concurrency, seed, max_retries, timeout)

@@ -1,0 +1,212 @@
+"""Stage 4 against a judge server that fails: a real HTTP server on 127.0.0.1 speaking the OpenAI chat
+API, which answers each response according to the fault written in it (429 with Retry-After, 500,
+a stalled connection, malformed JSON, empty content, a refusal, an out-of-range score, ...).
+Also: a run killed while judging resumes to the same file, and a second run on the folder stops."""
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from conftest import ROOT, SHARED_DATA, run_script
+
+SECRET = "sk-instructkit-fault-test-9c4e1a77d2b05f3e"
+RETRY_MARK = "could not be read"  # in the stricter prompt stage 4 sends after an unreadable reply
+
+
+class FaultyJudgeServer(ThreadingHTTPServer):
+    """Answers `POST /v1/chat/completions`; the response being judged names the fault."""
+
+    daemon_threads = True
+
+    def __init__(self, key: str = SECRET, delay: float = 0.0):
+        super().__init__(("127.0.0.1", 0), FaultyJudgeHandler)
+        self.key, self.delay = key, delay
+        self.attempts: dict[str, list[float]] = defaultdict(list)  # prompt hash -> request times
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def attempts_for(self, fault: str, retry: bool = False) -> list[list[float]]:
+        return [times for key, times in self.attempts.items() if key.startswith(f"{fault}|{int(retry)}|")]
+
+
+class FaultyJudgeHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args):  # keep the test output quiet
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.headers.get("Authorization") != f"Bearer {self.server.key}":
+            key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            return self.reply(401, {"error": {"message": f"Incorrect API key provided: {key}", "type": "invalid_request_error"}})
+        prompt = body["messages"][-1]["content"]
+        fault = re.search(r"FAULT:(\w+)", prompt).group(1)
+        retry = RETRY_MARK in prompt
+        key = f"{fault}|{int(retry)}|{hashlib.sha256(prompt.encode()).hexdigest()}"
+        with self.server.lock:
+            self.server.attempts[key].append(time.monotonic())
+            attempt = len(self.server.attempts[key])
+        time.sleep(self.server.delay)
+        if fault == "rate" and attempt == 1:
+            return self.reply(429, {"error": {"message": "Rate limit reached"}}, {"Retry-After": "1"})
+        if fault == "flaky" and attempt <= 2:
+            return self.reply(500, {"error": {"message": "internal error"}})
+        if fault == "down":
+            return self.reply(503, {"error": {"message": "overloaded"}})
+        if fault == "stall" and attempt == 1:
+            time.sleep(5)  # longer than the client's --request-timeout
+        if fault == "malformed":
+            return self.reply(200, b'{"id": "x", "choices": [{"message": ')
+        content = {"rate": "85", "flaky": "Score: 70", "stall": "**60**", "empty": "", "range": "Score: 150",
+                   "prose": "75" if retry else "The response is mostly right."}.get(fault)
+        if fault.startswith("ok"):
+            content = fault[2:] or "80"
+        message = {"role": "assistant", "content": content}
+        if fault == "refusal":
+            message = {"role": "assistant", "content": None, "refusal": "I can't help with grading."}
+        self.reply(200, {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
+                         "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
+
+    def reply(self, status: int, payload, headers: dict | None = None):
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def server():
+    servers = []
+
+    def start(**kwargs) -> FaultyJudgeServer:
+        servers.append(FaultyJudgeServer(**kwargs))
+        threading.Thread(target=servers[-1].serve_forever, daemon=True).start()
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.shutdown()
+
+
+def responses_file(path, faults: list[str]):
+    """Real instructions from the shared dataset; each base response names a fault, finetuned is fine."""
+    records = json.loads(SHARED_DATA.read_text())[:len(faults)]
+    path.write_text(json.dumps([{**r, "base_model_response": f"FAULT:{fault}", "finetuned_model_response": "FAULT:ok90"}
+                                for r, fault in zip(records, faults)]))
+    return path
+
+
+def stage4_args(responses, output_dir, url, *extra):
+    return ["--input", str(responses), "--output-dir", str(output_dir), "--judge", "openai:judge",
+            "--judge-base-url", url, *extra]
+
+
+def env_with_key(key: str = SECRET) -> dict:
+    return {**os.environ, "OPENAI_API_KEY": key}
+
+
+FAULTS = {  # fault -> the score stage 4 must end with (None: stored as null, with why)
+    "ok": 80, "rate": 85, "flaky": 70, "stall": 60, "prose": 75,
+    "malformed": None, "empty": None, "refusal": None, "range": None, "down": None,
+}
+
+
+def test_failing_judge_is_retried_within_bounds_and_nothing_is_dropped(server, tmp_path):
+    judge = server()
+    responses = responses_file(tmp_path / "responses.json", list(FAULTS))
+    result = run_script("part4_local_evaluation.py", *stage4_args(
+        responses, tmp_path / "out", judge.url, "--max-retries", "2", "--request-timeout", "1.5", "--concurrency", "4"),
+        env=env_with_key())
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads((tmp_path / "out" / "judge_scores.json").read_text())
+    entries = {fault: row["scores"]["base"] for fault, row in zip(FAULTS, scores["records"])}
+    assert {fault: e["score"] for fault, e in entries.items()} == FAULTS
+    assert all(row["scores"]["finetuned"]["score"] == 90 for row in scores["records"])
+    summary = scores["summary"]["base"]
+    assert (summary["n_scored"], summary["n_total"]) == (5, 10)
+    assert summary["mean"] == pytest.approx((80 + 85 + 70 + 60 + 75) / 5)
+    assert "base: mean 74.0" in result.stdout and "scored 5/10" in result.stdout
+
+    # Each null says why, with the raw reply where there was one.
+    assert entries["range"]["reply"] == "Score: 150" and entries["range"]["parse"] == "unparsed: 150 is outside 0-100"
+    assert entries["empty"]["parse"] == "unparsed: empty reply" and entries["empty"]["retried"]
+    assert entries["refusal"]["error"] == "refusal: I can't help with grading."
+    assert "503" in entries["down"]["error"] or "overloaded" in entries["down"]["error"]
+    assert entries["malformed"]["parse"] == "error"
+    assert entries["prose"]["first_reply"] == "The response is mostly right." and entries["prose"]["retried"]
+
+    # Retries: bounded, with the server's Retry-After honoured, and only where they can help.
+    [rate] = judge.attempts_for("rate")
+    assert len(rate) == 2 and rate[1] - rate[0] >= 0.9
+    assert [len(t) for t in judge.attempts_for("flaky")] == [3]
+    assert [len(t) for t in judge.attempts_for("down")] == [3]  # 1 + --max-retries 2, then given up
+    assert [len(t) for t in judge.attempts_for("stall")] == [2]
+    assert judge.attempts_for("down", retry=True) == []  # a server error is not re-asked with a stricter prompt
+    assert [len(t) for t in judge.attempts_for("range", retry=True)] == [1]
+
+    everything = result.stdout + result.stderr + "".join(
+        p.read_text(errors="replace") for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert SECRET not in everything
+
+
+def test_rejected_key_stops_at_once_names_the_server_and_is_not_echoed(server, tmp_path):
+    judge = server(key="the-right-key")
+    responses = responses_file(tmp_path / "responses.json", ["ok"] * 3)
+    result = run_script("part4_local_evaluation.py", *stage4_args(responses, tmp_path / "out", judge.url),
+                        env=env_with_key())
+    assert result.returncode == 2
+    assert f"the judge server at {judge.url} refused" in result.stderr
+    assert SECRET not in result.stdout + result.stderr  # the server echoed it; we redact it
+    assert "[OPENAI_API_KEY]" in result.stderr
+    assert not (tmp_path / "out" / "judge_scores.json").exists()
+
+
+def test_killed_judging_resumes_to_the_same_file_and_a_second_run_is_refused(server, tmp_path):
+    judge = server(delay=0.6)
+    responses = responses_file(tmp_path / "responses.json", [f"ok{7 * i % 101}" for i in range(12)])
+    args = ["--concurrency", "1"]  # 4 requests per logged chunk
+    command = [sys.executable, str(ROOT / "part4_local_evaluation.py"), *stage4_args(responses, tmp_path / "a", judge.url, *args)]
+    first = subprocess.Popen(command, cwd=ROOT, env=env_with_key(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = tmp_path / "a" / ".judge_scores.json.progress.jsonl"
+    deadline = time.time() + 120
+    while (not progress.exists() or len(progress.read_text().splitlines()) < 3) and time.time() < deadline:
+        time.sleep(0.1)
+    second = run_script("part4_local_evaluation.py", *stage4_args(responses, tmp_path / "a", judge.url, *args),
+                        env=env_with_key())
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert second.returncode == 2 and "another judge run is using" in second.stderr
+    assert not (tmp_path / "a" / "judge_scores.json").exists(), "killed too late to test resuming"
+    finished_before_kill = progress.read_text().count("\n") - 1  # whole lines after the settings line
+    requests_before = sum(len(t) for t in judge.attempts.values())
+
+    rerun = run_script("part4_local_evaluation.py", *stage4_args(responses, tmp_path / "a", judge.url, *args),
+                       env=env_with_key())
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    requests_rerun = sum(len(t) for t in judge.attempts.values()) - requests_before
+    assert requests_rerun == 24 - finished_before_kill  # what was finished is not asked again
+    assert not progress.exists()
+
+    whole = run_script("part4_local_evaluation.py", *stage4_args(responses, tmp_path / "b", judge.url, *args),
+                       env=env_with_key())
+    assert whole.returncode == 0
+    resumed = json.loads((tmp_path / "a" / "judge_scores.json").read_text())
+    uninterrupted = json.loads((tmp_path / "b" / "judge_scores.json").read_text())
+    assert resumed == uninterrupted
+    assert [r["scores"]["base"]["score"] for r in resumed["records"]] == [7 * i % 101 for i in range(12)]

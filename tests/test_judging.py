@@ -1,0 +1,322 @@
+"""Stage 4 on real judges: LitGPT and transformers run the embedded SmolLM2-135M-Instruct on stage 2's
+real responses, the `openai` client talks to a real `litgpt serve` on 127.0.0.1, a person's ratings
+come through stdin, and the report is opened in headless Chromium."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_script
+from instructkit.judge_prompts import SCORE_PREFILL, parse_score, parse_verdict
+from instructkit.judging import pairwise_outcome
+from instructkit.models import EMBEDDED_JUDGE
+from instructkit.stats import bootstrap_ci
+
+LIMIT = 3
+SECRET = "sk-instructkit-test-6f1d2c9a0b7e4f3d"
+
+
+@pytest.mark.parametrize("reply, score", [
+    ("85", 85), ("Score: 85", 85), ("**85**", 85), ("85/100", 85), ("85 out of 100", 85), ("85.", 85),
+    ("0", 0), ("100", 100), ("85\nThe response matches the expected output.", 85),
+    ("Score: 10\n\nThe sentence has 10 words.", 10),
+    ("between 70 and 80", None), ("70-80", None), ("8.5", None), ("Score: 99.999999999999", None),
+    ("150", None), ("Score: 698", None), ("-5", None), ("I give it 85", None), ("", None), (None, None),
+])
+def test_score_parsing_is_strict(reply, score):
+    parsed = parse_score(reply)
+    assert parsed.value == score
+    assert (parsed.how in ("exact", "first_line")) == (score is not None)
+
+
+def test_out_of_range_score_says_why():
+    assert parse_score("Score: 698").how == "unparsed: 698 is outside 0-100"
+
+
+@pytest.mark.parametrize("reply, verdict", [
+    ("A", "A"), ("[[B]]", "B"), ("Response A", "A"), ("tie.", "tie"), ("TIE", "tie"), ("Verdict: B", "B"),
+    ("A or B", None), ("both", None), ("The answer is A.", None), ("", None),
+])
+def test_verdict_parsing_is_strict(reply, verdict):
+    assert parse_verdict(reply).value == verdict
+
+
+@pytest.mark.parametrize("base_first, finetuned_first, outcome, consistent", [
+    ("B", "A", "win", True), ("A", "B", "loss", True), ("tie", "tie", "tie", True),
+    ("A", "A", "tie", False), ("B", "tie", "tie", False), (None, "A", None, None),
+])
+def test_pairwise_verdict_that_flips_with_the_order_is_an_inconsistent_tie(base_first, finetuned_first, outcome, consistent):
+    assert pairwise_outcome(base_first, finetuned_first) == {"outcome": outcome, "consistent": consistent}
+
+
+def test_bootstrap_interval_covers_the_true_mean_at_about_the_stated_rate():
+    # Skewed like judge scores: 100 * Beta(2, 5), true mean 100 * 2/7.
+    rng = np.random.default_rng(1)
+    true_mean, trials = 100 * 2 / 7, 300
+    covered = 0
+    for trial in range(trials):
+        low, high = bootstrap_ci(100 * rng.beta(2, 5, size=40), seed=trial)
+        covered += low <= true_mean <= high
+    assert 0.90 <= covered / trials <= 0.98, covered / trials
+
+
+# --- the transformers judge ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hf_judge():
+    from instructkit.judges import HFJudge
+
+    return HFJudge(EMBEDDED_JUDGE)
+
+
+def test_one_pass_score_tree_matches_scoring_each_score_separately(hf_judge, responses_dir):
+    from instructkit.judge_prompts import score_prompt
+
+    record = json.loads((responses_dir / "test_base_model.json").read_text())[0]
+    prompt = hf_judge._chat(score_prompt(record, record["finetuned_model_response"]), SCORE_PREFILL)
+    prompt_ids = hf_judge.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    from instructkit.judges import ScoreTree
+
+    tree = ScoreTree(hf_judge.tokenizer, SCORE_PREFILL)
+    masses = tree.score_masses(hf_judge.model, [prompt_ids])[0]
+    assert 0 < sum(masses.values()) <= 1 + 1e-5
+    for score in (0, 7, 10, 42, 85, 99, 100):
+        full = hf_judge.tokenizer(f"{prompt} {score}", add_special_tokens=False)["input_ids"]
+        assert full[:len(prompt_ids)] == prompt_ids
+        with torch.inference_mode():
+            log_probs = torch.log_softmax(hf_judge.model(torch.tensor([full])).logits[0].float(), -1)
+        path = sum(log_probs[i - 1, full[i]] for i in range(len(prompt_ids), len(full)))
+        not_a_digit = 1 - log_probs[-1].exp()[tree.digit_start].sum()
+        assert masses[score] == pytest.approx(float(path.exp() * not_a_digit), rel=1e-3, abs=1e-7)
+
+
+# --- stage 4 end to end -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stage4_dir(trained_run, responses_dir, tmp_path_factory) -> Path:
+    """Stages 1 and 2's artifacts (training summary, loss plot, responses) where stage 4 runs."""
+    output_dir = tmp_path_factory.mktemp("stage4")
+    shutil.copy(responses_dir / "test_base_model.json", output_dir)
+    (output_dir / "finetuned").mkdir()
+    for name in ("training_summary.json", "loss.png"):
+        shutil.copy(trained_run / "finetuned" / name, output_dir / "finetuned")
+    return output_dir
+
+
+def stage4(output_dir: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    return run_script("part4_local_evaluation.py", "--input", str(output_dir / "test_base_model.json"),
+                      "--output-dir", str(output_dir), "--limit", str(LIMIT), *args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def litgpt_scores(stage4_dir) -> dict:
+    result = stage4(stage4_dir, "--pairwise")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"== stage 4: judge litgpt:{EMBEDDED_JUDGE} (generate)" in result.stdout
+    assert f"report: {stage4_dir / 'report.html'}" in result.stdout
+    return json.loads((stage4_dir / "judge_scores.json").read_text())
+
+
+def test_litgpt_judge_scores_every_response_strictly(litgpt_scores):
+    assert litgpt_scores["judge"]["kind"] == "litgpt"
+    assert len(litgpt_scores["records"]) == LIMIT
+    for model in ("base", "finetuned"):
+        entries = [row["scores"][model] for row in litgpt_scores["records"]]
+        for entry in entries:
+            assert entry["reply"].startswith(SCORE_PREFILL)  # the judge's own words are kept
+            assert entry["score"] == parse_score(entry["reply"]).value  # and read strictly
+            if entry["score"] is None:
+                assert entry["retried"] and entry["parse"].startswith("unparsed")
+        scored = [e["score"] for e in entries if e["score"] is not None]
+        summary = litgpt_scores["summary"][model]
+        assert (summary["n_scored"], summary["n_total"]) == (len(scored), LIMIT)  # nulls are counted, not zeros
+        assert summary["mean"] == (pytest.approx(np.mean(scored)) if scored else None)
+
+
+def test_pairwise_asks_both_orders_and_counts_flips(litgpt_scores):
+    for row in litgpt_scores["records"]:
+        pair = row["pairwise"]
+        assert pair["base_first"]["reply"].startswith("Verdict:")
+        assert {k: pair[k] for k in ("outcome", "consistent")} == pairwise_outcome(
+            pair["base_first"]["value"], pair["finetuned_first"]["value"])
+    summary = litgpt_scores["pairwise"]
+    assert summary["finetuned_wins"] + summary["ties"] + summary["finetuned_losses"] == summary["n_judged"]
+    if summary["n_judged"]:
+        assert summary["flip_rate"] == pytest.approx(summary["inconsistent"] / summary["n_judged"], abs=1e-4)
+    assert set(summary["mean_response_words"]) == {"base", "finetuned"} and "longer" in summary["note"]
+
+
+def test_rerun_keeps_the_finished_scores(stage4_dir, litgpt_scores):
+    result = stage4(stage4_dir, "--pairwise")
+    assert result.returncode == 0 and "stage 4 judging already finished" in result.stdout
+    assert json.loads((stage4_dir / "judge_scores.json").read_text()) == litgpt_scores
+
+
+def test_hf_judge_probability_scoring_and_agreement(stage4_dir, litgpt_scores, tmp_path):
+    shutil.copy(stage4_dir / "test_base_model.json", tmp_path)
+    result = stage4(tmp_path, "--judge", f"hf:{EMBEDDED_JUDGE}", "--scoring", "probability",
+                    "--compare-with", str(stage4_dir / "judge_scores.json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads((tmp_path / "judge_scores.json").read_text())
+    for row in scores["records"]:
+        for entry in row["scores"].values():
+            assert 0 <= entry["score"] <= 100 and 0 < entry["coverage"] <= 1
+    assert scores["summary"]["base"]["n_scored"] == LIMIT
+    assert scores["summary"]["finetuned_minus_base"]["n_pairs"] == LIMIT
+    both = sum(row["scores"][m]["score"] is not None for row in litgpt_scores["records"] for m in ("base", "finetuned"))
+    assert scores["agreement"]["n"] == both
+
+
+def test_hf_judge_generates_replies(stage4_dir, tmp_path):
+    shutil.copy(stage4_dir / "test_base_model.json", tmp_path)
+    result = stage4(tmp_path, "--judge", f"hf:{EMBEDDED_JUDGE}", "--limit", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "judge_scores.json").read_text())["records"]
+    assert len(rows) == 2 and all(r["scores"][m]["reply"].startswith(SCORE_PREFILL) for r in rows for m in r["scores"])
+
+
+def test_probability_scoring_needs_a_transformers_judge(stage4_dir, tmp_path):
+    result = stage4(stage4_dir, "--scoring", "probability", "--output-dir", str(tmp_path))
+    assert result.returncode == 2 and "--scoring probability reads the judge's token probabilities" in result.stderr
+
+
+def test_bad_responses_file_names_file_record_and_field(stage4_dir, tmp_path):
+    rows = json.loads((stage4_dir / "test_base_model.json").read_text())
+    del rows[1]["finetuned_model_response"]
+    bad = tmp_path / "responses.json"
+    bad.write_text(json.dumps(rows))
+    result = run_script("part4_local_evaluation.py", "--input", str(bad), "--output-dir", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert f"{bad}: record 1: missing field 'finetuned_model_response'" in result.stderr
+    assert not (tmp_path / "out" / "judge_scores.json").exists()
+
+
+# --- an OpenAI-compatible server ----------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def litgpt_server(tmp_path_factory):
+    """`litgpt serve` with its OpenAI spec, on the embedded judge's LitGPT checkpoint."""
+    from instructkit.judges import litgpt_checkpoint
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "litgpt_serve.log"
+    command = [str(Path(sys.executable).parent / "litgpt"), "serve", str(litgpt_checkpoint(EMBEDDED_JUDGE)),
+               "--openai_spec", "true", "--port", str(port), "--accelerator", "cpu", "--max_new_tokens", "16"]
+    with open(log, "w") as out:
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def test_openai_judge_against_a_real_server_never_leaks_the_key(litgpt_server, stage4_dir, tmp_path):
+    shutil.copy(stage4_dir / "test_base_model.json", tmp_path)
+    result = stage4(tmp_path, "--judge", "openai:smollm2", "--judge-base-url", litgpt_server, "--limit", "2",
+                    "--concurrency", "2", env={**os.environ, "OPENAI_API_KEY": SECRET})
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads((tmp_path / "judge_scores.json").read_text())
+    assert scores["judge"] == {"kind": "openai", "model": "smollm2", "base_url": litgpt_server,
+                               "scoring": "generate", "seed": 0}
+    for row in scores["records"]:
+        for entry in row["scores"].values():
+            assert "error" not in entry and isinstance(entry["reply"], str)  # the server answered every request
+            assert entry["score"] == parse_score(entry["reply"]).value
+    assert SECRET not in result.stdout + result.stderr
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_openai_judge_needs_a_key_for_the_official_api(stage4_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    result = stage4(stage4_dir, "--judge", "openai:gpt-4o-mini", "--output-dir", str(tmp_path), env=env)
+    assert result.returncode == 2 and "OPENAI_API_KEY" in result.stderr
+
+
+# --- a person's ratings -------------------------------------------------------------------------
+
+def test_human_ratings_are_blind_saved_as_given_and_resumable(stage4_dir, litgpt_scores):
+    first = stage4(stage4_dir, "--human", input="70\nnot a number\ns\nq\n")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "please type a whole number from 0 to 100" in first.stdout
+    shown = first.stdout.split("===== response", 1)[1].rsplit("human ratings:", 1)[0]
+    headers = re.findall(r"^(?:=====|---) .*$", shown, flags=re.MULTILINE)
+    assert headers and not any("base" in h or "finetuned" in h for h in headers)  # the model stays hidden
+    saved = json.loads((stage4_dir / "human_ratings.json").read_text())["ratings"]
+    assert [r["rating"] for r in saved] == [70]
+
+    second = stage4(stage4_dir, "--human", input="40\n")  # end of input saves and stops
+    assert second.returncode == 0 and "1 of 6 responses rated" in second.stdout
+    saved = json.loads((stage4_dir / "human_ratings.json").read_text())["ratings"]
+    assert [r["rating"] for r in saved] == [70, 40]
+    assert len({(r["model"], r["index"]) for r in saved}) == 2
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+def chromium_dom(url: str) -> str:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    assert browser, "Chromium is not installed: `make test` installs Debian's chromium package"
+    result = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                             "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_report_opens_in_chromium_with_averages_and_one_row_per_record(stage4_dir, litgpt_scores):
+    from bs4 import BeautifulSoup
+
+    report = stage4_dir / "report.html"  # written by the stage 4 run behind litgpt_scores
+    page = BeautifulSoup(chromium_dom(report.as_uri()), "html.parser")
+    for model in ("base", "finetuned"):
+        mean = litgpt_scores["summary"][model]["mean"]
+        assert page.find(id=f"judge-{model}").get_text().find("n/a" if mean is None else f"{mean:.1f}") >= 0
+    rows = page.find(id="records").tbody.find_all("tr")
+    assert len(rows) == LIMIT
+    assert [r.find_all("td")[2].get_text() for r in rows] == [r["output"] for r in litgpt_scores["records"]]
+    assert "Stage 3 (benchmark) has not run here" in page.get_text()
+    assert page.find("img", alt="training and validation loss")["src"].startswith("data:image/png;base64,")
+
+    word = litgpt_scores["records"][0]["instruction"].split()[-1]
+    expected = sum(word.lower() in r.get_text().lower() for r in rows)
+    filtered = BeautifulSoup(chromium_dom(report.as_uri() + "#filter=" + word), "html.parser")
+    visible = [r for r in filtered.find(id="records").tbody.find_all("tr") if not r.has_attr("hidden")]
+    assert len(visible) == expected and filtered.find(id="shown").get_text() == str(expected)
+
+
+def test_report_shows_absent_stages_instead_of_failing(tmp_path):
+    from instructkit.report import build_report
+
+    page = build_report(tmp_path).read_text()
+    for stage in ("Stage 1 (finetuning)", "Stage 3 (benchmark)", "Stage 2 (test responses)"):
+        assert f"{stage} has not run here" in page
