@@ -42,6 +42,7 @@ def main() -> None:
 
     import torch
 
+    from instructkit.artifacts import manifest
     from instructkit.judge_prompts import SCORE_PREFILL, parse_score, score_prompt
     from instructkit.judges import HFJudge, LitGPTJudge
     from instructkit.judging import read_responses
@@ -74,7 +75,9 @@ def main() -> None:
               f"x{entry['speedup_vs_hf_generate']}  parsed {entry['parsed']}/{len(prompts)}")
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"judge_scoring-{results['device']}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    command = "python bench/judge_scoring.py " + " ".join(sys.argv[1:])
+    path.write_text(json.dumps(manifest(benchmark=__doc__.splitlines()[0], command=command.strip(), **results),
+                               indent=2) + "\n")
     print(f"results: {path}")
 
 

@@ -29,7 +29,12 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write `text` to a temp file beside `path`, fsync it, then rename over `path`."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write `data` to a temp file beside `path`, fsync it, then rename over `path`; on a full disk
+    or an unwritable folder, a message that names the file and nothing left behind."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,8 +42,8 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror}") from exc
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; artifacts are meant to be shared
@@ -86,11 +91,16 @@ def manifest(**fields: Any) -> dict[str, Any]:
     }
 
 
+def is_main_process() -> bool:
+    """False on the worker ranks of a torchrun/accelerate job, which train but neither print nor write."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @contextmanager
 def output_lock(output_dir: str | Path, stage: str) -> Iterator[None]:
     """Hold `<output_dir>/.<stage>.lock` so a second run of the same stage stops instead of racing."""
     output_dir = Path(output_dir)
-    if int(os.environ.get("RANK", "0")) != 0:  # torchrun/accelerate workers: rank 0 holds it for the job
+    if not is_main_process():  # rank 0 holds it for the whole job
         yield
         return
     try:

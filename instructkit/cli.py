@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from trl import TrlParser
 
+from .artifacts import is_main_process
 from .errors import UserError
 
 ConfigT = TypeVar("ConfigT")
@@ -36,6 +37,8 @@ def parse_config(parser: TrlParser, argv: Sequence[str] | None = None) -> Config
 
 
 def print_config(config: object, title: str) -> None:
+    if not is_main_process():
+        return
     print(f"== {title}")
     print(json.dumps(dataclasses.asdict(config), indent=2, default=str))
 

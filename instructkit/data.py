@@ -136,6 +136,22 @@ def validate_records(raw: list[Any], label: str) -> list[Record]:
     return records
 
 
+def drop_duplicates(records: list[Record]) -> tuple[list[Record], list[tuple[int, int]]]:
+    """Records without exact repeats (same instruction, input and output, ignoring surrounding
+    whitespace), and (index dropped, index kept) for each repeat: a repeat could land in both the
+    training and the test split and make the test score a memory test."""
+    first_seen: dict[tuple[str, str, str], int] = {}
+    unique, repeats = [], []
+    for index, record in enumerate(records):
+        key = (record["instruction"].strip(), record["input"].strip(), record["output"].strip())
+        if key in first_seen:
+            repeats.append((index, first_seen[key]))
+        else:
+            first_seen[key] = index
+            unique.append(record)
+    return unique, repeats
+
+
 def split_records(records: list[Record], val_fraction: float, test_fraction: float, seed: int) -> Split:
     """Shuffle with `seed` and cut into train/val/test; the same seed gives the same split."""
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:

@@ -130,11 +130,12 @@ def generate_responses(config: GenerationConfig) -> Path:
         records = records[:config.limit]
     base = resolve_model(base_reference(config.base_model, adapter))
 
+    progress_path = output_dir / f".{RESPONSES_FILE}.progress.jsonl"
     with output_lock(output_dir, "generate"):
         if final_path.is_file() and not config.overwrite:
+            progress_path.unlink(missing_ok=True)  # left by a run killed between its last two steps
             print(f"stage 2 already finished: {final_path} (pass --overwrite to generate again)")
             return final_path
-        progress_path = output_dir / f".{RESPONSES_FILE}.progress.jsonl"
         if config.overwrite:
             progress_path.unlink(missing_ok=True)
         settings = {k: v for k, v in asdict(config).items() if k not in ("overwrite", "output_dir")}

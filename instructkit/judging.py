@@ -96,14 +96,16 @@ def judge_responses(config: JudgeConfig) -> Path:
     output_dir = Path(config.output_dir)
     final_path = output_dir / SCORES_FILE
 
+    progress_path = output_dir / f".{SCORES_FILE}.progress.jsonl"
     with output_lock(output_dir, "judge"):
         if final_path.is_file() and not config.overwrite:
+            progress_path.unlink(missing_ok=True)  # left by a run killed between its last two steps
             print(f"stage 4 judging already finished: {final_path} (pass --overwrite to judge again)")
+            print_summary(read_json(final_path), final_path)
             return final_path
         settings = {k: v for k, v in asdict(config).items()
                     if k not in ("overwrite", "output_dir", "human", "compare_with", "concurrency", "request_timeout", "batch_size")}
         settings["input_sha256"] = file_sha256(config.input)
-        progress_path = output_dir / f".{SCORES_FILE}.progress.jsonl"
         if config.overwrite:
             progress_path.unlink(missing_ok=True)
         progress = ProgressLog(progress_path, settings)
@@ -293,17 +295,22 @@ def compare_scores(rows: list[dict], other: dict[tuple[str, int], float]) -> dic
     return agreement([a for a, _ in pairs], [b for _, b in pairs])
 
 
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _fmt_ci(ci: list | tuple | None, spec: str) -> str:
+    return f" 95% CI [{format(ci[0], spec)}, {format(ci[1], spec)}]" if ci else ""
+
+
 def print_summary(result: dict, path: Path) -> None:
     print(f"\n== stage 4: judge {result['judge']['kind']}:{result['judge']['model']} ({result['judge']['scoring']})")
     for model, s in result["summary"].items():
         if model == "finetuned_minus_base":
-            ci = f" [{s['ci95'][0]:.1f}, {s['ci95'][1]:.1f}]" if s["ci95"] else ""
-            print(f"  finetuned - base: {s['mean']}{ci} over {s['n_pairs']} pairs" if s["mean"] is not None
-                  else "  finetuned - base: no record has both scores")
+            print(f"  finetuned - base: {s['mean']:+.1f}{_fmt_ci(s['ci95'], '.1f')} over {s['n_pairs']} pairs"
+                  if s["mean"] is not None else "  finetuned - base: no record has both scores")
             continue
-        ci = f" 95% CI [{s['ci95'][0]:.1f}, {s['ci95'][1]:.1f}]" if s["ci95"] else ""
-        mean = f"{s['mean']:.1f}" if s["mean"] is not None else "n/a"
-        print(f"  {model}: mean {mean}{ci}, scored {s['n_scored']}/{s['n_total']}")
+        print(f"  {model}: mean {_fmt(s['mean'], '.1f')}{_fmt_ci(s['ci95'], '.1f')}, scored {s['n_scored']}/{s['n_total']}")
         coverage = s.get("mean_probability_on_a_score")
         if coverage is not None and coverage < LOW_COVERAGE:
             print(f"  warning: the judge puts only {coverage:.0%} of its probability on a score for {model}; "
@@ -311,8 +318,10 @@ def print_summary(result: dict, path: Path) -> None:
     if result["pairwise"]:
         p = result["pairwise"]
         print(f"  pairwise: finetuned wins {p['finetuned_wins']}, ties {p['ties']}, losses {p['finetuned_losses']}; "
-              f"win rate {p['win_rate']} (CI {p['ci95']}); order flips {p['inconsistent']}/{p['n_judged']}; "
-              f"mean words base {p['mean_response_words']['base']}, finetuned {p['mean_response_words']['finetuned']}")
+              f"win rate {_fmt(p['win_rate'], '.2f')}{_fmt_ci(p['ci95'], '.2f')}; "
+              f"order flips {p['inconsistent']}/{p['n_judged']}")
+        print(f"  mean response length (judges favour longer answers): base {p['mean_response_words']['base']} words, "
+              f"finetuned {p['mean_response_words']['finetuned']}")
     if result["agreement"]:
         a = result["agreement"]
         print(f"  agreement with --compare-with: Spearman {a['spearman']}, Pearson {a['pearson']}, "

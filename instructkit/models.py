@@ -145,6 +145,8 @@ def qlora_quantization():
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
+        # Packed 4-bit weights stored as bf16 let FSDP shard them with the bf16 LoRA parameters.
+        bnb_4bit_quant_storage=torch.bfloat16,
     )
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
+
+from .artifacts import write_bytes_atomic  # noqa: E402
 
 
 def plot_loss(train: list[dict], val: list[dict], path: str | Path, title: str) -> Path:
@@ -42,8 +45,7 @@ def plot_score_histograms(scores: dict[str, list[float | None]], path: str | Pat
 
 def _save(fig, path: str | Path) -> Path:
     fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
-    tmp.replace(path)
-    return Path(path)
+    return write_bytes_atomic(path, png.getvalue())

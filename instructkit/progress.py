@@ -52,7 +52,11 @@ class ProgressLog:
         self.path.unlink(missing_ok=True)
 
     def _append(self, entries: list[dict]) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries))
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:  # a full disk: what is logged so far stays usable for the rerun
+            raise UserError(f"cannot write {self.path}: {exc.strerror}; finished work is kept, "
+                            "rerun the same command once there is room") from exc

@@ -15,6 +15,7 @@ from .artifacts import read_json, write_text_atomic
 from .errors import UserError
 from .human import HUMAN_FILE
 from .judging import RESPONSE_FIELDS, SCORES_FILE
+from .models import EMBEDDED_JUDGE
 from .plots import plot_score_histograms
 from .stats import agreement, describe
 
@@ -99,6 +100,11 @@ def _read_optional(path: Path) -> dict | list | None:
         return {"_error": str(exc)}
 
 
+EMBEDDED_JUDGE_NOTE = ('<p class="note">This is the embedded 135M-parameter judge: it makes the pipeline run '
+                       'offline, but it cannot grade (it copies numbers from the question and favours answer A). '
+                       'Do not read these scores as quality; judge with Llama-3-8B-Instruct or an API model.</p>')
+
+
 def _missing(artifact, stage: str, path: Path) -> str | None:
     """What to show instead of a section whose artifact is absent or damaged; None if it is fine."""
     if artifact is None:
@@ -116,7 +122,7 @@ def _training_section(output_dir: Path) -> str:
     hp = summary.get("hyperparameters", {})
     rows = [("base model", summary.get("base_model")), ("prompt style", summary.get("prompt_style")),
             ("records train / val / test", " / ".join(str(v) for v in summary.get("n_records", {}).values())),
-            ("optimizer steps", summary.get("steps")), ("learning rate", hp.get("learning_rate")),
+            ("optimizer steps", summary.get("steps")), ("learning rate", hp.get("lr")),
             ("validation loss before → after", f"{_fmt(summary.get('val_loss_before'), 3)} → {_fmt(summary.get('val_loss_after'), 3)}"),
             ("tokens/s", summary.get("tokens_per_second")), ("wall time (s)", summary.get("wall_time_s")),
             ("device", summary.get("device"))]
@@ -155,6 +161,7 @@ def _judge_section(scores: dict | None, path: Path, output_dir: Path) -> str:
     judge = scores["judge"]
     parts = [f'<p class="meta">Judge: {_e(judge["kind"])}:{_e(judge["model"])}, scoring by {_e(judge["scoring"])}, '
              f'seed {_e(judge["seed"])}. Unscored responses are counted, never averaged in as zeros.</p>',
+             EMBEDDED_JUDGE_NOTE if judge["model"] == EMBEDDED_JUDGE else "",
              '<div class="cards">']
     summary = scores["summary"]
     for model in RESPONSE_FIELDS:

@@ -15,8 +15,8 @@ from peft import LoraConfig
 from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from .artifacts import manifest, output_lock, read_json, write_json_atomic
-from .data import Split, load_records, split_records
+from .artifacts import is_main_process, manifest, output_lock, read_json, write_json_atomic
+from .data import Split, drop_duplicates, load_records, split_records
 from .errors import UserError
 from .models import (
     EMBEDDED_BASE,
@@ -85,14 +85,20 @@ def _count_truncated(examples: list[dict], style: PromptStyle, tokenizer, max_le
 
 
 class ThroughputCallback(TrainerCallback):
-    """Tokens per second over this process's training, counting real tokens, not padding."""
+    """Tokens per second over the training steps (evaluations left out), counting real tokens of
+    every process, not padding."""
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.start_time = time.perf_counter()
+        self.seconds = 0.0
         self.start_tokens = _last_logged(state.log_history, "num_tokens") or 0
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.step_started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds += time.perf_counter() - self.step_started
+
     def on_train_end(self, args, state, control, **kwargs):
-        self.seconds = time.perf_counter() - self.start_time
         self.tokens = (_last_logged(state.log_history, "num_tokens") or 0) - self.start_tokens
 
 
@@ -125,7 +131,7 @@ def _check_resumable(checkpoints: Path, run_config: dict, resume: bool) -> bool:
     """Resume only a run made with the same settings; anything else would mix two experiments."""
     for partial in checkpoints.glob("checkpoint-*"):
         if not (partial / "trainer_state.json").is_file():  # killed while saving: unusable
-            shutil.rmtree(partial)
+            shutil.rmtree(partial, ignore_errors=True)  # every rank of a DDP job may get here
     if not any(checkpoints.glob("checkpoint-*")):
         return False
     if not resume:
@@ -145,7 +151,11 @@ def _check_resumable(checkpoints: Path, run_config: dict, resume: bool) -> bool:
 def train(config: TrainingConfig) -> Path:
     """Run stage 1 and return the adapter folder (`<output_dir>/finetuned`)."""
     style = get_style(config.prompt_style)
-    records = load_records(config.data)  # validates before anything is written
+    records, repeats = drop_duplicates(load_records(config.data))  # validates before anything is written
+    if repeats and is_main_process():
+        shown = ", ".join(f"{dropped} repeats {kept}" for dropped, kept in repeats[:5])
+        print(f"warning: {config.data}: {len(repeats)} records repeat an earlier one and are dropped "
+              f"(record {shown}{', ...' if len(repeats) > 5 else ''}), so none is both trained on and tested")
     split = split_records(records, config.val_fraction, config.test_fraction, config.seed)
     if config.qlora:
         qlora_quantization()  # fails fast without a GPU, before anything is converted or written
@@ -169,10 +179,11 @@ def train(config: TrainingConfig) -> Path:
             return adapter_dir
         if config.overwrite and adapter_dir.exists():
             shutil.rmtree(adapter_dir)
-        return _train(config, style, split, base, output_dir, adapter_dir)
+        return _train(config, style, split, base, output_dir, adapter_dir, n_repeats=len(repeats))
 
 
-def sft_arguments(config: TrainingConfig, checkpoints: Path, n_train: int, has_val: bool) -> SFTConfig:
+def sft_arguments(config: TrainingConfig, checkpoints: Path, n_train: int, has_val: bool,
+                  resuming: bool = False) -> SFTConfig:
     """Stage 1's SFTConfig. Unlike TRL's defaults: no gradient checkpointing unless asked (always
     with QLoRA), and no bf16 autocast on a CPU; bench/train_throughput.py measures the difference."""
     total_steps = _planned_steps(config, n_train)
@@ -193,6 +204,10 @@ def sft_arguments(config: TrainingConfig, checkpoints: Path, n_train: int, has_v
         completion_only_loss=True,
         logging_steps=1,
         eval_strategy="steps" if has_val else "no",
+        # The base model's validation loss (LoRA B starts at 0), logged as step 0 and kept in every
+        # checkpoint's log. Evaluated inside train(): a trainer.evaluate() before train() leaves the
+        # model unwrapped by DDP, and each rank then trains its own copy without syncing gradients.
+        eval_on_start=has_val and not resuming,
         eval_steps=eval_steps,
         save_strategy="steps",
         save_steps=eval_steps,
@@ -202,6 +217,11 @@ def sft_arguments(config: TrainingConfig, checkpoints: Path, n_train: int, has_v
         greater_is_better=False,
         seed=config.seed,
         data_seed=config.seed,
+        # DDP broadcasts buffers by position, and transformers 5.3 (our pin) registers Gemma 3's two RoPE
+        # tables in `set` order, which differs per process: rank 1 got the wrong table (found by
+        # tests/test_multiprocess.py; upstream fix huggingface/transformers#48162). The buffers are
+        # functions of the config, identical on every rank, so there is nothing to broadcast.
+        ddp_broadcast_buffers=False,
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         use_cpu=not on_gpu,
         gradient_checkpointing=config.qlora or config.gradient_checkpointing,
@@ -211,26 +231,28 @@ def sft_arguments(config: TrainingConfig, checkpoints: Path, n_train: int, has_v
 
 
 def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: ResolvedModel,
-           output_dir: Path, adapter_dir: Path) -> Path:
+           output_dir: Path, adapter_dir: Path, n_repeats: int) -> Path:
     set_seed(config.seed)
     tokenizer = load_tokenizer(base, config.trust_remote_code)
     style.check_tokenizer(tokenizer)
     train_examples = [style.training_example(r) for r in split.train]
     val_examples = [style.training_example(r) for r in split.val]
     n_truncated = _count_truncated(train_examples, style, tokenizer, config.max_length)
-    if n_truncated:
+    if n_truncated and is_main_process():
         print(f"warning: {n_truncated} of {len(train_examples)} training records exceed --max-length "
               f"{config.max_length} tokens and are truncated (their end and EOS are not learned)")
 
-    _write_split(split, output_dir / "data")
+    if is_main_process():
+        _write_split(split, output_dir / "data")
     checkpoints = adapter_dir / "checkpoints"
     run_config = {k: v for k, v in asdict(config).items() if k not in ("resume", "overwrite", "merge")}
     resuming = _check_resumable(checkpoints, run_config, config.resume)
-    write_json_atomic(checkpoints / RUN_CONFIG_FILE, run_config)
+    if is_main_process():
+        write_json_atomic(checkpoints / RUN_CONFIG_FILE, run_config)
 
     has_val = bool(val_examples)
     on_gpu = torch.cuda.is_available()
-    args = sft_arguments(config, checkpoints, len(train_examples), has_val)
+    args = sft_arguments(config, checkpoints, len(train_examples), has_val, resuming)
     callbacks: list[TrainerCallback] = [throughput := ThroughputCallback()]
     if config.early_stopping_patience > 0 and has_val:
         callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
@@ -252,13 +274,6 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
         callbacks=callbacks,
     )
 
-    # The adapter starts as a no-op (LoRA B = 0), so this is the base model's validation loss.
-    baseline_path = checkpoints / "baseline_eval.json"
-    if has_val and not baseline_path.is_file():
-        print("validation loss of the base model, before training:")
-        write_json_atomic(baseline_path, {"eval_loss": trainer.evaluate()["eval_loss"]})
-    val_loss_before = read_json(baseline_path)["eval_loss"] if has_val else None
-
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if resuming else None)
     val_loss_after = _final_val_loss(trainer) if has_val else None
@@ -271,7 +286,8 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
     history = trainer.state.log_history
     train_curve = [{"step": e["step"], "loss": e["loss"]} for e in history if "loss" in e]
     evals = {e["step"]: e["eval_loss"] for e in history if "eval_loss" in e}  # the final evaluate repeats the last step
-    val_curve = [{"step": step, "loss": loss} for step, loss in sorted({0: val_loss_before, **evals}.items()) if loss is not None]
+    val_loss_before = evals.get(0)
+    val_curve = [{"step": step, "loss": loss} for step, loss in sorted(evals.items())]
     plot_loss(train_curve, val_curve, adapter_dir / "loss.png", f"LoRA on {base.reference}")
     merged_dir = merge_adapter(base, adapter_dir, config.trust_remote_code) if config.merge else None
 
@@ -285,6 +301,7 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
         hyperparameters=asdict(config),
         n_records={"train": len(split.train), "val": len(split.val), "test": len(split.test)},
         n_train_truncated=n_truncated,
+        n_duplicates_dropped=n_repeats,
         steps=trainer.state.global_step,
         epochs_done=round(trainer.state.epoch or 0, 3),
         resumed=resuming,
@@ -298,6 +315,7 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
         wall_time_s=round(wall_time, 1),
         peak_memory=_peak_memory_mb(),
         device="cuda:" + torch.cuda.get_device_name() if on_gpu else "cpu",
+        n_processes=trainer.args.world_size,  # >1 under accelerate launch / torchrun
         merged_model=str(merged_dir) if merged_dir else None,
     )
     write_json_atomic(adapter_dir / SUMMARY_FILE, summary)  # written last: it marks the run finished

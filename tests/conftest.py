@@ -20,8 +20,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data" / "instruction-data.json"
 
-# Small but real: enough steps for the validation loss to move, short enough for CI.
-TRAIN_ARGS = ["--max-steps", "8", "--batch-size", "4", "--lr", "1e-3", "--eval-steps", "4", "--merge"]
+# Small but real: enough steps for the validation loss to move, short enough for CI. No LoRA
+# dropout, so runs that split the same batches differently (test_multiprocess) must agree exactly.
+TRAIN_ARGS = ["--max-steps", "8", "--batch-size", "4", "--lr", "1e-3", "--eval-steps", "4", "--lora-dropout", "0", "--merge"]
 STAGE2_ARGS = ["--limit", "6", "--max-new-tokens", "32", "--batch-size", "2"]
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import SHARED_DATA
-from instructkit.data import load_records, split_records, validate_records
+from instructkit.data import drop_duplicates, load_records, split_records, validate_records
 from instructkit.errors import UserError
 
 ALPACA = [
@@ -113,6 +113,14 @@ def test_missing_file_and_unreachable_hub():
         load_records("does-not-exist.json")
     with pytest.raises(UserError, match="could not load dataset 'tatsu-lab/alpaca' from the Hugging Face hub"):
         load_records("alpaca")  # HF_DATASETS_OFFLINE=1 in tests: the offline path is what we check
+
+
+def test_exact_repeats_are_dropped_and_named():
+    records = [*ALPACA, {"instruction": "Name a colour. ", "input": "", "output": "Blue."}, ALPACA[1],
+               {"instruction": "Name a colour.", "input": "", "output": "Red."}]
+    unique, repeats = drop_duplicates(records)
+    assert unique == [*ALPACA, records[4]]  # a different answer is not a repeat
+    assert repeats == [(2, 0), (3, 1)]
 
 
 def test_split_is_deterministic_disjoint_and_complete():

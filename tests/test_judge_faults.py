@@ -210,3 +210,84 @@ def test_killed_judging_resumes_to_the_same_file_and_a_second_run_is_refused(ser
     uninterrupted = json.loads((tmp_path / "b" / "judge_scores.json").read_text())
     assert resumed == uninterrupted
     assert [r["scores"]["base"]["score"] for r in resumed["records"]] == [7 * i % 101 for i in range(12)]
+
+
+# --- kill points, a full disk, an unwritable folder ----------------------------------------------
+
+KILL_RECORDS = 12  # 24 scores and 24 pairwise verdicts, logged 4 at a time
+
+
+@pytest.fixture(scope="module")
+def steady_judge():
+    judge = FaultyJudgeServer(delay=0.1)
+    threading.Thread(target=judge.serve_forever, daemon=True).start()
+    yield judge
+    judge.shutdown()
+
+
+@pytest.fixture(scope="module")
+def kill_case(steady_judge, tmp_path_factory):
+    """The responses, the command's arguments, and the uninterrupted run's judge_scores.json."""
+    folder = tmp_path_factory.mktemp("kill")
+    faults = [f"ok{11 * i % 101}" for i in range(KILL_RECORDS)]
+    records = json.loads(SHARED_DATA.read_text())[:KILL_RECORDS]
+    responses = folder / "responses.json"
+    responses.write_text(json.dumps([{**r, "base_model_response": f"FAULT:{f}", "finetuned_model_response": f"FAULT:ok{100 - i}"}
+                                     for i, (r, f) in enumerate(zip(records, faults))]))
+    args = ["--pairwise", "--concurrency", "1"]
+    result = run_script("part4_local_evaluation.py", *stage4_args(responses, folder / "whole", steady_judge.url, *args),
+                        env=env_with_key())
+    assert result.returncode == 0, result.stderr[-3000:]
+    return responses, args, json.loads((folder / "whole" / "judge_scores.json").read_text())
+
+
+@pytest.mark.parametrize("finished", [0, 4, 12, 20, 24, 44])  # nothing, 1, 3 and 5 chunks, scores done, mid pairwise
+def test_killed_at_any_point_the_rerun_equals_an_uninterrupted_run(steady_judge, kill_case, tmp_path, finished):
+    responses, args, whole = kill_case
+    output = tmp_path / "out"
+    command = [sys.executable, str(ROOT / "part4_local_evaluation.py"), *stage4_args(responses, output, steady_judge.url, *args)]
+    run = subprocess.Popen(command, cwd=ROOT, env=env_with_key(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = output / ".judge_scores.json.progress.jsonl"
+    deadline = time.time() + 120
+    while not (progress.exists() and progress.read_text().count("\n") - 1 >= finished) and time.time() < deadline:
+        time.sleep(0.02)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    assert not (output / "judge_scores.json").exists(), "killed too late"
+    logged = progress.read_text().count("\n") - 1
+
+    rerun = run_script("part4_local_evaluation.py", *stage4_args(responses, output, steady_judge.url, *args), env=env_with_key())
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert json.loads((output / "judge_scores.json").read_text()) == whole
+    meta = json.loads((output / "judge_scores.meta.json").read_text())
+    assert meta["items_judged_this_run"] == 2 * 2 * KILL_RECORDS - logged  # nothing logged is asked again
+
+
+def test_full_disk_at_the_final_write_keeps_the_judged_work(steady_judge, kill_case, tmp_path):
+    responses, args, whole = kill_case
+    output = tmp_path / "out"
+    limit = 8_000  # room for the progress log (about 5 kB), not for judge_scores.json (about 13 kB)
+    full = subprocess.run(
+        [sys.executable, str(ROOT / "part4_local_evaluation.py"), *stage4_args(responses, output, steady_judge.url, *args)],
+        cwd=ROOT, env=env_with_key(), capture_output=True, text=True, timeout=300,
+        preexec_fn=lambda: __import__("resource").setrlimit(__import__("resource").RLIMIT_FSIZE, (limit, limit)))
+    assert full.returncode == 2, full.stderr[-3000:]
+    assert f"error: cannot write {output / 'judge_scores.json'}: File too large" in full.stderr
+    assert not (output / "judge_scores.json").exists()
+    assert not list(output.glob(".judge_scores.json.*.tmp")), "no half-written file is left"
+    assert (output / ".judge_scores.json.progress.jsonl").stat().st_size < limit
+
+    rerun = run_script("part4_local_evaluation.py", *stage4_args(responses, output, steady_judge.url, *args), env=env_with_key())
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert json.loads((output / "judge_scores.meta.json").read_text())["items_judged_this_run"] == 0
+    assert json.loads((output / "judge_scores.json").read_text()) == whole
+
+
+def test_output_folder_that_cannot_be_created_is_a_clear_error(steady_judge, kill_case, tmp_path):
+    responses, args, _ = kill_case
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_script("part4_local_evaluation.py", *stage4_args(responses, blocker / "out", steady_judge.url),
+                        env=env_with_key())
+    assert result.returncode == 2
+    assert f"error: cannot create output folder {blocker / 'out'}: Not a directory" in result.stderr
