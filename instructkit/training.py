@@ -18,6 +18,7 @@ from trl import SFTConfig, SFTTrainer
 from .artifacts import is_main_process, manifest, output_lock, read_json, write_json_atomic
 from .data import Split, drop_duplicates, load_records, split_records
 from .errors import UserError
+from .loss_head import use_compact_head
 from .models import (
     EMBEDDED_BASE,
     ResolvedModel,
@@ -57,6 +58,7 @@ class TrainingConfig:
     seed: int = field(default=123, metadata={"help": "seed of the split, the LoRA initialisation and the data order"})
     eval_steps: int = field(default=0, metadata={"help": "evaluate validation loss every N steps (0: about 10 times per run)"})
     early_stopping_patience: int = field(default=0, metadata={"help": "stop after N evaluations without a better validation loss (0: off)"})
+    compact_loss_head: bool = field(default=True, metadata={"help": "off CUDA, run the LM head only at response tokens (TRL's Triton path does so on CUDA); same loss, ~3x faster CPU steps"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory (always on with --qlora)"})
     merge: bool = field(default=False, metadata={"help": "also write finetuned/merged/: base + adapter, loadable by plain transformers"})
     resume: bool = field(default=True, metadata={"help": "continue from the last checkpoint of an interrupted run (--no-resume to start over)"})
@@ -273,6 +275,8 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
         ),
         callbacks=callbacks,
     )
+    if config.compact_loss_head:
+        use_compact_head(trainer)
 
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if resuming else None)
