@@ -74,10 +74,13 @@ def main() -> None:
 
     F.log_softmax = timed_log_softmax
     started = time.perf_counter()
-    raw = lm_eval.simple_evaluate(model=lm, tasks=list(task_names.values()), limit=args.limit or None,
-                                  task_manager=task_manager, random_seed=0, numpy_random_seed=0, torch_random_seed=0)
+    try:
+        raw = lm_eval.simple_evaluate(model=lm, tasks=list(task_names.values()), limit=args.limit or None,
+                                      task_manager=task_manager, random_seed=0, numpy_random_seed=0,
+                                      torch_random_seed=0)
+    finally:
+        F.log_softmax = log_softmax
     evaluate_s = time.perf_counter() - started
-    F.log_softmax = log_softmax
 
     parts = {
         "transformer_layers": whole_model.seconds - head.seconds,

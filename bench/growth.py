@@ -27,8 +27,10 @@ RESULTS = ROOT / "bench" / "results"
 
 def run_stage(script: str, *args: str) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if run.returncode != 0:
+        sys.exit(f"{script} {' '.join(args)} failed:\n{run.stderr[-2000:]}")
     return time.perf_counter() - started
 
 

@@ -7,8 +7,9 @@ learning rate and schedule, each trial in its own process (clean peak memory), v
 Variants, each changing one thing from the one before it:
   plain_trl       SFTTrainer's defaults (gradient checkpointing, TRL's LM head) in fp32, as the
                   issue measured them, with stage 1's cosine schedule and 3% warm-up (a 6-step
-                  run otherwise compares schedules, not speed); TRL's default bf16 autocast is far slower on a CPU without
-                  native bf16 (2.61 tokens/s here, 6 steps in 1025 s), so it is not the baseline
+                  run otherwise compares schedules, not speed); TRL's default bf16 autocast is far
+                  slower on a CPU without native bf16 (2.61 tokens/s here, 6 steps in 1025 s), so
+                  it is not the baseline
   ours_trl_head   stage 1's settings (no checkpointing, fp32 on a CPU) with TRL's LM head
   ours            stage 1 as shipped: plus the compact LM head (instructkit/loss_head.py)
   ours_grouped    plus length-grouped batches (less padding; changes the data order)
@@ -97,8 +98,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--trials", type=int, default=3)
+    # A single trial, in a child process (bench/child.py)
     parser.add_argument("--one", choices=VARIANTS, help=argparse.SUPPRESS)
-    parser.add_argument("--seed", type=int, default=42, help=argparse.SUPPRESS)  # a single trial, in a child process
+    parser.add_argument("--seed", type=int, default=42, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         report(one_trial(args.one, args.steps, args.batch_size, args.lr, args.seed))

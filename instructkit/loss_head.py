@@ -26,7 +26,7 @@ _SCALED_LOGITS = ("logit_scale", "output_multiplier", "lm_head_multiplier", "log
 
 
 def supports_compact_head(model: torch.nn.Module) -> bool:
-    """Whether `model` (the transformers model, under any PEFT wrapper) is a plain causal LM whose
+    """Whether `model` (the transformers model below any PEFT wrapper) is a plain causal LM whose
     logits are `lm_head(hidden)`, optionally soft-capped: the case the compact head reproduces."""
     config = model.config.get_text_config()
     return (

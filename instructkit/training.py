@@ -247,7 +247,8 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
     if is_main_process():
         _write_split(split, output_dir / "data")
     checkpoints = adapter_dir / "checkpoints"
-    run_config = {k: v for k, v in asdict(config).items() if k not in ("resume", "overwrite", "merge")}
+    # What is left out does not change the math: a run may resume under another setting of these.
+    run_config = {k: v for k, v in asdict(config).items() if k not in ("resume", "overwrite", "merge", "compact_loss_head")}
     resuming = _check_resumable(checkpoints, run_config, config.resume)
     if is_main_process():
         write_json_atomic(checkpoints / RUN_CONFIG_FILE, run_config)
