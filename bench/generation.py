@@ -56,7 +56,7 @@ def main() -> None:
 
     style = get_style("alpaca")
     records = split_records(load_records(DEFAULT_DATA), 0.05, 0.10, seed=123).test[:args.records]
-    generator = TransformersGenerator(resolve_model(args.model), None, "", False)
+    generator = TransformersGenerator(resolve_model(args.model), None, "", False, ["base"])
     tokenizer, model = generator.tokenizer, generator.model
     prompts = [style.render(r, tokenizer) for r in records]
 

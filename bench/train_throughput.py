@@ -5,14 +5,16 @@ learning rate and schedule, each trial in its own process (clean peak memory), v
     python bench/train_throughput.py --steps 10 --trials 2
 
 Variants, each changing one thing from the one before it:
-  plain_trl       SFTTrainer's defaults (gradient checkpointing, TRL's LM head) in fp32, as the
-                  issue measured them, with stage 1's cosine schedule and 3% warm-up (a 6-step
-                  run otherwise compares schedules, not speed); TRL's default bf16 autocast is far
-                  slower on a CPU without native bf16 (2.61 tokens/s here, 6 steps in 1025 s), so
+  plain_trl       SFTTrainer's defaults (gradient checkpointing, TRL's LM head, padded batches) in
+                  fp32, as the issue measured them, with stage 1's cosine schedule and 3% warm-up (a
+                  6-step run otherwise compares schedules, not speed); TRL's default bf16 autocast is
+                  far slower on a CPU without native bf16 (2.61 tokens/s here, 6 steps in 1025 s), so
                   it is not the baseline
-  ours_trl_head   stage 1's settings (no checkpointing, fp32 on a CPU) with TRL's LM head
-  ours            stage 1 as shipped: plus the compact LM head (instructkit/loss_head.py)
+  ours_trl_head   stage 1's settings (no checkpointing, fp32 on a CPU) with TRL's LM head, padded
+  ours_padded     plus the compact LM head (instructkit/loss_head.py)
   ours_grouped    plus length-grouped batches (less padding; changes the data order)
+  ours            stage 1 as shipped: the compact head and padding-free batches
+                  (instructkit/padding_free.py; no padding, same records and order as ours_padded)
 
 Counts real tokens (not padding) per second of training steps, peak RSS, and the validation loss
 after training. Trial t uses seed 42 + t for every variant, so the spread across trials is the
@@ -35,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.child import report, run_child  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-VARIANTS = ("plain_trl", "ours_trl_head", "ours", "ours_grouped")
+VARIANTS = ("plain_trl", "ours_trl_head", "ours_padded", "ours_grouped", "ours")
 
 
 def one_trial(variant: str, steps: int, batch_size: int, lr: float, seed: int) -> dict:
@@ -47,6 +49,7 @@ def one_trial(variant: str, steps: int, batch_size: int, lr: float, seed: int) -
     from instructkit.data import load_records, split_records
     from instructkit.loss_head import use_compact_head
     from instructkit.models import EMBEDDED_BASE, load_causal_lm, load_tokenizer, resolve_model
+    from instructkit.padding_free import padding_free_collator
     from instructkit.prompts import get_style
     from instructkit.training import DEFAULT_DATA, ThroughputCallback, TrainingConfig, sft_arguments
 
@@ -70,12 +73,14 @@ def one_trial(variant: str, steps: int, batch_size: int, lr: float, seed: int) -
         if variant == "ours_grouped":
             args.train_sampling_strategy = "group_by_length"
     throughput = ThroughputCallback()
+    tokenizer = load_tokenizer(base)
     trainer = SFTTrainer(
-        model=load_causal_lm(base), args=args, train_dataset=train, processing_class=load_tokenizer(base),
+        model=load_causal_lm(base), args=args, train_dataset=train, processing_class=tokenizer,
+        data_collator=padding_free_collator(tokenizer) if variant == "ours" else None,
         peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"),
         callbacks=[throughput],
     )
-    compact_head = variant in ("ours", "ours_grouped") and use_compact_head(trainer)
+    compact_head = variant in ("ours_padded", "ours_grouped", "ours") and use_compact_head(trainer)
     trainer.train()
     val_loss = trainer.evaluate(val)["eval_loss"]
     return {
@@ -89,6 +94,7 @@ def one_trial(variant: str, steps: int, batch_size: int, lr: float, seed: int) -
         "val_loss": val_loss,
         "gradient_checkpointing": args.gradient_checkpointing,
         "bf16": args.bf16,
+        "padding_free": variant == "ours",
     }
 
 

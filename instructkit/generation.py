@@ -50,24 +50,25 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
 class TransformersGenerator:
     """Batched greedy decoding with one model load: the base answers with the adapter disabled."""
 
-    def __init__(self, base: ResolvedModel, adapter: Path | None, merged: str, trust_remote_code: bool):
+    def __init__(self, base: ResolvedModel, adapter: Path | None, merged: str, trust_remote_code: bool,
+                 models: list[str]):
         self.tokenizer = load_tokenizer(base, trust_remote_code)
         self.tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
-        self.model = load_causal_lm(base, trust_remote_code=trust_remote_code).eval()
-        self.merged = None
-        if merged:
-            self.merged = load_causal_lm(resolve_model(merged), trust_remote_code=trust_remote_code).eval()
-        elif adapter is not None:
-            from peft import PeftModel
+        self.merged = load_causal_lm(resolve_model(merged), trust_remote_code=trust_remote_code).eval() if merged else None
+        self.model = None  # the base, with the adapter unless a merged model answers for it
+        if "base" in models or not merged:
+            self.model = load_causal_lm(base, trust_remote_code=trust_remote_code).eval()
+            if adapter is not None and not merged:
+                from peft import PeftModel
 
-            self.model = PeftModel.from_pretrained(self.model, adapter).eval()
+                self.model = PeftModel.from_pretrained(self.model, adapter).eval()
 
     def generate(self, model: str, prompts: list[str], max_new_tokens: int, style: PromptStyle) -> tuple[list[str], int]:
         """Responses to `prompts`, and how many tokens were generated for them."""
         stop_strings = style.stop_strings
         # A chat template writes its own <bos>; plain prompts get it from the tokenizer, as in training.
         inputs = self.tokenizer(prompts, return_tensors="pt", padding=True,
-                                add_special_tokens=style.name != "chat").to(self.model.device)
+                                add_special_tokens=style.name != "chat").to((self.model or self.merged).device)
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
         if stop_strings:
             kwargs.update(stop_strings=list(stop_strings), tokenizer=self.tokenizer)
@@ -88,16 +89,20 @@ class TransformersGenerator:
 class VllmGenerator:
     """vLLM with the adapter as a LoRA request; for GPU users who installed vllm."""
 
-    def __init__(self, base: ResolvedModel, adapter: Path | None, merged: str, trust_remote_code: bool):
+    def __init__(self, base: ResolvedModel, adapter: Path | None, merged: str, trust_remote_code: bool,
+                 models: list[str]):
         try:
             from vllm import LLM
         except ImportError as exc:
             raise UserError("--engine vllm needs vLLM on a CUDA GPU (pip install vllm); "
                             "the default --engine transformers needs nothing more") from exc
-        self.adapter, self.merged_path = adapter, merged
-        self.llm = LLM(model=base.path, enable_lora=adapter is not None and not merged, trust_remote_code=trust_remote_code)
+        self.adapter = adapter
         self.merged_llm = LLM(model=resolve_model(merged).path) if merged else None
-        self.tokenizer = self.llm.get_tokenizer()
+        self.llm = None
+        if "base" in models or not merged:
+            self.llm = LLM(model=base.path, enable_lora=adapter is not None and not merged,
+                           trust_remote_code=trust_remote_code)
+        self.tokenizer = (self.llm or self.merged_llm).get_tokenizer()
 
     def generate(self, model: str, prompts: list[str], max_new_tokens: int, style: PromptStyle) -> tuple[list[str], int]:
         """Responses to `prompts`, and how many tokens were generated for them."""
@@ -142,7 +147,8 @@ def generate_responses(config: GenerationConfig) -> Path:
         settings["base_model_path"] = base.path
         progress = ProgressLog(progress_path, settings)
         engine_cls = VllmGenerator if config.engine == "vllm" else TransformersGenerator
-        generator = engine_cls(base, adapter if "finetuned" in models else None, config.merged, config.trust_remote_code)
+        generator = engine_cls(base, adapter if "finetuned" in models else None, config.merged,
+                               config.trust_remote_code, models)
         timings = {m: _answer_all(generator, m, records, style, config, progress) for m in models}
 
         rows = [

@@ -22,12 +22,12 @@ from .loss_head import use_compact_head
 from .models import (
     EMBEDDED_BASE,
     ResolvedModel,
-    attention_implementation,
     load_causal_lm,
     load_tokenizer,
     qlora_quantization,
     resolve_model,
 )
+from .padding_free import padding_free_collator, records_stay_apart
 from .plots import plot_loss
 from .prompts import STYLES, PromptStyle, get_style
 
@@ -52,7 +52,8 @@ class TrainingConfig:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
     lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
     qlora: bool = field(default=False, metadata={"help": "load the base model in 4-bit NF4 (bitsandbytes; CUDA GPU only)"})
-    packing: bool = field(default=False, metadata={"help": "pack several records into each sequence (TRL best-fit decreasing, padding-free; needs FlashAttention 2)"})
+    packing: bool = field(default=False, metadata={"help": "pack several records into each sequence of --max-length (TRL best-fit decreasing); needs attention that keeps packed records apart (checked)"})
+    padding_free: bool = field(default=True, metadata={"help": "lay each batch's records end to end instead of padding them (same records, same loss, less memory); off by itself where the model's attention would mix records"})
     val_fraction: float = field(default=0.05, metadata={"help": "share of records held out for validation loss"})
     test_fraction: float = field(default=0.10, metadata={"help": "share of records held out for stages 2-4"})
     seed: int = field(default=123, metadata={"help": "seed of the split, the LoRA initialisation and the data order"})
@@ -161,11 +162,6 @@ def train(config: TrainingConfig) -> Path:
     split = split_records(records, config.val_fraction, config.test_fraction, config.seed)
     if config.qlora:
         qlora_quantization()  # fails fast without a GPU, before anything is converted or written
-    if config.packing and attention_implementation() != "flash_attention_2":
-        # TRL packs padding-free (position_ids, no mask); only FlashAttention's varlen kernels keep the
-        # records apart. Under SDPA every record would attend to the ones packed before it.
-        raise UserError("--packing needs FlashAttention 2 (a CUDA GPU and `pip install -r requirements-gpu.txt`): "
-                        "with SDPA, records packed into one sequence would attend to each other")
     base = resolve_model(config.base_model)
     output_dir = Path(config.output_dir)
     adapter_dir = output_dir / "finetuned"
@@ -244,11 +240,16 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
         print(f"warning: {n_truncated} of {len(train_examples)} training records exceed --max-length "
               f"{config.max_length} tokens and are truncated (their end and EOS are not learned)")
 
+    # Loaded before anything is written: a model that cannot keep packed records apart stops --packing here.
+    model = load_causal_lm(base, qlora=config.qlora, trust_remote_code=config.trust_remote_code)
+    padding_free = _padding_free(config, model, tokenizer)
+
     if is_main_process():
         _write_split(split, output_dir / "data")
     checkpoints = adapter_dir / "checkpoints"
     # What is left out does not change the math: a run may resume under another setting of these.
-    run_config = {k: v for k, v in asdict(config).items() if k not in ("resume", "overwrite", "merge", "compact_loss_head")}
+    run_config = {k: v for k, v in asdict(config).items() if k not in ("resume", "overwrite", "merge", "compact_loss_head",
+                                                                      "padding_free")}
     resuming = _check_resumable(checkpoints, run_config, config.resume)
     if is_main_process():
         write_json_atomic(checkpoints / RUN_CONFIG_FILE, run_config)
@@ -260,10 +261,11 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
     if config.early_stopping_patience > 0 and has_val:
         callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
 
-    model = load_causal_lm(base, qlora=config.qlora, trust_remote_code=config.trust_remote_code)
     trainer = SFTTrainer(
         model=model,
         args=args,
+        # Packing is padding-free in TRL already; unpacked records get its padding-free collator.
+        data_collator=padding_free_collator(tokenizer) if padding_free and not config.packing else None,
         train_dataset=Dataset.from_list(train_examples),
         eval_dataset=Dataset.from_list(val_examples) if has_val else None,
         processing_class=tokenizer,
@@ -320,12 +322,32 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
         wall_time_s=round(wall_time, 1),
         peak_memory=_peak_memory_mb(),
         device="cuda:" + torch.cuda.get_device_name() if on_gpu else "cpu",
+        attention=model.config._attn_implementation,
+        padding_free=padding_free,
         n_processes=trainer.args.world_size,  # >1 under accelerate launch / torchrun
         merged_model=str(merged_dir) if merged_dir else None,
     )
     write_json_atomic(adapter_dir / SUMMARY_FILE, summary)  # written last: it marks the run finished
     _print_summary(summary, adapter_dir)
     return adapter_dir
+
+
+def _padding_free(config: TrainingConfig, model: torch.nn.Module, tokenizer) -> bool:
+    """Whether batches go padding-free: asked for (--packing always is) and the model's attention
+    keeps records in one row apart. Without that, --packing is refused and --padding-free falls back."""
+    if not (config.padding_free or config.packing):
+        return False
+    if records_stay_apart(model, tokenizer):
+        return True
+    attention = model.config._attn_implementation
+    if config.packing:
+        raise UserError(f"--packing: under this model's attention ({attention}) records packed into one sequence "
+                        "attend to each other; use FlashAttention 2 (a CUDA GPU and `pip install -r "
+                        "requirements-gpu.txt`) or train without --packing")
+    if is_main_process():
+        print(f"note: padded batches: under this model's attention ({attention}) records laid end to end "
+              "would attend to each other")
+    return False
 
 
 def merge_adapter(base: ResolvedModel, adapter_dir: Path, trust_remote_code: bool = False) -> Path:

@@ -33,6 +33,43 @@ def run_script(script: str, *args: str, timeout: int = 900, **kwargs) -> subproc
     )
 
 
+def lora_sft_trainer(base_model, tokenizer, output_dir: Path, n_records: int, batch_size: int = 8):
+    """TRL's SFTTrainer on the embedded model and default data, LoRA on all linear layers, no dropout:
+    the reference that our loss-side levers (compact head, padding-free batches) must match."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from instructkit.data import load_records
+    from instructkit.models import load_causal_lm
+    from instructkit.prompts import get_style
+    from instructkit.training import DEFAULT_DATA
+
+    style = get_style("alpaca")
+    examples = [style.training_example(r) for r in load_records(DEFAULT_DATA)[:n_records]]
+    args = SFTConfig(output_dir=str(output_dir), per_device_train_batch_size=batch_size, max_length=128,
+                     completion_only_loss=True, use_cpu=True, report_to="none", gradient_checkpointing=False)
+    torch.manual_seed(0)
+    return SFTTrainer(model=load_causal_lm(base_model), args=args, train_dataset=Dataset.from_list(examples),
+                      processing_class=tokenizer,
+                      peft_config=LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
+                                             task_type="CAUSAL_LM"))
+
+
+def loss_grads_metrics(trainer, batch) -> tuple[float, dict, dict]:
+    """One training forward and backward through the trainer's own compute_loss: the loss, every
+    gradient, and the per-step metrics TRL logs (read from its private _metrics store)."""
+    trainer.model.zero_grad()
+    trainer.model.train()
+    trainer._metrics["train"].clear()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    metrics = {k: v[-1] for k, v in trainer._metrics["train"].items() if k in ("entropy", "mean_token_accuracy")}
+    return loss.item(), grads, metrics
+
+
 @pytest.fixture(scope="session")
 def base_model():
     from instructkit.models import EMBEDDED_BASE, resolve_model

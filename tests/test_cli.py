@@ -14,7 +14,7 @@ def test_help_lists_every_flag():
     result = run_script("part1_instruction_finetuning.py", "--help")
     assert result.returncode == 0
     for flag in ("--base-model", "--data", "--prompt-style", "--output-dir", "--epochs", "--max-steps", "--batch-size",
-                 "--grad-accum", "--lr", "--max-length", "--lora-r", "--lora-alpha", "--qlora", "--packing",
+                 "--grad-accum", "--lr", "--max-length", "--lora-r", "--lora-alpha", "--qlora", "--packing", "--padding-free",
                  "--val-fraction", "--test-fraction", "--seed", "--merge", "--resume", "--config",
                  "--early-stopping-patience"):
         assert flag in result.stdout, flag
@@ -85,28 +85,3 @@ def test_qlora_without_gpu_is_a_clear_error(tmp_path, capsys):
     code = run_stage(main, build_parser(TrainingConfig, ""), ["--qlora", "--output-dir", str(tmp_path / "o"), "--max-steps", "1"])
     assert code == 2
     assert "--qlora needs a CUDA GPU" in capsys.readouterr().err
-
-
-def test_packing_without_flash_attention_is_refused(tmp_path, capsys, base_model, base_tokenizer):
-    """Under SDPA, padding-free packing (position_ids, no mask) lets a record attend to the one
-    packed before it: shown here on the real model, and why --packing needs FlashAttention 2."""
-    import torch
-
-    from instructkit.models import attention_implementation, load_causal_lm
-
-    if attention_implementation() == "flash_attention_2":
-        pytest.skip("FlashAttention 2 is active: packing is allowed")
-    model = load_causal_lm(base_model).eval()
-    a = base_tokenizer("The capital of France is Paris.", return_tensors="pt")["input_ids"]
-    b = base_tokenizer("Two plus two equals four.", return_tensors="pt")["input_ids"]
-    positions = torch.cat([torch.arange(a.shape[1]), torch.arange(b.shape[1])]).unsqueeze(0)
-    with torch.no_grad():
-        alone = model(b).logits[0]
-        packed = model(input_ids=torch.cat([a, b], dim=1), position_ids=positions).logits[0, a.shape[1]:]
-    assert (packed - alone).abs().max() > 1.0, "SDPA now separates packed records: --packing could be allowed"
-
-    main = __import__("part1_instruction_finetuning").main
-    code = run_stage(main, build_parser(TrainingConfig, ""), ["--packing", "--output-dir", str(tmp_path / "o")])
-    assert code == 2
-    assert "--packing needs FlashAttention 2" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()

@@ -103,3 +103,20 @@ def test_clean_response_and_batching():
     assert clean_response("  Paris.\n\n### Instruction:\nMore", stops) == "Paris."
     assert clean_response("No marker here ", stops) == "No marker here"
     assert length_sorted_batches([5, 1, 4, 2, 3], 2) == [[1, 3], [4, 2], [0]]
+
+
+def test_merged_model_answers_alone_without_loading_the_base(trained_run, responses_dir, tmp_path, base_model):
+    from instructkit.generation import TransformersGenerator
+
+    merged = trained_run / "finetuned" / "merged"
+    assert TransformersGenerator(base_model, None, str(merged), False, ["finetuned"]).model is None
+
+    result = run_script("part2_generate_test_responses.py", *stage2_args(trained_run, tmp_path),
+                        "--merged", str(merged), "--models", "finetuned")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "test_base_model.json").read_text())
+    adapter_rows = json.loads((responses_dir / "test_base_model.json").read_text())
+    assert all(row["base_model_response"] is None for row in rows)
+    # Greedy decoding from W + BA merged rounds differently from W x + B(A x); a near-tie may flip one answer.
+    same = sum(row["finetuned_model_response"] == a["finetuned_model_response"] for row, a in zip(rows, adapter_rows))
+    assert same >= len(rows) - 1, (rows, adapter_rows)

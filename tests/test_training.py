@@ -17,7 +17,7 @@ SUMMARY_KEYS = {
     "stage", "base_model", "base_model_path", "base_model_source", "prompt_style", "data", "hyperparameters",
     "n_records", "n_train_truncated", "n_duplicates_dropped", "steps", "epochs_done", "resumed", "train_loss", "val_loss",
     "val_loss_before", "val_loss_after", "final_train_loss", "train_tokens", "tokens_per_second",
-    "wall_time_s", "peak_memory", "device", "n_processes", "merged_model", "created_at", "python", "platform", "versions",
+    "wall_time_s", "peak_memory", "device", "attention", "padding_free", "n_processes", "merged_model", "created_at", "python", "platform", "versions",
 }
 
 
@@ -38,6 +38,7 @@ def test_artifacts_and_summary_keys(trained_run, summary):
     assert summary["n_records"] == {"train": 425, "val": 25, "test": 50}
     assert summary["tokens_per_second"] > 0 and summary["peak_memory"]["cpu_rss_mb"] > 0
     assert summary["versions"]["trl"] and summary["versions"]["peft"]
+    assert summary["padding_free"] is True and summary["attention"] == "sdpa", "the CPU default: SDPA, padding-free"
     assert [p["step"] for p in summary["val_loss"]] == [0, 4, 8]
     assert load_style(finetuned).name == "alpaca"
 
