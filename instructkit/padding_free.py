@@ -38,9 +38,8 @@ def records_stay_apart(model: torch.nn.Module, tokenizer) -> bool:
 
 
 def padding_free_collator(tokenizer) -> DataCollatorForLanguageModeling:
-    """TRL's collator in its padding-free mode (the one its packing uses), for unpacked records:
-    TRL truncates them to max_length while preparing the dataset, and this lays each batch end to end.
-    Like TRL with its own collator, a tokenizer without a pad token gets EOS as one (saved with the adapter)."""
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    """TRL's collator in its padding-free mode (the one its packing uses), for unpacked records.
+    SFTConfig(padding_free=True) would build the same one, but TRL 1.16 refuses it with a max_length
+    and no packing ("max_length is not enforced") although it truncates while preparing the dataset
+    either way."""
     return DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
