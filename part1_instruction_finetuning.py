@@ -14,7 +14,10 @@ Several processes (DDP; see README for FSDP):
     accelerate launch --num_processes 2 part1_instruction_finetuning.py ...
 
 Writes outputs/data/{train,val,test}.json and outputs/finetuned/ (adapter, tokenizer,
-prompt_style.json, training_summary.json, loss.png). Rerun to resume an interrupted run.
+prompt_style.json, training_summary.json, loss.png). A run trains in outputs/.stage1.partial/ and
+replaces data/ and finetuned/ only when it finishes. Rerun the same command to resume an interrupted
+run (--restart discards its checkpoints); a finished run is reused while its data and settings are
+the same, and trained again, saying why, when they changed.
 """
 
 import sys

@@ -3,8 +3,11 @@
 After stage 1, with no arguments (reads outputs/data/test.json and outputs/finetuned/):
     python part2_generate_test_responses.py
 
+Another run folder: stage 1's split and adapter are read from it too
+    python part2_generate_test_responses.py --output-dir runs/lr1e-4
+
 A quick look at 5 records, finetuned model only:
-    python part2_generate_test_responses.py --limit 5 --models finetuned --overwrite
+    python part2_generate_test_responses.py --limit 5 --models finetuned
 
 Llama 3 8B on a GPU, with a merged model or with vLLM (pip install vllm):
     python part2_generate_test_responses.py --batch-size 32 --max-new-tokens 256
@@ -13,6 +16,8 @@ Llama 3 8B on a GPU, with a merged model or with vLLM (pip install vllm):
 Writes outputs/test_base_model.json (instruction, input, output, base_model_response,
 finetuned_model_response per record) and test_base_model.meta.json (settings, timings, versions).
 Killed halfway? Rerun the same command: finished records are kept and not generated again.
+Retrained in stage 1? Rerun: the responses are made again because the adapter changed (the
+manifest holds the fingerprints of the test split, the adapter and the base model).
 """
 
 import sys

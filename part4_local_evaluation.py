@@ -11,13 +11,14 @@ The reference setup, a local transformers judge scored by its token probabilitie
 
 Rate responses yourself (blind, shuffled, resumable), then compare a judge with your ratings:
     python part4_local_evaluation.py --human
-    python part4_local_evaluation.py --compare-with outputs/human_ratings.json --overwrite
+    python part4_local_evaluation.py --compare-with outputs/human_ratings.json
 
 Writes outputs/judge_scores.json (every score with the judge's raw reply; per-model mean, median and
 95% bootstrap interval; finetuned - base; pairwise win rate), judge_scores.meta.json, and
 outputs/report.html with every stage's results on one page. A reply that is not a clear score is
 retried once, then kept as null with its text: counted, never averaged in as 0.
-Killed halfway? Rerun the same command: finished judgements are kept.
+Killed halfway? Rerun the same command: finished judgements are kept. A rerun with new responses
+judges again; one with a new --pairwise, --limit or --compare-with asks only what is new.
 """
 
 import sys

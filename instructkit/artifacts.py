@@ -17,6 +17,11 @@ from filelock import FileLock, Timeout
 
 from .errors import UserError
 
+# Stage 2's output, which stages 4 and the report read: one object per test record with a response
+# field per model.
+RESPONSES_FILE = "test_base_model.json"
+RESPONSE_FIELDS = {"base": "base_model_response", "finetuned": "finetuned_model_response"}
+
 TRACKED_PACKAGES = (
     "torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes",
     "lm_eval", "litgpt", "openai", "gguf",

@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, problems_error
 
 FIELDS = ("instruction", "input", "output")
 DOLLY_FIELDS = {"context": "input", "response": "output"}
 HUB_DATASETS = {"alpaca": "tatsu-lab/alpaca", "dolly": "databricks/databricks-dolly-15k"}
-MAX_LISTED_PROBLEMS = 20
 
 Record = dict[str, str]
 
@@ -98,8 +97,8 @@ def _read_hub(name: str) -> list[dict[str, Any]]:
         dataset = datasets.load_dataset(name, split="train")
     except Exception as exc:  # the hub client raises many types when offline
         raise UserError(
-            f"could not load dataset {name!r} from the Hugging Face hub ({type(exc).__name__}). "
-            "Offline? Pass a local Alpaca/Dolly .json, .jsonl or .csv file with --data."
+            f"could not load dataset {name!r} from the Hugging Face hub: {type(exc).__name__}: {exc}. "
+            "Without the hub, pass a local Alpaca/Dolly .json, .jsonl or .csv file with --data."
         ) from exc
     return list(dataset)
 
@@ -130,9 +129,7 @@ def validate_records(raw: list[Any], label: str) -> list[Record]:
         if len(record) == len(FIELDS):
             records.append(record)
     if problems:
-        shown = problems[:MAX_LISTED_PROBLEMS]
-        more = len(problems) - len(shown)
-        raise UserError("\n".join(shown) + (f"\n... and {more} more problems" if more else ""))
+        raise problems_error(problems)
     return records
 
 

@@ -6,3 +6,12 @@ class UserError(Exception):
 
     The scripts print its message and exit with status 2; nothing is written after it is raised.
     """
+
+
+MAX_LISTED_PROBLEMS = 20
+
+
+def problems_error(problems: list[str]) -> UserError:
+    """Every problem found in an input, one per line (the first 20, then how many more)."""
+    more = len(problems) - MAX_LISTED_PROBLEMS
+    return UserError("\n".join(problems[:MAX_LISTED_PROBLEMS]) + (f"\n... and {more} more problems" if more > 0 else ""))

@@ -8,30 +8,32 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import manifest, output_lock, read_json, write_json_atomic
+from .artifacts import RESPONSE_FIELDS, RESPONSES_FILE, manifest, output_lock, read_json
 from .data import Record, validate_records
 from .errors import UserError
 from .models import ResolvedModel, base_reference, load_causal_lm, load_tokenizer, require_adapter, resolve_model
-from .progress import ProgressLog
+from .progress import ProgressLog, open_work
 from .prompts import PromptStyle, load_style
+from .provenance import model_input, path_input, reference_input
 
-RESPONSES_FILE = "test_base_model.json"
-MODELS = {"base": "base_model_response", "finetuned": "finetuned_model_response"}
+# What the responses depend on besides the input files (those are fingerprinted).
+RESPONSE_SETTINGS = ("models", "max_new_tokens", "batch_size", "limit", "engine")
 
 
 @dataclass
 class GenerationConfig:
-    test_file: str = field(default="outputs/data/test.json", metadata={"help": "Alpaca records to answer (stage 1 writes this split)"})
-    adapter: str = field(default="outputs/finetuned", metadata={"help": "stage 1's adapter folder (with prompt_style.json)"})
+    test_file: str = field(default="", metadata={"help": "Alpaca records to answer (default: stage 1's split, <output-dir>/data/test.json)"})
+    adapter: str = field(default="", metadata={"help": "stage 1's adapter folder with prompt_style.json (default: <output-dir>/finetuned)"})
     base_model: str = field(default="", metadata={"help": "base model reference (default: the one stage 1 trained on)"})
     merged: str = field(default="", metadata={"help": "a merged finetuned model folder to use instead of base + adapter"})
-    output_dir: str = field(default="outputs", metadata={"help": f"where {RESPONSES_FILE} and its .meta.json are written"})
+    output_dir: str = field(default="outputs", metadata={"help": f"the run folder: stage 1's outputs are read from it, {RESPONSES_FILE} and its .meta.json written to it"})
     models: str = field(default="both", metadata={"help": "which models answer", "choices": ["both", "base", "finetuned"]})
     max_new_tokens: int = field(default=128, metadata={"help": "longest response, in tokens"})
     batch_size: int = field(default=8, metadata={"help": "prompts per generate() call (grouped by length)"})
     limit: int = field(default=0, metadata={"help": "answer only the first N test records (0: all)"})
     engine: str = field(default="transformers", metadata={"help": "transformers (default, tested) or vllm (GPU, if installed)", "choices": ["transformers", "vllm"]})
-    overwrite: bool = field(default=False, metadata={"help": "generate again even if the output file is complete"})
+    overwrite: bool = field(default=False, metadata={"help": "generate again although the finished output matches its inputs (partial results of such a run are kept and resumed)"})
+    restart: bool = field(default=False, metadata={"help": "discard partial results of an interrupted run instead of resuming them"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub (only for models you trust)"})
 
 
@@ -121,51 +123,54 @@ class VllmGenerator:
         return [clean_response(o.outputs[0].text, stop_strings) for o in outputs], generated
 
 
+def stage1_paths(output_dir: Path, test_file: str, adapter: str) -> tuple[Path, Path]:
+    """The test split and adapter a later stage reads: given explicitly, else stage 1's in `output_dir`."""
+    return Path(test_file or output_dir / "data" / "test.json"), Path(adapter or output_dir / "finetuned")
+
+
 def generate_responses(config: GenerationConfig) -> Path:
     """Run stage 2 and return the path of `test_base_model.json`."""
     output_dir = Path(config.output_dir)
+    test_file, adapter = stage1_paths(output_dir, config.test_file, config.adapter)
     final_path = output_dir / RESPONSES_FILE
     models = ["base", "finetuned"] if config.models == "both" else [config.models]
-    adapter = Path(config.adapter)
     if "finetuned" in models and not config.merged:
         require_adapter(adapter)
     style: PromptStyle = load_style(adapter)
-    records = validate_records(read_json(config.test_file), config.test_file)
+    records = validate_records(read_json(test_file), str(test_file))
     if config.limit > 0:
         records = records[:config.limit]
     base = resolve_model(base_reference(config.base_model, adapter))
+    loads_base = "base" in models or not config.merged
 
-    progress_path = output_dir / f".{RESPONSES_FILE}.progress.jsonl"
+    inputs = {"test_file": path_input(test_file)}
+    if "finetuned" in models:
+        inputs["finetuned"] = reference_input(config.merged) if config.merged else path_input(adapter)
+    if loads_base:
+        inputs["base_model"] = model_input(base)
+    settings = {k: v for k, v in asdict(config).items() if k in RESPONSE_SETTINGS}
+    settings["prompt_style"] = style.name
     with output_lock(output_dir, "generate"):
-        if final_path.is_file() and not config.overwrite:
-            progress_path.unlink(missing_ok=True)  # left by a run killed between its last two steps
-            print(f"stage 2 already finished: {final_path} (pass --overwrite to generate again)")
+        work = open_work(final_path, settings, inputs, overwrite=config.overwrite, restart=config.restart,
+                         stage="stage 2", verb="generating")
+        if work.progress is None:
             return final_path
-        if config.overwrite:
-            progress_path.unlink(missing_ok=True)
-        settings = {k: v for k, v in asdict(config).items() if k not in ("overwrite", "output_dir")}
-        settings["base_model_path"] = base.path
-        progress = ProgressLog(progress_path, settings)
+        progress = work.progress
         engine_cls = VllmGenerator if config.engine == "vllm" else TransformersGenerator
         generator = engine_cls(base, adapter if "finetuned" in models else None, config.merged,
                                config.trust_remote_code, models)
         timings = {m: _answer_all(generator, m, records, style, config, progress) for m in models}
 
-        rows = [
-            {**record, **{MODELS[m]: progress.done.get((m, i)) for m in MODELS}}
-            for i, record in enumerate(records)
-        ]
-        write_json_atomic(output_dir / RESPONSES_FILE.replace(".json", ".meta.json"), manifest(
+        rows = [{**record, **{RESPONSE_FIELDS[m]: progress.done.get((m, i)) for m in RESPONSE_FIELDS}}
+                for i, record in enumerate(records)]
+        work.finish(rows, manifest(
             stage="part2_generate_test_responses",
-            settings=settings,
             prompt_style=style.name,
             n_records=len(records),
             models=models,
             timings=timings,
             device=str(getattr(getattr(generator, "model", None), "device", "vllm")),
         ))
-        write_json_atomic(final_path, rows)
-        progress.remove()
     print(f"\n== stage 2 done: {len(rows)} records, models {', '.join(models)}\nresponses: {final_path}")
     for model, timing in timings.items():
         print(f"  {model}: {timing['seconds']} s, {timing['generated_tokens_per_second']} generated tokens/s")

@@ -8,9 +8,10 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from .artifacts import output_lock, read_json, write_json_atomic
-from .errors import UserError
-from .judging import JudgeConfig, file_sha256, read_responses
+from .artifacts import RESPONSE_FIELDS, output_lock, read_json, write_json_atomic
+from .errors import UserError, problems_error
+from .judging import JudgeConfig, read_responses, responses_file
+from .provenance import sha256_file
 from .stats import describe
 
 HUMAN_FILE = "human_ratings.json"
@@ -23,14 +24,15 @@ def _show(label: str, text: str) -> str:
 
 def rate_in_terminal(config: JudgeConfig, ask: Callable[[str], str] = input) -> Path:
     """Ask for a 0-100 rating of each unrated response; 's' skips, 'q' (or end of input) stops."""
-    records, models = read_responses(config.input)
+    responses = responses_file(config)
+    records, models = read_responses(responses)
     if config.limit > 0:
         records = records[:config.limit]
     output_dir = Path(config.output_dir)
     path = output_dir / HUMAN_FILE
-    digest = file_sha256(config.input)
+    digest = sha256_file(responses)
     with output_lock(output_dir, "human"):
-        saved = read_json(path) if path.is_file() else {"input": config.input, "input_sha256": digest, "ratings": []}
+        saved = read_human_ratings(path) if path.is_file() else {"input": str(responses), "input_sha256": digest, "ratings": []}
         if saved.get("input_sha256") != digest:
             raise UserError(f"{path} holds ratings of another responses file ({saved.get('input')}); "
                             "move it away to rate this one")
@@ -61,6 +63,34 @@ def rate_in_terminal(config: JudgeConfig, ask: Callable[[str], str] = input) -> 
         print(f"  {model}: {s['n_scored']} rated" + (f", mean {s['mean']:.1f}" if values else ""))
     print(f"human ratings: {path}")
     return path
+
+
+def read_human_ratings(path: str | Path) -> dict:
+    """A human_ratings.json, checked entry by entry: a hand-edited file gets a message naming the
+    file, the entry and the field instead of a traceback later."""
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("ratings"), list):
+        raise UserError(f"{path}: expected an object with a 'ratings' list (the file stage 4 --human writes)")
+    problems = []
+    for number, rating in enumerate(data["ratings"]):
+        if not isinstance(rating, dict):
+            problems.append(f"{path}: rating {number}: expected an object, found {type(rating).__name__}")
+            continue
+        checks = {
+            "index": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+            "model": lambda v: v in RESPONSE_FIELDS,
+            "rating": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 100,
+        }
+        for field, valid in checks.items():
+            if field not in rating:
+                problems.append(f"{path}: rating {number}: missing field '{field}'")
+            elif not valid(rating[field]):
+                problems.append(f"{path}: rating {number}: field '{field}' is {rating[field]!r}; expected "
+                                + {"index": "a record index (0 or more)", "model": f"one of {', '.join(RESPONSE_FIELDS)}",
+                                   "rating": "a number from 0 to 100"}[field])
+    if problems:
+        raise problems_error(problems)
+    return data
 
 
 def _ask_rating(ask: Callable[[str], str]) -> int | str:

@@ -77,13 +77,14 @@ class Parsed:
     how: str  # "exact", "first_line" or "unparsed" (with the reason)
 
 
-# One integer, optionally labelled or written as "/100"; markdown emphasis and a full stop allowed.
-_SCORE = re.compile(r"(?:score\s*[:=]?\s*)?(\d{1,3})(?:\s*(?:/|out of)\s*100)?\s*\.?", re.IGNORECASE)
+# One integer, optionally labelled, in [[double brackets]] or written as "/100"; a full stop allowed.
+_SCORE = re.compile(r"(?:score\s*[:=]?\s*)?(?:\[\[)?(\d{1,3})(?:\]\])?(?:\s*(?:/|out of)\s*100)?\s*\.?", re.IGNORECASE)
 _VERDICT = re.compile(r"(?:verdict\s*[:=]?\s*)?(?:\[\[)?(?:response\s+)?(A|B|tie)(?:\]\])?\s*\.?", re.IGNORECASE)
 
 
 def _strip_markup(line: str) -> str:
-    return line.strip().strip("*_`\"' ").strip()
+    """Markdown that API judges write around a score (`**Score:** 85`, `Score: **85**`, `## Score: 85`)."""
+    return re.sub(r"[*_`]", "", line).strip().lstrip("#").strip("\"' ").strip()
 
 
 def _first_line(text: str) -> str:
@@ -112,7 +113,8 @@ def _verdict_value(word: str) -> tuple[str, None]:
 
 
 def parse_score(text: str | None) -> Parsed:
-    """'85', 'Score: 85', '**85**', '85/100', '85.' -> 85; '85\\nbecause...' -> 85 (first line);
+    """'85', 'Score: 85', '**85**', '**Score:** 85', 'Score: [[85]]', '85/100', '85.' -> 85;
+    '85\\nbecause...' -> 85 (first line);
     'between 70 and 80', '8.5', '150', '-5', '' -> None."""
     return _parse(text, _SCORE, _score_value, "score")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,11 +54,11 @@ def _with_prefill(prefill: str, continuation: str) -> str:
 class HFJudge:
     """A local transformers model: batched greedy replies, or expected scores from its token probabilities."""
 
-    def __init__(self, model: str, trust_remote_code: bool = False):
+    def __init__(self, model: str, trust_remote_code: bool = False, attention: str | None = None):
         self.resolved = resolve_model(model)
         self.tokenizer = load_tokenizer(self.resolved, trust_remote_code)
         self.tokenizer.padding_side = "left"
-        self.model = load_causal_lm(self.resolved, trust_remote_code=trust_remote_code).eval()
+        self.model = load_causal_lm(self.resolved, trust_remote_code=trust_remote_code, attention=attention).eval()
         self._score_tree: ScoreTree | None = None
 
     def describe(self) -> dict:
@@ -90,9 +91,13 @@ class ScoreTree:
     The prompt is followed by the trie of the scores' token sequences (10 + 90 + 1 nodes for a
     one-digit-per-token vocabulary, 101 for one with a token per number); a tree attention mask lets
     each node see the prompt and its own ancestors only, so one pass gives the probability of
-    every path. A score ends where the next token does not start with a digit, so P("8") counts
-    only the mass of "8" followed by a non-digit, and P(8) + P(85) + ... sums to at most 1.
+    every path. A score ends where the number does: the next token may not be a digit or a decimal
+    part (".5", ",5", or a bare "," or "." before one). A full stop after the score is allowed, as
+    the reply parser allows "85.": every score node has a "." child, and what follows that must not
+    be a digit. So P(8) counts neither "85" nor "8.5" nor "8,5" (which the parser refuses too), and
+    P(0) + ... + P(100) <= 1.
     After a prefill ("Score:") a score is tokenized as it follows it (" 85", not "85").
+    Needs attention that honours a custom 4D mask (SDPA or eager), not FlashAttention 2.
     """
 
     def __init__(self, tokenizer, prefill: str = ""):
@@ -114,7 +119,17 @@ class ScoreTree:
                     self.nodes.append((prefix[-1], path[-1] if path else -1))
                 path.append(index[prefix])
             self.paths[score] = path
+        # The full stop after each score: one more node under every score's last node.
+        dot = tokenizer.encode(f"{prefill} 8." if prefill else "8.", add_special_tokens=False)[-1]
+        self.dots = {}  # score -> node of its full stop
+        for score, path in self.paths.items():
+            self.dots[score] = len(self.nodes)
+            self.nodes.append((dot, path[-1]))
         vocab = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        # Tokens that carry a number on (a digit, a decimal part ".5" or ",5", or a bare "." or ","
+        # that a tokenizer splits off first), so that what came before was not a whole score.
+        self.continues_number = torch.tensor([text[:1].isdigit() or (text[:1] in ".," and (text[1:2].isdigit() or len(text) == 1))
+                                              or i == dot for i, text in enumerate(vocab)])
         self.digit_start = torch.tensor([text[:1].isdigit() for text in vocab])
         self.depth = [0] * len(self.nodes)
         for n, (_, parent) in enumerate(self.nodes):
@@ -150,6 +165,10 @@ class ScoreTree:
 
     def score_masses(self, model, prompts: list[list[int]]) -> list[dict[int, float]]:
         """P(the reply is exactly score s) for every s in 0-100, per tokenized prompt."""
+        attention = getattr(model.config, "_attn_implementation", "sdpa")
+        if attention not in ("sdpa", "eager"):
+            raise UserError(f"--scoring probability needs attention that takes a custom mask (sdpa or eager); this "
+                            f"judge was loaded with {attention}")
         input_ids, positions, mask = self._inputs(prompts, model.dtype)
         n = len(self.nodes)
         device = model.device
@@ -157,15 +176,26 @@ class ScoreTree:
             # Only the last prompt token and the tree nodes need the vocabulary projection.
             logits = model(input_ids=input_ids.to(device), position_ids=positions.to(device),
                            attention_mask=mask.to(device), logits_to_keep=n + 1).logits.float()
+        # Qwen2.5 and Phi-3 pad their output layer past the tokenizer's vocabulary; padded rows are
+        # never real tokens, and count as ending a number (their probability is ~0 anyway).
+        width = logits.shape[-1]
+        continues = torch.zeros(width, dtype=torch.bool)
+        continues[:min(width, len(self.continues_number))] = self.continues_number[:width]
+        digits = torch.zeros(width, dtype=torch.bool)
+        digits[:min(width, len(self.digit_start))] = self.digit_start[:width]
         tokens = torch.tensor([token for token, _ in self.nodes])
         parents = torch.tensor([parent for _, parent in self.nodes]) + 1
         masses = []
         for row in range(len(prompts)):
             # Position 0 predicts the first token; position k + 1 what follows node k.
-            log_probs = torch.log_softmax(logits[row], dim=-1).cpu()
-            ends = torch.log1p(-log_probs.exp()[:, self.digit_start].sum(-1).clamp(max=1 - 1e-7))
+            probs = torch.softmax(logits[row], dim=-1).cpu()
+            log_probs = probs.log()
+            ends = torch.log1p(-probs[:, continues].sum(-1).clamp(max=1 - 1e-7))
+            ends_after_dot = torch.log1p(-probs[:, digits].sum(-1).clamp(max=1 - 1e-7))
             step = log_probs[parents, tokens]  # log P(node's token | its prefix)
-            masses.append({score: float((step[path].sum() + ends[path[-1] + 1]).exp()) for score, path in self.paths.items()})
+            masses.append({score: float((step[path].sum() + ends[path[-1] + 1]).exp()
+                                        + (step[path].sum() + step[self.dots[score]] + ends_after_dot[self.dots[score] + 1]).exp())
+                           for score, path in self.paths.items()})
         return masses
 
     def expected_scores(self, model, prompts: list[list[int]]) -> list[tuple[float | None, float]]:
@@ -266,13 +296,24 @@ class OpenAIJudge:
 
     def replies(self, prompts: list[str], max_new_tokens: int, prefill: str = "") -> list[Reply]:
         """The prefill is not sent: chat APIs take no partial assistant turn, and the models behind
-        them answer in the requested format."""
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(lambda prompt: self._reply(prompt, max_new_tokens), prompts))
+        them answer in the requested format. A refused key or unknown model stops every request
+        not yet sent: the ones in flight are all that is spent."""
+        stop = threading.Event()
+        pool = ThreadPoolExecutor(max_workers=self.concurrency)
+        try:
+            futures = [pool.submit(self._reply, prompt, max_new_tokens, stop) for prompt in prompts]
+            return [future.result() for future in futures]
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
-    def _reply(self, prompt: str, max_new_tokens: int) -> Reply:
+    def _reply(self, prompt: str, max_new_tokens: int, stop: threading.Event) -> Reply:
         import openai
 
+        if stop.is_set():
+            return Reply(None, "not sent: the run stopped")
         try:
             completion = self.client.chat.completions.create(
                 model=self.model,
@@ -280,7 +321,8 @@ class OpenAIJudge:
                 temperature=0.0, seed=self.seed, max_tokens=max_new_tokens,
             )
         except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as exc:
-            # Every record would fail the same way: stop now, before any money is spent.
+            # Every record would fail the same way: stop now, before any more money is spent.
+            stop.set()
             raise UserError(f"the judge server at {self.describe()['base_url']} refused: {self._redact(exc)}") from exc
         except (openai.OpenAIError, ValueError) as exc:  # retries spent, or a reply that is not valid JSON
             return Reply(None, f"{type(exc).__name__}: {self._redact(exc)}")
@@ -297,12 +339,13 @@ class OpenAIJudge:
 
 
 def load_judge(reference: str, *, base_url: str = "", concurrency: int = 4, seed: int = 0,
-               max_retries: int = 4, timeout: float = 60.0, trust_remote_code: bool = False):
+               max_retries: int = 4, timeout: float = 60.0, trust_remote_code: bool = False, scoring: str = "generate"):
     kind, model = parse_judge_reference(reference)
     if base_url and kind != "openai":
         raise UserError("--judge-base-url is for openai: judges (any OpenAI-compatible server)")
     if kind == "litgpt":
         return LitGPTJudge(model)
     if kind == "hf":
-        return HFJudge(model, trust_remote_code)
+        # Probability scoring runs a tree-shaped 4D mask, which FlashAttention 2 would ignore.
+        return HFJudge(model, trust_remote_code, attention="sdpa" if scoring == "probability" else None)
     return OpenAIJudge(model, base_url, concurrency, seed, max_retries, timeout)

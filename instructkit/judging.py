@@ -3,16 +3,15 @@ two models pairwise when asked (`judge_scores.json`)."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts import manifest, output_lock, read_json, write_json_atomic
+from .artifacts import RESPONSE_FIELDS, RESPONSES_FILE, manifest, output_lock, read_json
 from .data import validate_records
-from .errors import UserError
+from .errors import UserError, problems_error
 from .judge_prompts import (
     PAIRWISE_RETRY,
     SCORE_PREFILL,
@@ -25,18 +24,21 @@ from .judge_prompts import (
 )
 from .judges import Reply, load_judge
 from .models import EMBEDDED_JUDGE
-from .progress import ProgressLog
+from .progress import ProgressLog, open_work
+from .provenance import path_input
 from .stats import agreement, describe, paired_difference, win_rate
 
 SCORES_FILE = "judge_scores.json"
-RESPONSE_FIELDS = {"base": "base_model_response", "finetuned": "finetuned_model_response"}
+# What one judgement depends on besides the responses; and what else shapes the finished file.
+JUDGEMENT_SETTINGS = ("judge", "judge_base_url", "scoring", "max_new_tokens", "seed", "trust_remote_code")
+RUN_SETTINGS = ("pairwise", "limit")
 ORDERS = {"base_first": ("base", "finetuned"), "finetuned_first": ("finetuned", "base")}
 LOW_COVERAGE = 0.5
 
 
 @dataclass
 class JudgeConfig:
-    input: str = field(default="outputs/test_base_model.json", metadata={"help": "stage 2's responses to score"})
+    input: str = field(default="", metadata={"help": f"stage 2's responses to score (default: <output-dir>/{RESPONSES_FILE})"})
     judge: str = field(default=f"litgpt:{EMBEDDED_JUDGE}", metadata={"help": "litgpt:<model>, hf:<model> or openai:<model>"})
     judge_base_url: str = field(default="", metadata={"help": "an OpenAI-compatible server for openai: judges (vLLM, Ollama, litgpt serve); the key comes from OPENAI_API_KEY"})
     scoring: str = field(default="generate", metadata={"help": "generate: parse the judge's reply; probability: expected score from its token probabilities (hf: judges)", "choices": ["generate", "probability"]})
@@ -50,12 +52,13 @@ class JudgeConfig:
     request_timeout: float = field(default=60.0, metadata={"help": "seconds before one API request is abandoned and retried"})
     max_new_tokens: int = field(default=16, metadata={"help": "longest judge reply, in tokens (the reply is one number or word)"})
     seed: int = field(default=0, metadata={"help": "judge seed (API), human-rating order and bootstrap resampling"})
-    output_dir: str = field(default="outputs", metadata={"help": f"where {SCORES_FILE}, human_ratings.json and report.html are written"})
-    overwrite: bool = field(default=False, metadata={"help": "judge again even if the scores file is complete"})
+    output_dir: str = field(default="outputs", metadata={"help": f"the run folder: stage 2's responses are read from it, {SCORES_FILE}, human_ratings.json and report.html written to it"})
+    overwrite: bool = field(default=False, metadata={"help": "judge again although the finished scores match their inputs (partial results of such a run are kept and resumed)"})
+    restart: bool = field(default=False, metadata={"help": "discard partial results of an interrupted run instead of resuming them"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub for hf: judges"})
 
 
-def read_responses(path: str) -> tuple[list[dict], list[str]]:
+def read_responses(path: str | Path) -> tuple[list[dict], list[str]]:
     """Stage 2's records, and the models that have responses in them."""
     raw = read_json(path)
     if not isinstance(raw, list):
@@ -71,15 +74,11 @@ def read_responses(path: str) -> tuple[list[dict], list[str]]:
             else:
                 records[index][model] = item[key]
     if problems:
-        raise UserError("\n".join(problems[:20]) + (f"\n... and {len(problems) - 20} more problems" if len(problems) > 20 else ""))
+        raise problems_error(problems)
     models = [m for m in RESPONSE_FIELDS if any(r[m] is not None for r in records)]
     if not models:
         raise UserError(f"{path}: no record has a response to score")
     return records, models
-
-
-def file_sha256(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def judge_responses(config: JudgeConfig) -> Path:
@@ -89,31 +88,25 @@ def judge_responses(config: JudgeConfig) -> Path:
                         f"(for example --judge hf:{EMBEDDED_JUDGE})")
     if config.batch_size < 1 or config.concurrency < 1:
         raise UserError("--batch-size and --concurrency must be at least 1")
-    records, models = read_responses(config.input)
+    output_dir = Path(config.output_dir)
+    responses_path = responses_file(config)
+    records, models = read_responses(responses_path)
     if config.limit > 0:
         records = records[:config.limit]
     other_scores = load_comparison(config.compare_with, records) if config.compare_with else None
-    output_dir = Path(config.output_dir)
     final_path = output_dir / SCORES_FILE
 
-    progress_path = output_dir / f".{SCORES_FILE}.progress.jsonl"
+    inputs = {"responses": path_input(responses_path)}
+    if config.compare_with:
+        inputs["compare_with"] = path_input(config.compare_with)
+    settings = {k: v for k, v in asdict(config).items() if k in JUDGEMENT_SETTINGS + RUN_SETTINGS}
     with output_lock(output_dir, "judge"):
-        if final_path.is_file() and not config.overwrite:
-            progress_path.unlink(missing_ok=True)  # left by a run killed between its last two steps
-            print(f"stage 4 judging already finished: {final_path} (pass --overwrite to judge again)")
+        work = open_work(final_path, settings, inputs, overwrite=config.overwrite, restart=config.restart,
+                         stage="stage 4 judging", verb="judging")
+        if work.progress is None:
             print_summary(read_json(final_path), final_path)
             return final_path
-        settings = {k: v for k, v in asdict(config).items()
-                    if k not in ("overwrite", "output_dir", "human", "compare_with", "concurrency", "request_timeout", "batch_size")}
-        settings["input_sha256"] = file_sha256(config.input)
-        if config.overwrite:
-            progress_path.unlink(missing_ok=True)
-        progress = ProgressLog(progress_path, settings)
-        judge = load_judge(config.judge, base_url=config.judge_base_url, concurrency=config.concurrency,
-                           seed=config.seed, max_retries=config.max_retries, timeout=config.request_timeout,
-                           trust_remote_code=config.trust_remote_code)
-        started = time.perf_counter()
-        chunk = config.concurrency * 4 if config.judge.startswith("openai:") else config.batch_size
+        progress = work.progress
         # Batches of similar length waste less on padding (a CPU pays for every padded token).
         score_items = sorted([("score", m, i) for m in models for i, r in enumerate(records) if r[m] is not None],
                              key=lambda item: _length(records[item[2]], item[1]))
@@ -121,6 +114,17 @@ def judge_responses(config: JudgeConfig) -> Path:
         if config.pairwise and len(models) == 2:
             pair_items = sorted([("pair", order, i) for i in range(len(records)) for order in ORDERS],
                                 key=lambda item: _length(records[item[2]], *models))
+        if not config.overwrite and _same_judgements(work.finished, settings, inputs):
+            needed = set(score_items + pair_items) - set(progress.done)
+            reusable = [(key, value) for key, value in judged_items(read_json(final_path)) if key in needed]
+            if reusable:
+                progress.add(reusable)
+                print(f"reusing {len(reusable)} judgements from {final_path} (same judge, settings and responses)")
+        judge = load_judge(config.judge, base_url=config.judge_base_url, concurrency=config.concurrency,
+                           seed=config.seed, max_retries=config.max_retries, timeout=config.request_timeout,
+                           trust_remote_code=config.trust_remote_code, scoring=config.scoring)
+        started = time.perf_counter()
+        chunk = config.concurrency * 4 if config.judge.startswith("openai:") else config.batch_size
         calls = sum(item not in progress.done for item in score_items + pair_items)
         try:
             _run(score_items, progress, chunk, "scoring", lambda items: _score_batch(judge, config, records, items))
@@ -133,15 +137,39 @@ def judge_responses(config: JudgeConfig) -> Path:
         seconds = round(time.perf_counter() - started, 2)
 
         result = summarize(records, models, progress.done, config, judge.describe(), other_scores)
-        write_json_atomic(output_dir / SCORES_FILE.replace(".json", ".meta.json"), manifest(
-            stage="part4_local_evaluation", settings=settings, judge=judge.describe(),
-            n_records=len(records), models=models, seconds_this_run=seconds,
-            items_judged_this_run=calls,
+        work.finish(result, manifest(
+            stage="part4_local_evaluation", judge=judge.describe(), input=str(responses_path),
+            n_records=len(records), models=models, seconds_this_run=seconds, items_judged_this_run=calls,
         ))
-        write_json_atomic(final_path, result)
-        progress.remove()
     print_summary(result, final_path)
     return final_path
+
+
+def responses_file(config: JudgeConfig) -> Path:
+    """Stage 2's responses: given with --input, else the run folder's."""
+    return Path(config.input or Path(config.output_dir) / RESPONSES_FILE)
+
+
+def _same_judgements(finished: dict | None, settings: dict, inputs: dict) -> bool:
+    """Whether a finished run's judgements hold for this run: same responses, same judge and judging
+    settings (a new --pairwise, --limit or --compare-with changes what is asked, not the answers)."""
+    if finished is None or (finished.get("inputs") or {}).get("responses") != inputs["responses"]:
+        return False
+    return all((finished.get("settings") or {}).get(k) == settings[k] for k in JUDGEMENT_SETTINGS)
+
+
+def judged_items(scores: dict) -> list[tuple[tuple, dict]]:
+    """The progress-log items a finished judge_scores.json holds: every score and verdict asked for."""
+    items = []
+    for row in scores["records"]:
+        for model, entry in row["scores"].items():
+            if entry.get("parse") != "no response":
+                items.append((("score", model, row["index"]), {"value": entry["score"],
+                                                               **{k: v for k, v in entry.items() if k != "score"}}))
+        for order in ORDERS:
+            if (row.get("pairwise") or {}).get(order):
+                items.append((("pair", order, row["index"]), row["pairwise"][order]))
+    return items
 
 
 def _length(record: dict, *models: str) -> int:
@@ -236,15 +264,15 @@ def summarize(records: list[dict], models: list[str], done: dict, config: JudgeC
         summary["finetuned_minus_base"] = paired_difference(scores["base"], scores["finetuned"], config.seed)
     return {
         "judge": {**judge, "scoring": config.scoring, "seed": config.seed},
-        "input": config.input,
+        "input": str(responses_file(config)),
         "summary": summary,
-        "pairwise": summarize_pairwise(outcomes, records, config.seed) if outcomes else None,
+        "pairwise": summarize_pairwise(outcomes, records) if outcomes else None,
         "agreement": compare_scores(rows, other_scores) if other_scores else None,
         "records": rows,
     }
 
 
-def summarize_pairwise(outcomes: list[dict], records: list[dict], seed: int) -> dict:
+def summarize_pairwise(outcomes: list[dict], records: list[dict]) -> dict:
     judged = [o for o in outcomes if o["outcome"] is not None]
     counts = {k: sum(o["outcome"] == k for o in judged) for k in ("win", "tie", "loss")}
     value = {"win": 1.0, "tie": 0.5, "loss": 0.0}
@@ -252,7 +280,7 @@ def summarize_pairwise(outcomes: list[dict], records: list[dict], seed: int) -> 
     return {
         "finetuned_wins": counts["win"], "ties": counts["tie"], "finetuned_losses": counts["loss"],
         "n_judged": len(judged), "n_total": len(outcomes),
-        **win_rate([value[o["outcome"]] for o in judged], seed),
+        **win_rate([value[o["outcome"]] for o in judged]),
         "inconsistent": inconsistent,
         "flip_rate": round(inconsistent / len(judged), 4) if judged else None,
         "mean_response_words": {m: round(sum(len(r[m].split()) for r in records if r[m]) / len(records), 1)
@@ -271,8 +299,10 @@ def load_comparison(path: str, records: list[dict]) -> dict[tuple[str, int], flo
             for model, entry in row.get("scores", {}).items():
                 if entry.get("score") is not None:
                     scores[(model, row["index"])] = entry["score"]
-    elif isinstance(data, dict) and isinstance(data.get("ratings"), list):
-        for rating in data["ratings"]:
+    elif isinstance(data, dict) and "ratings" in data:
+        from .human import read_human_ratings  # human.py builds on this module
+
+        for rating in read_human_ratings(path)["ratings"]:
             _check_same_record(path, rating, records)
             scores[(rating["model"], rating["index"])] = rating["rating"]
     else:
@@ -299,18 +329,20 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def _fmt_ci(ci: list | tuple | None, spec: str) -> str:
-    return f" 95% CI [{format(ci[0], spec)}, {format(ci[1], spec)}]" if ci else ""
+def _fmt_ci(summary: dict, spec: str) -> str:
+    if summary.get("ci95"):
+        return f" 95% CI [{format(summary['ci95'][0], spec)}, {format(summary['ci95'][1], spec)}]"
+    return " (no interval: all values equal)" if summary.get("ci95_note") else ""
 
 
 def print_summary(result: dict, path: Path) -> None:
     print(f"\n== stage 4: judge {result['judge']['kind']}:{result['judge']['model']} ({result['judge']['scoring']})")
     for model, s in result["summary"].items():
         if model == "finetuned_minus_base":
-            print(f"  finetuned - base: {s['mean']:+.1f}{_fmt_ci(s['ci95'], '.1f')} over {s['n_pairs']} pairs"
+            print(f"  finetuned - base: {s['mean']:+.1f}{_fmt_ci(s, '.1f')} over {s['n_pairs']} pairs"
                   if s["mean"] is not None else "  finetuned - base: no record has both scores")
             continue
-        print(f"  {model}: mean {_fmt(s['mean'], '.1f')}{_fmt_ci(s['ci95'], '.1f')}, scored {s['n_scored']}/{s['n_total']}")
+        print(f"  {model}: mean {_fmt(s['mean'], '.1f')}{_fmt_ci(s, '.1f')}, scored {s['n_scored']}/{s['n_total']}")
         coverage = s.get("mean_probability_on_a_score")
         if coverage is not None and coverage < LOW_COVERAGE:
             print(f"  warning: the judge puts only {coverage:.0%} of its probability on a score for {model}; "
@@ -318,7 +350,7 @@ def print_summary(result: dict, path: Path) -> None:
     if result["pairwise"]:
         p = result["pairwise"]
         print(f"  pairwise: finetuned wins {p['finetuned_wins']}, ties {p['ties']}, losses {p['finetuned_losses']}; "
-              f"win rate {_fmt(p['win_rate'], '.2f')}{_fmt_ci(p['ci95'], '.2f')}; "
+              f"win rate {_fmt(p['win_rate'], '.2f')}{_fmt_ci(p, '.3f')}; "
               f"order flips {p['inconsistent']}/{p['n_judged']}")
         print(f"  mean response length (judges favour longer answers): base {p['mean_response_words']['base']} words, "
               f"finetuned {p['mean_response_words']['finetuned']}")

@@ -162,13 +162,15 @@ def load_tokenizer(model: ResolvedModel, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_causal_lm(model: ResolvedModel, *, qlora: bool = False, trust_remote_code: bool = False):
-    """The base model in the device's training precision, 4-bit when `qlora`."""
+def load_causal_lm(model: ResolvedModel, *, qlora: bool = False, trust_remote_code: bool = False,
+                   attention: str | None = None):
+    """The base model in the device's training precision, 4-bit when `qlora`; `attention` overrides
+    the device's default attention kernel."""
     from transformers import AutoModelForCausalLM
 
     kwargs: dict = {
         "dtype": default_dtype(),
-        "attn_implementation": attention_implementation(),
+        "attn_implementation": attention or attention_implementation(),
         "trust_remote_code": trust_remote_code,
     }
     if qlora:

@@ -11,21 +11,25 @@ import html
 import time
 from pathlib import Path
 
-from .artifacts import read_json, write_text_atomic
+from .artifacts import RESPONSE_FIELDS, RESPONSES_FILE, read_json, write_text_atomic
+from .benchmark import RESULTS_FILE
 from .errors import UserError
-from .human import HUMAN_FILE
-from .judging import RESPONSE_FIELDS, SCORES_FILE
+from .human import HUMAN_FILE, read_human_ratings
+from .judging import SCORES_FILE
 from .models import EMBEDDED_JUDGE
 from .plots import plot_score_histograms
+from .progress import meta_path
+from .provenance import sha256_file, stale_on_disk
 from .stats import agreement, describe
+from .training import SUMMARY_FILE
 
 REPORT_FILE = "report.html"
-RESPONSES_FILE = "test_base_model.json"
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; padding: 0 1em; }
 h1 { margin-bottom: 0; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
 .meta, .absent, .note { color: #666; } .absent { font-style: italic; }
+.stale { background: #fff3cd; border: 1px solid #e0b100; padding: .4em .8em; border-radius: 4px; }
 table { border-collapse: collapse; margin: .5em 0; } td, th { border: 1px solid #ddd; padding: 4px 8px; vertical-align: top; }
 th { background: #f4f4f4; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 #records th { cursor: pointer; user-select: none; } #records th:after { content: " \\2195"; color: #aaa; }
@@ -81,8 +85,12 @@ def _fmt(value, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def _ci(ci) -> str:
-    return f"[{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "n/a"
+def _ci(summary: dict, digits: int = 1) -> str:
+    """A summary's 95% interval, or why it has none."""
+    ci = summary.get("ci95")
+    if ci:
+        return f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    return "none (all values equal)" if summary.get("ci95_note") else "n/a"
 
 
 def _image(path: Path, alt: str) -> str:
@@ -90,12 +98,12 @@ def _image(path: Path, alt: str) -> str:
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _read_optional(path: Path) -> dict | list | None:
+def _read_optional(path: Path, read=read_json) -> dict | list | None:
     """An artifact if its stage has run; a damaged one is reported on the page, not fatal."""
     if not path.is_file():
         return None
     try:
-        return read_json(path)
+        return read(path)
     except UserError as exc:
         return {"_error": str(exc)}
 
@@ -114,8 +122,36 @@ def _missing(artifact, stage: str, path: Path) -> str | None:
     return None
 
 
+def _changed_inputs(record: dict | None, what: Path) -> list[str]:
+    """What changed since `what` was made, per its record: inputs, or the file itself."""
+    if not isinstance(record, dict) or "inputs" not in record:
+        return []
+    changed = stale_on_disk(record["inputs"])
+    if "output_sha256" in record and what.is_file() and sha256_file(what) != record["output_sha256"]:
+        changed.append(f"{what.name} itself")
+    return changed
+
+
+def _stale(record: dict | None, what: Path, rerun: str, upstream: list[str] = ()) -> str:
+    """A warning above a section whose inputs changed after it was made (a retrained adapter under
+    old responses, say), or whose inputs are themselves out of date (`upstream`); empty while
+    everything it was made from is as it was."""
+    if isinstance(record, dict) and "inputs" not in record:
+        return f'<p class="stale">{_e(what.name)} has no record of what it was made from (an older version wrote it).</p>'
+    changed = _changed_inputs(record, what) + [f"{name} (behind {RESPONSES_FILE})" for name in upstream]
+    if not changed:
+        return ""
+    return (f'<p class="stale">Out of date: {_e(", ".join(changed))} changed since {_e(what.name)} was made. '
+            f'These results may belong to another model; rerun {_e(rerun)}.</p>')
+
+
+def _stage_record(path: Path) -> dict | None:
+    record = _read_optional(meta_path(path))
+    return record if isinstance(record, dict) and "_error" not in record else None
+
+
 def _training_section(output_dir: Path) -> str:
-    path = output_dir / "finetuned" / "training_summary.json"
+    path = output_dir / "finetuned" / SUMMARY_FILE
     summary = _read_optional(path)
     if note := _missing(summary, "Stage 1 (finetuning)", path):
         return note
@@ -129,29 +165,42 @@ def _training_section(output_dir: Path) -> str:
     table = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
     loss_png = output_dir / "finetuned" / "loss.png"
     image = _image(loss_png, "training and validation loss") if loss_png.is_file() else ""
-    return f"<table>{table}</table>{image}"
+    return _stale(summary, path, "stage 1") + f"<table>{table}</table>{image}"
+
+
+def _benchmark_cell(r: dict | None) -> str:
+    if not r:
+        return "<td>not run</td>"
+    stderr = "" if r["stderr"] is None else f" ± {r['stderr']:.4f}"
+    value = "n/a" if r["value"] is None else f"{r['value']:.4f}"
+    return f'<td class="num">{_e(r["metric"])} {value}{stderr} (n={r["n_questions"]})</td>'
 
 
 def _benchmark_section(output_dir: Path) -> str:
-    path = output_dir / "benchmark_results.json"
+    path = output_dir / RESULTS_FILE
     results = _read_optional(path)
     if note := _missing(results, "Stage 3 (benchmark)", path):
         return note
     models = results.get("models", {})
-    tasks = sorted({task for per_model in models.values() for task in per_model})
+    tasks = list(dict.fromkeys(task for per_model in models.values() for task in per_model))
     rows = []
     for task in tasks:
-        cells = []
-        for model in ("base", "finetuned"):
-            r = models.get(model, {}).get(task)
-            cells.append(f'<td class="num">{r["accuracy"]:.4f} ± {r["stderr"]:.4f} (n={r["n_questions"]})</td>'
-                         if r else "<td>not run</td>")
+        cells = "".join(_benchmark_cell(models.get(model, {}).get(task)) for model in RESPONSE_FIELDS)
         diff = results.get("finetuned_minus_base", {}).get(task)
-        diff_cell = (f'<td class="num">{diff["accuracy_difference"]:+.4f} (McNemar p={diff["mcnemar"]["p_value"]:.3f})</td>'
-                     if diff else "<td>n/a</td>")
-        rows.append(f"<tr><td>{_e(task)}</td>{''.join(cells)}{diff_cell}</tr>")
+        if diff and diff["difference"] is not None:
+            test = f' (McNemar p={diff["mcnemar"]["p_value"]:.3f})' if diff.get("mcnemar") else ""
+            diff_cell = f'<td class="num">{diff["difference"]:+.4f}{test}</td>'
+        else:
+            diff_cell = "<td>n/a</td>"
+        rows.append(f"<tr><td>{_e(task)}</td>{cells}{diff_cell}</tr>")
+        subtasks = list(dict.fromkeys(sub for m in models.values() for sub in m.get(task, {}).get("subtasks", {})))
+        for sub in subtasks:
+            sub_cells = "".join(_benchmark_cell(models.get(m, {}).get(task, {}).get("subtasks", {}).get(sub))
+                                for m in RESPONSE_FIELDS)
+            rows.append(f'<tr class="subtask"><td>&nbsp;&nbsp;{_e(sub)}</td>{sub_cells}<td></td></tr>')
     smoke = '<p class="note">Smoke run (--limit): not a full benchmark.</p>' if results.get("smoke_run") else ""
-    return ("<table><tr><th>task</th><th>base accuracy</th><th>finetuned accuracy</th><th>finetuned − base</th></tr>"
+    return (_stale(_stage_record(path), path, "stage 3")
+            + "<table><tr><th>task</th><th>base</th><th>finetuned</th><th>finetuned − base</th></tr>"
             + "".join(rows) + "</table>" + smoke)
 
 
@@ -159,7 +208,10 @@ def _judge_section(scores: dict | None, path: Path, output_dir: Path) -> str:
     if note := _missing(scores, "Stage 4's judge", path):
         return note
     judge = scores["judge"]
-    parts = [f'<p class="meta">Judge: {_e(judge["kind"])}:{_e(judge["model"])}, scoring by {_e(judge["scoring"])}, '
+    responses = output_dir / RESPONSES_FILE
+    upstream = _changed_inputs(_stage_record(responses), responses)
+    parts = [_stale(_stage_record(path), path, "stages 2 and 4" if upstream else "stage 4", upstream),
+             f'<p class="meta">Judge: {_e(judge["kind"])}:{_e(judge["model"])}, scoring by {_e(judge["scoring"])}, '
              f'seed {_e(judge["seed"])}. Unscored responses are counted, never averaged in as zeros.</p>',
              EMBEDDED_JUDGE_NOTE if judge["model"] == EMBEDDED_JUDGE else "",
              '<div class="cards">']
@@ -168,10 +220,10 @@ def _judge_section(scores: dict | None, path: Path, output_dir: Path) -> str:
         if model in summary:
             s = summary[model]
             parts.append(f'<div class="card" id="judge-{model}">{_e(model)} mean score<b>{_fmt(s["mean"])}</b>'
-                         f'95% CI {_ci(s["ci95"])}<br>median {_fmt(s["median"])}, scored {s["n_scored"]}/{s["n_total"]}</div>')
+                         f'95% CI {_ci(s)}<br>median {_fmt(s["median"])}, scored {s["n_scored"]}/{s["n_total"]}</div>')
     if "finetuned_minus_base" in summary:
         d = summary["finetuned_minus_base"]
-        parts.append(f'<div class="card">finetuned − base<b>{_fmt(d["mean"])}</b>95% CI {_ci(d["ci95"])}'
+        parts.append(f'<div class="card">finetuned − base<b>{_fmt(d["mean"])}</b>95% CI {_ci(d)}'
                      f'<br>over {d["n_pairs"]} paired records</div>')
     parts.append("</div>")
     pairwise = scores.get("pairwise")
@@ -182,7 +234,7 @@ def _judge_section(scores: dict | None, path: Path, output_dir: Path) -> str:
             f'<th>win rate (95% CI)</th><th>order flips</th><th>mean words base / finetuned</th></tr>'
             f'<tr><td class="num">{pairwise["finetuned_wins"]}</td><td class="num">{pairwise["ties"]}</td>'
             f'<td class="num">{pairwise["finetuned_losses"]}</td>'
-            f'<td class="num">{_fmt(pairwise["win_rate"], 3)} {_ci(pairwise["ci95"]) if pairwise["ci95"] else ""}</td>'
+            f'<td class="num">{_fmt(pairwise["win_rate"], 3)} {_ci(pairwise, 3)}</td>'
             f'<td class="num">{pairwise["inconsistent"]}/{pairwise["n_judged"]}</td>'
             f'<td class="num">{words["base"]} / {words["finetuned"]}</td></tr></table>'
             f'<p class="note">{_e(pairwise["note"])}. A verdict that changes when the answers swap places counts as a tie.</p>')
@@ -202,12 +254,18 @@ def _human_section(human: dict | None, scores: dict | None, path: Path) -> str:
     if note := _missing(human, "Human rating (part4_local_evaluation.py --human)", path):
         return note
     ratings = human["ratings"]
+    responses = Path(human.get("input") or "")
+    stale = ""
+    if responses.is_file() and human.get("input_sha256") not in (None, sha256_file(responses)):
+        stale = (f'<p class="stale">Out of date: {_e(responses)} changed since these ratings were given; '
+                 "they rate other responses.</p>")
     rows = []
     for model in RESPONSE_FIELDS:
         s = describe([r["rating"] for r in ratings if r["model"] == model], 0)
-        rows.append(f'<tr><td>{model}</td><td class="num">{_fmt(s["mean"])}</td><td class="num">{_ci(s["ci95"])}</td>'
+        rows.append(f'<tr><td>{model}</td><td class="num">{_fmt(s["mean"])}</td><td class="num">{_ci(s)}</td>'
                     f'<td class="num">{s["n_scored"]}</td></tr>')
-    text = ("<table><tr><th>model</th><th>mean rating</th><th>95% CI</th><th>rated</th></tr>" + "".join(rows) + "</table>")
+    text = (stale + "<table><tr><th>model</th><th>mean rating</th><th>95% CI</th><th>rated</th></tr>"
+            + "".join(rows) + "</table>")
     if scores and "records" in scores:
         judged = {(m, r["index"]): r["scores"][m]["score"] for r in scores["records"] for m in r["scores"]}
         pairs = [(judged[(r["model"], r["index"])], r["rating"]) for r in ratings
@@ -258,7 +316,8 @@ def _records_section(output_dir: Path, scores: dict | None, human: dict | None) 
             cells.append(f"<td>{_e(p.get('outcome') or '—')}{flag}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    return (f'<input id="filter" placeholder="filter records by any text"> <span class="meta">'
+    return (_stale(_stage_record(responses_path), responses_path, "stage 2")
+            + f'<input id="filter" placeholder="filter records by any text"> <span class="meta">'
             f'<span id="shown">{len(rows)}</span> of {len(rows)} records shown; click a column to sort; '
             f'hover a score for the judge\'s reply</span>'
             f'<table id="records"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
@@ -268,7 +327,7 @@ def build_report(output_dir: str | Path) -> Path:
     """Write `report.html` (and score_histogram.png) from whatever artifacts `output_dir` holds."""
     output_dir = Path(output_dir)
     scores_path, human_path = output_dir / SCORES_FILE, output_dir / HUMAN_FILE
-    scores, human = _read_optional(scores_path), _read_optional(human_path)
+    scores, human = _read_optional(scores_path), _read_optional(human_path, read_human_ratings)
     sections = [
         ("Training (stage 1)", _training_section(output_dir)),
         ("Benchmark (stage 3)", _benchmark_section(output_dir)),

@@ -13,9 +13,10 @@ RESAMPLES = 10_000
 
 
 def bootstrap_ci(values: Sequence[float], seed: int, level: float = 0.95) -> tuple[float, float] | None:
-    """Percentile bootstrap interval for the mean; None with fewer than two values."""
+    """Percentile bootstrap interval for the mean; None with fewer than two values, or when they are
+    all equal (every resample is then the same value: that is no interval, whatever it would print)."""
     data = np.asarray(values, dtype=float)
-    if len(data) < 2:
+    if len(data) < 2 or np.all(data == data[0]):
         return None
     rng = np.random.default_rng(seed)
     means = data[rng.integers(0, len(data), size=(RESAMPLES, len(data)))].mean(axis=1)
@@ -27,13 +28,16 @@ def bootstrap_ci(values: Sequence[float], seed: int, level: float = 0.95) -> tup
 def describe(values: Sequence[float | None], seed: int) -> dict:
     """Mean, median and a 95% interval over the scored values, with how many were scored."""
     scored = [v for v in values if v is not None]
-    return {
+    summary = {
         "n_scored": len(scored),
         "n_total": len(values),
         "mean": round(float(np.mean(scored)), 4) if scored else None,
         "median": round(float(np.median(scored)), 4) if scored else None,
         "ci95": bootstrap_ci(scored, seed),
     }
+    if summary["ci95"] is None and len(scored) >= 2:
+        summary["ci95_note"] = f"degenerate: all {len(scored)} values are {scored[0]}; the bootstrap gives no interval"
+    return summary
 
 
 def paired_difference(first: Sequence[float | None], second: Sequence[float | None], seed: int) -> dict:
@@ -45,9 +49,23 @@ def paired_difference(first: Sequence[float | None], second: Sequence[float | No
     return summary
 
 
-def win_rate(outcomes: Sequence[float], seed: int) -> dict:
-    """Outcomes are 1 (win), 0.5 (tie) or 0 (loss); the win rate counts a tie as half a win."""
-    return {"win_rate": round(float(np.mean(outcomes)), 4) if outcomes else None, "ci95": bootstrap_ci(outcomes, seed)}
+def wilson_interval(successes: float, n: int, level: float = 0.95) -> tuple[float, float] | None:
+    """Wilson score interval for a proportion: valid for small n and for 0 or n successes, where
+    a bootstrap collapses to a point."""
+    if n == 0:
+        return None
+    z = stats.norm.ppf(0.5 + level / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return round(float(max(0.0, centre - half)), 4), round(float(min(1.0, centre + half)), 4)
+
+
+def win_rate(outcomes: Sequence[float]) -> dict:
+    """Outcomes are 1 (win), 0.5 (tie) or 0 (loss); the win rate counts a tie as half a win, and its
+    interval is Wilson's with a tie as half a success."""
+    return {"win_rate": round(float(np.mean(outcomes)), 4) if outcomes else None,
+            "ci95": wilson_interval(float(sum(outcomes)), len(outcomes)), "ci_method": "wilson"}
 
 
 def agreement(first: Sequence[float], second: Sequence[float]) -> dict:

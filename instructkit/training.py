@@ -30,10 +30,16 @@ from .models import (
 from .padding_free import padding_free_collator, records_stay_apart
 from .plots import plot_loss
 from .prompts import STYLES, PromptStyle, get_style
+from .provenance import changed, reference_input, settings_changes
 
 DEFAULT_DATA = str(Path(__file__).resolve().parent.parent / "data" / "instruction-data.json")
 SUMMARY_FILE = "training_summary.json"
 RUN_CONFIG_FILE = "run_config.json"
+# A run in progress trains here, beside the finished one, and is swapped in only when it finishes.
+STAGING_DIR = ".stage1.partial"
+STAGED = ("data", "finetuned")
+# Settings that do not change what is learned: a run may resume, or be reused, under another value.
+NOT_RUN_SETTINGS = ("overwrite", "restart", "merge", "compact_loss_head", "padding_free", "output_dir")
 
 
 @dataclass
@@ -62,8 +68,8 @@ class TrainingConfig:
     compact_loss_head: bool = field(default=True, metadata={"help": "off CUDA, run the LM head only at response tokens (TRL's Triton path does so on CUDA); same loss, ~3x faster CPU steps"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory (always on with --qlora)"})
     merge: bool = field(default=False, metadata={"help": "also write finetuned/merged/: base + adapter, loadable by plain transformers"})
-    resume: bool = field(default=True, metadata={"help": "continue from the last checkpoint of an interrupted run (--no-resume to start over)"})
-    overwrite: bool = field(default=False, metadata={"help": "retrain even if a finished run is on disk"})
+    overwrite: bool = field(default=False, metadata={"help": "train again although the finished run has the same data and settings (the old adapter stays until the new one is finished)"})
+    restart: bool = field(default=False, metadata={"help": "discard the checkpoints of an interrupted run instead of resuming from them"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub (only for models you trust)"})
 
 
@@ -130,25 +136,64 @@ def _write_split(split: Split, data_dir: Path) -> None:
         write_json_atomic(data_dir / f"{name}.json", getattr(split, name))
 
 
-def _check_resumable(checkpoints: Path, run_config: dict, resume: bool) -> bool:
-    """Resume only a run made with the same settings; anything else would mix two experiments."""
+def run_settings(config: TrainingConfig) -> dict:
+    return {k: v for k, v in asdict(config).items() if k not in NOT_RUN_SETTINGS}
+
+
+def _check_resumable(checkpoints: Path, record: dict, restart: bool) -> bool:
+    """Resume only a run made from the same data with the same settings; anything else would mix
+    two experiments. Checkpoints from data that has changed since are discarded, saying so."""
     for partial in checkpoints.glob("checkpoint-*"):
         if not (partial / "trainer_state.json").is_file():  # killed while saving: unusable
             shutil.rmtree(partial, ignore_errors=True)  # every rank of a DDP job may get here
     if not any(checkpoints.glob("checkpoint-*")):
         return False
-    if not resume:
-        shutil.rmtree(checkpoints)
-        return False
     saved_path = checkpoints / RUN_CONFIG_FILE
-    saved = read_json(saved_path) if saved_path.is_file() else None
-    if saved != run_config:
-        changed = sorted(k for k in run_config if saved is None or saved.get(k) != run_config[k])
+    saved = read_json(saved_path) if saved_path.is_file() else {}
+    discard = None
+    if restart:
+        discard = "--restart"
+    elif saved.get("inputs") != record["inputs"]:
+        discard = f"{', '.join(changed(saved.get('inputs'), record['inputs']))} changed since they were made"
+    elif saved.get("settings") != record["settings"]:
         raise UserError(
-            f"{checkpoints} holds checkpoints of a run with other settings ({', '.join(changed)}); "
-            "rerun with the same settings to resume, or pass --no-resume or --overwrite to start over"
+            f"{checkpoints} holds checkpoints of an interrupted run with other settings "
+            f"({'; '.join(settings_changes(saved.get('settings'), record['settings']))}); "
+            "rerun with the same settings to resume, or pass --restart to discard them"
         )
-    return True
+    if discard is None:
+        return True
+    if is_main_process():
+        print(f"note: discarding the checkpoints in {checkpoints}: {discard}")
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    return False
+
+
+def _swap_in(output_dir: Path, staging: Path) -> None:
+    """Replace data/ and finetuned/ with the finished run from `staging`. Each folder is replaced by
+    two renames; a run killed in between finds the finished run still staged and completes the swap."""
+    for name in STAGED:
+        new, current, old = staging / name, output_dir / name, output_dir / f".{name}.old"
+        if not new.exists():
+            continue
+        shutil.rmtree(old, ignore_errors=True)
+        if current.exists():
+            current.rename(old)
+        new.rename(current)
+        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _why_retrain(summary: dict, record: dict) -> str | None:
+    """Why a finished run does not stand for this command (None: it does)."""
+    if "inputs" not in summary:
+        return "the finished run has no record of its data (made by an older version)"
+    names = changed(summary["inputs"], record["inputs"])
+    if names:
+        return f"{', '.join(names)} changed since the adapter was trained"
+    if summary.get("settings") != record["settings"]:
+        return f"settings changed since the adapter was trained ({'; '.join(settings_changes(summary.get('settings'), record['settings']))})"
+    return None
 
 
 def train(config: TrainingConfig) -> Path:
@@ -166,18 +211,27 @@ def train(config: TrainingConfig) -> Path:
     output_dir = Path(config.output_dir)
     adapter_dir = output_dir / "finetuned"
     summary_path = adapter_dir / SUMMARY_FILE
+    staging = output_dir / STAGING_DIR
+    record = {"settings": run_settings(config), "inputs": {"data": reference_input(config.data)}}
 
     with output_lock(output_dir, "train"):
+        if is_main_process() and (staging / "finetuned" / SUMMARY_FILE).is_file():
+            print(f"note: completing the swap-in of the run finished in {staging}")
+            _swap_in(output_dir, staging)
         if summary_path.is_file() and not config.overwrite:
-            if config.merge and not (adapter_dir / "merged").is_dir():
-                summary = read_json(summary_path)
-                summary["merged_model"] = str(merge_adapter(base, adapter_dir, config.trust_remote_code))
-                write_json_atomic(summary_path, summary)
-            print(f"stage 1 already finished: {summary_path} (pass --overwrite to train again)")
-            return adapter_dir
-        if config.overwrite and adapter_dir.exists():
-            shutil.rmtree(adapter_dir)
-        return _train(config, style, split, base, output_dir, adapter_dir, n_repeats=len(repeats))
+            reason = _why_retrain(read_json(summary_path), record)
+            if reason is None:
+                if config.merge and not (adapter_dir / "merged").is_dir():
+                    summary = read_json(summary_path)
+                    summary["merged_model"] = str(merge_adapter(base, adapter_dir, config.trust_remote_code))
+                    write_json_atomic(summary_path, summary)
+                print(f"stage 1 already finished: {summary_path} (same data and settings; --overwrite trains again)")
+                return adapter_dir
+            if is_main_process():
+                print(f"{reason}: training again")
+        if is_main_process() and adapter_dir.exists():
+            print(f"training into {staging}; {adapter_dir} stays as it is until the new run finishes")
+        return _train(config, style, split, base, output_dir, staging, record, n_repeats=len(repeats))
 
 
 def sft_arguments(config: TrainingConfig, checkpoints: Path, n_train: int, has_val: bool,
@@ -229,7 +283,7 @@ def sft_arguments(config: TrainingConfig, checkpoints: Path, n_train: int, has_v
 
 
 def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: ResolvedModel,
-           output_dir: Path, adapter_dir: Path, n_repeats: int) -> Path:
+           output_dir: Path, staging: Path, record: dict, n_repeats: int) -> Path:
     set_seed(config.seed)
     tokenizer = load_tokenizer(base, config.trust_remote_code)
     style.check_tokenizer(tokenizer)
@@ -244,15 +298,12 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
     model = load_causal_lm(base, qlora=config.qlora, trust_remote_code=config.trust_remote_code)
     padding_free = _padding_free(config, model, tokenizer)
 
-    if is_main_process():
-        _write_split(split, output_dir / "data")
+    adapter_dir = staging / "finetuned"
     checkpoints = adapter_dir / "checkpoints"
-    # What is left out does not change the math: a run may resume under another setting of these.
-    run_config = {k: v for k, v in asdict(config).items() if k not in ("resume", "overwrite", "merge", "compact_loss_head",
-                                                                      "padding_free")}
-    resuming = _check_resumable(checkpoints, run_config, config.resume)
+    resuming = _check_resumable(checkpoints, record, config.restart)  # may refuse: nothing is written before
     if is_main_process():
-        write_json_atomic(checkpoints / RUN_CONFIG_FILE, run_config)
+        _write_split(split, staging / "data")
+        write_json_atomic(checkpoints / RUN_CONFIG_FILE, record)
 
     has_val = bool(val_examples)
     on_gpu = torch.cuda.is_available()
@@ -286,8 +337,9 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
     val_loss_after = _final_val_loss(trainer) if has_val else None
     wall_time = time.perf_counter() - started
 
+    final_dir = output_dir / "finetuned"
     if not trainer.is_world_process_zero():
-        return adapter_dir
+        return final_dir
     trainer.save_model(str(adapter_dir))  # the PEFT adapter and the tokenizer
     style.save(adapter_dir)
     history = trainer.state.log_history
@@ -296,7 +348,8 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
     val_loss_before = evals.get(0)
     val_curve = [{"step": step, "loss": loss} for step, loss in sorted(evals.items())]
     plot_loss(train_curve, val_curve, adapter_dir / "loss.png", f"LoRA on {base.reference}")
-    merged_dir = merge_adapter(base, adapter_dir, config.trust_remote_code) if config.merge else None
+    if config.merge:
+        merge_adapter(base, adapter_dir, config.trust_remote_code)
 
     summary = manifest(
         stage="part1_instruction_finetuning",
@@ -306,6 +359,8 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
         prompt_style=style.name,
         data=config.data,
         hyperparameters=asdict(config),
+        settings=record["settings"],
+        inputs=record["inputs"],
         n_records={"train": len(split.train), "val": len(split.val), "test": len(split.test)},
         n_train_truncated=n_truncated,
         n_duplicates_dropped=n_repeats,
@@ -325,11 +380,13 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
         attention=model.config._attn_implementation,
         padding_free=padding_free,
         n_processes=trainer.args.world_size,  # >1 under accelerate launch / torchrun
-        merged_model=str(merged_dir) if merged_dir else None,
+        merged_model=str(final_dir / "merged") if config.merge else None,
     )
-    write_json_atomic(adapter_dir / SUMMARY_FILE, summary)  # written last: it marks the run finished
-    _print_summary(summary, adapter_dir)
-    return adapter_dir
+    write_json_atomic(adapter_dir / SUMMARY_FILE, summary)  # it marks the run finished
+    shutil.rmtree(checkpoints, ignore_errors=True)  # a finished run is never resumed; its curves are in the summary
+    _swap_in(output_dir, staging)
+    _print_summary(summary, final_dir)
+    return final_dir
 
 
 def _padding_free(config: TrainingConfig, model: torch.nn.Module, tokenizer) -> bool:

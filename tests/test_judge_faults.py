@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import ROOT, SHARED_DATA, run_script
+from conftest import PROJECT_DATA, ROOT, run_script
 
 SECRET = "sk-instructkit-fault-test-9c4e1a77d2b05f3e"
 RETRY_MARK = "could not be read"  # in the stricter prompt stage 4 sends after an unreadable reply
@@ -32,6 +33,7 @@ class FaultyJudgeServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), FaultyJudgeHandler)
         self.key, self.delay = key, delay
         self.attempts: dict[str, list[float]] = defaultdict(list)  # prompt hash -> request times
+        self.requests = 0  # every request, refused ones too
         self.lock = threading.Lock()
 
     @property
@@ -48,6 +50,8 @@ class FaultyJudgeHandler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with self.server.lock:
+            self.server.requests += 1
         if self.headers.get("Authorization") != f"Bearer {self.server.key}":
             key = self.headers.get("Authorization", "").removeprefix("Bearer ")
             return self.reply(401, {"error": {"message": f"Incorrect API key provided: {key}", "type": "invalid_request_error"}})
@@ -105,8 +109,8 @@ def server():
 
 
 def responses_file(path, faults: list[str]):
-    """Real instructions from the shared dataset; each base response names a fault, finetuned is fine."""
-    records = json.loads(SHARED_DATA.read_text())[:len(faults)]
+    """Real instructions from our dataset; each base response names a fault, finetuned is fine."""
+    records = json.loads(PROJECT_DATA.read_text())[:len(faults)]
     path.write_text(json.dumps([{**r, "base_model_response": f"FAULT:{fault}", "finetuned_model_response": "FAULT:ok90"}
                                 for r, fault in zip(records, faults)]))
     return path
@@ -165,12 +169,15 @@ def test_failing_judge_is_retried_within_bounds_and_nothing_is_dropped(server, t
     assert SECRET not in everything
 
 
-def test_rejected_key_stops_at_once_names_the_server_and_is_not_echoed(server, tmp_path):
-    judge = server(key="the-right-key")
-    responses = responses_file(tmp_path / "responses.json", ["ok"] * 3)
-    result = run_script("part4_local_evaluation.py", *stage4_args(responses, tmp_path / "out", judge.url),
-                        env=env_with_key())
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_rejected_key_stops_at_once_names_the_server_and_is_not_echoed(server, tmp_path, concurrency):
+    judge = server(key="the-right-key", delay=0.3)
+    responses = responses_file(tmp_path / "responses.json", ["ok"] * 6)
+    result = run_script("part4_local_evaluation.py", *stage4_args(responses, tmp_path / "out", judge.url,
+                                                                  "--concurrency", str(concurrency)), env=env_with_key())
     assert result.returncode == 2
+    # Only the requests already in flight when the first refusal came back: none is sent after it.
+    assert judge.requests == concurrency
     assert f"the judge server at {judge.url} refused" in result.stderr
     assert SECRET not in result.stdout + result.stderr  # the server echoed it; we redact it
     assert "[OPENAI_API_KEY]" in result.stderr
@@ -230,7 +237,7 @@ def kill_case(steady_judge, tmp_path_factory):
     """The responses, the command's arguments, and the uninterrupted run's judge_scores.json."""
     folder = tmp_path_factory.mktemp("kill")
     faults = [f"ok{11 * i % 101}" for i in range(KILL_RECORDS)]
-    records = json.loads(SHARED_DATA.read_text())[:KILL_RECORDS]
+    records = json.loads(PROJECT_DATA.read_text())[:KILL_RECORDS]
     responses = folder / "responses.json"
     responses.write_text(json.dumps([{**r, "base_model_response": f"FAULT:{f}", "finetuned_model_response": f"FAULT:ok{100 - i}"}
                                      for i, (r, f) in enumerate(zip(records, faults))]))
@@ -239,6 +246,56 @@ def kill_case(steady_judge, tmp_path_factory):
                         env=env_with_key())
     assert result.returncode == 0, result.stderr[-3000:]
     return responses, args, json.loads((folder / "whole" / "judge_scores.json").read_text())
+
+
+def test_killed_overwrite_run_resumes_and_a_plain_rerun_keeps_both(steady_judge, kill_case, tmp_path):
+    """--overwrite declines the finished file but never the partial work of the run it started: killed
+    and rerun with --overwrite it resumes; a plain rerun in between keeps the finished file and the log."""
+    responses, args, whole = kill_case
+    output = tmp_path / "out"
+    output.mkdir()
+    for name in ("judge_scores.json", "judge_scores.meta.json"):
+        shutil.copy(responses.parent / "whole" / name, output / name)
+    command = [sys.executable, str(ROOT / "part4_local_evaluation.py"),
+               *stage4_args(responses, output, steady_judge.url, *args, "--overwrite")]
+    run = subprocess.Popen(command, cwd=ROOT, env=env_with_key(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = output / ".judge_scores.json.progress.jsonl"
+    deadline = time.time() + 120
+    while not (progress.exists() and progress.read_text().count("\n") - 1 >= 12) and time.time() < deadline:
+        time.sleep(0.02)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    logged = progress.read_text().count("\n") - 1
+    assert 12 <= logged < 48, "killed too late"
+    assert json.loads((output / "judge_scores.json").read_text()) == whole, "the finished file stays until replaced"
+
+    plain = run_script("part4_local_evaluation.py", *stage4_args(responses, output, steady_judge.url, *args), env=env_with_key())
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert "stage 4 judging already finished" in plain.stdout and "holds a partial --overwrite run" in plain.stdout
+    assert progress.read_text().count("\n") - 1 == logged
+
+    rerun = run_script("part4_local_evaluation.py", *stage4_args(responses, output, steady_judge.url, *args, "--overwrite"),
+                       env=env_with_key())
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming from" in rerun.stdout
+    assert json.loads((output / "judge_scores.meta.json").read_text())["items_judged_this_run"] == 48 - logged
+    assert json.loads((output / "judge_scores.json").read_text()) == whole
+    assert not progress.exists()
+
+
+def test_new_pairwise_or_limit_reuses_every_judgement_already_paid_for(steady_judge, kill_case, tmp_path):
+    responses, args, whole = kill_case
+    output = tmp_path / "out"
+    shutil.copytree(responses.parent / "whole", output)
+    requests_before = steady_judge.requests
+    fewer = run_script("part4_local_evaluation.py", *stage4_args(responses, output, steady_judge.url, "--concurrency", "1",
+                                                                 "--limit", "5"), env=env_with_key())
+    assert fewer.returncode == 0, fewer.stderr[-3000:]
+    assert "settings changed since judge_scores.json was made (pairwise: True -> False; limit: 0 -> 5)" in fewer.stdout
+    assert "reusing 10 judgements" in fewer.stdout
+    assert steady_judge.requests == requests_before
+    scores = json.loads((output / "judge_scores.json").read_text())
+    assert [r["scores"] for r in scores["records"]] == [r["scores"] for r in whole["records"][:5]]
 
 
 @pytest.mark.parametrize("finished", [0, 4, 12, 20, 24, 44])  # nothing, 1, 3 and 5 chunks, scores done, mid pairwise

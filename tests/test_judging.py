@@ -22,7 +22,7 @@ from conftest import run_script
 from instructkit.judge_prompts import SCORE_PREFILL, parse_score, parse_verdict
 from instructkit.judging import pairwise_outcome
 from instructkit.models import EMBEDDED_JUDGE
-from instructkit.stats import bootstrap_ci
+from instructkit.stats import bootstrap_ci, describe, win_rate
 
 LIMIT = 3
 SECRET = "sk-instructkit-test-6f1d2c9a0b7e4f3d"
@@ -30,6 +30,8 @@ SECRET = "sk-instructkit-test-6f1d2c9a0b7e4f3d"
 
 @pytest.mark.parametrize("reply, score", [
     ("85", 85), ("Score: 85", 85), ("**85**", 85), ("85/100", 85), ("85 out of 100", 85), ("85.", 85),
+    ("**Score:** 85", 85), ("Score: **85**", 85), ("## Score: 85", 85), ("Score: [[85]]", 85), ("`85`", 85),
+    ("**Score:** 85\n\nThe response is correct.", 85), ("8,5", None),
     ("0", 0), ("100", 100), ("85\nThe response matches the expected output.", 85),
     ("Score: 10\n\nThe sentence has 10 words.", 10),
     ("between 70 and 80", None), ("70-80", None), ("8.5", None), ("Score: 99.999999999999", None),
@@ -72,6 +74,17 @@ def test_bootstrap_interval_covers_the_true_mean_at_about_the_stated_rate():
     assert 0.90 <= covered / trials <= 0.98, covered / trials
 
 
+def test_identical_values_give_no_interval_and_small_win_rates_a_wilson_one():
+    summary = describe([50, 50, 50, 50], seed=0)
+    assert summary["ci95"] is None and summary["ci95_note"].startswith("degenerate: all 4 values are 50")
+    assert describe([50, None], seed=0)["ci95"] is None and "ci95_note" not in describe([50, None], seed=0)
+    five_wins = win_rate([1.0] * 5)
+    assert five_wins["win_rate"] == 1.0 and five_wins["ci_method"] == "wilson"
+    assert five_wins["ci95"] == pytest.approx((0.5655, 1.0), abs=1e-4)  # not [1.0, 1.0]
+    # Wilson's interval for 7 wins of 10, as statsmodels' proportion_confint(7, 10, method="wilson") gives it.
+    assert win_rate([1.0] * 7 + [0.0] * 3)["ci95"] == pytest.approx((0.3968, 0.8922), abs=1e-4)
+
+
 # --- the transformers judge ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -81,25 +94,87 @@ def hf_judge():
     return HFJudge(EMBEDDED_JUDGE)
 
 
-def test_one_pass_score_tree_matches_scoring_each_score_separately(hf_judge, responses_dir):
+def score_mass_one_at_a_time(model, tokenizer, prompt: str, score: int, tree) -> float:
+    """P(the reply is the whole number `score`) from plain forward passes, no tree: the score's tokens,
+    then a token that does not carry the number on, or a full stop and then no digit."""
+    def forward(text: str):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logits = model(torch.tensor([ids])).logits[0].float()
+        width = logits.shape[-1]
+        pad = lambda mask: torch.cat([mask[:width], torch.zeros(max(0, width - len(mask)), dtype=torch.bool)])  # noqa: E731
+        return ids, torch.softmax(logits, -1), pad(tree.continues_number), pad(tree.digit_start)
+
+    prompt_len = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    ids, probs, continues, digits = forward(f"{prompt} {score}")
+    path = float(torch.tensor([probs[i - 1, ids[i]] for i in range(prompt_len, len(ids))]).prod())
+    dotted, dot_probs, _, _ = forward(f"{prompt} {score}.")
+    assert dotted[:len(ids)] == ids and len(dotted) == len(ids) + 1
+    after_dot = float(dot_probs[len(ids) - 1, dotted[-1]]) * float(1 - dot_probs[-1][digits].sum())
+    return path * (float(1 - probs[-1][continues].sum()) + after_dot)
+
+
+def _score_prompts(judge, responses_dir, n: int) -> list[str]:
     from instructkit.judge_prompts import score_prompt
 
-    record = json.loads((responses_dir / "test_base_model.json").read_text())[0]
-    prompt = hf_judge._chat(score_prompt(record, record["finetuned_model_response"]), SCORE_PREFILL)
-    prompt_ids = hf_judge.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    records = json.loads((responses_dir / "test_base_model.json").read_text())[:n]
+    return [judge._chat(score_prompt(r, r["finetuned_model_response"]), SCORE_PREFILL) for r in records]
+
+
+def test_one_pass_score_tree_matches_one_score_at_a_time_on_a_left_padded_batch(hf_judge, responses_dir):
+    from instructkit.judges import ScoreTree
+
+    prompts = _score_prompts(hf_judge, responses_dir, 3)
+    ids = [hf_judge.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    assert len({len(i) for i in ids}) == 3, "prompts of different lengths, so the batch is left-padded"
+    tree = ScoreTree(hf_judge.tokenizer, SCORE_PREFILL)
+    batch = tree.score_masses(hf_judge.model, ids)
+    for prompt, masses in zip(prompts, batch):
+        assert 0 < sum(masses.values()) <= 1 + 1e-5
+        for score in (0, 7, 10, 42, 85, 100):
+            expected = score_mass_one_at_a_time(hf_judge.model, hf_judge.tokenizer, prompt, score, tree)
+            assert masses[score] == pytest.approx(expected, rel=1e-3, abs=1e-7)
+
+
+def test_a_decimal_is_no_score_in_either_path(hf_judge):
     from instructkit.judges import ScoreTree
 
     tree = ScoreTree(hf_judge.tokenizer, SCORE_PREFILL)
-    masses = tree.score_masses(hf_judge.model, [prompt_ids])[0]
-    assert 0 < sum(masses.values()) <= 1 + 1e-5
-    for score in (0, 7, 10, 42, 85, 99, 100):
-        full = hf_judge.tokenizer(f"{prompt} {score}", add_special_tokens=False)["input_ids"]
-        assert full[:len(prompt_ids)] == prompt_ids
-        with torch.inference_mode():
-            log_probs = torch.log_softmax(hf_judge.model(torch.tensor([full])).logits[0].float(), -1)
-        path = sum(log_probs[i - 1, full[i]] for i in range(len(prompt_ids), len(full)))
-        not_a_digit = 1 - log_probs[-1].exp()[tree.digit_start].sum()
-        assert masses[score] == pytest.approx(float(path.exp() * not_a_digit), rel=1e-3, abs=1e-7)
+    for text in ("5", ".5", ",5"):  # what follows "8" in "85", "8.5", "8,5": the number goes on
+        assert tree.continues_number[hf_judge.tokenizer.convert_tokens_to_ids(hf_judge.tokenizer.tokenize(text))[0]]
+    assert parse_score("8.5").value is None and parse_score("8,5").value is None and parse_score("85.").value == 85
+
+
+def test_probability_scoring_with_an_output_layer_wider_than_the_tokenizer(judge_model, responses_dir, hf_judge):
+    """Qwen2.5 and Phi-3 pad their vocabulary: a real model widened the same way still scores, and
+    still matches one-at-a-time scoring."""
+    from instructkit.judges import ScoreTree
+    from instructkit.models import load_causal_lm
+
+    wide = load_causal_lm(judge_model).eval()
+    wide.resize_token_embeddings(len(hf_judge.tokenizer) + 64, mean_resizing=False)
+    assert wide.get_output_embeddings().weight.shape[0] == len(hf_judge.tokenizer) + 64
+    [prompt] = _score_prompts(hf_judge, responses_dir, 1)
+    tree = ScoreTree(hf_judge.tokenizer, SCORE_PREFILL)
+    [masses] = tree.score_masses(wide, [hf_judge.tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    for score in (3, 85):
+        assert masses[score] == pytest.approx(score_mass_one_at_a_time(wide, hf_judge.tokenizer, prompt, score, tree),
+                                              rel=1e-3, abs=1e-7)
+
+
+def test_probability_scoring_refuses_flash_attention_and_loads_sdpa(hf_judge):
+    """A tree mask through FlashAttention 2 would be ignored (it takes no 4D mask); FA2 needs a CUDA
+    GPU, so a model that claims it stands in for one here."""
+    from types import SimpleNamespace
+
+    from instructkit.errors import UserError
+    from instructkit.judges import ScoreTree, load_judge
+
+    fa2_model = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2"))
+    with pytest.raises(UserError, match="needs attention that takes a custom mask"):
+        ScoreTree(hf_judge.tokenizer, SCORE_PREFILL).score_masses(fa2_model, [[1, 2, 3]])
+    judge = load_judge(f"hf:{EMBEDDED_JUDGE}", scoring="probability")
+    assert judge.model.config._attn_implementation == "sdpa"
 
 
 # --- stage 4 end to end -------------------------------------------------------------------------

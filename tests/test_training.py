@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from conftest import SHARED_DATA, TRAIN_ARGS, run_script
+from conftest import SHARED_DATA, TRAIN_ARGS, needs_shared_data, run_script
 from instructkit.models import load_causal_lm
 from instructkit.prompts import load_style
 
@@ -18,6 +18,7 @@ SUMMARY_KEYS = {
     "n_records", "n_train_truncated", "n_duplicates_dropped", "steps", "epochs_done", "resumed", "train_loss", "val_loss",
     "val_loss_before", "val_loss_after", "final_train_loss", "train_tokens", "tokens_per_second",
     "wall_time_s", "peak_memory", "device", "attention", "padding_free", "n_processes", "merged_model", "created_at", "python", "platform", "versions",
+    "settings", "inputs",
 }
 
 
@@ -91,13 +92,13 @@ def test_merged_model_loads_with_plain_transformers(trained_run, base_tokenizer,
 
 def test_rerun_of_a_finished_stage_does_nothing(trained_run):
     before = (trained_run / "finetuned" / "training_summary.json").stat().st_mtime_ns
-    result = run_script("part1_instruction_finetuning.py", "--output-dir", str(trained_run), "--max-steps", "8",
-                        "--batch-size", "4", "--lr", "1e-3", "--eval-steps", "4")
+    result = run_script("part1_instruction_finetuning.py", "--output-dir", str(trained_run), *TRAIN_ARGS)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "stage 1 already finished" in result.stdout
     assert (trained_run / "finetuned" / "training_summary.json").stat().st_mtime_ns == before
 
 
+@needs_shared_data
 def test_shared_public_dataset_trains(tmp_path):
     """The issue's acceptance command, on the real 1,100-record public dataset (5 steps)."""
     result = run_script("part1_instruction_finetuning.py", "--data", str(SHARED_DATA), "--max-steps", "5",
