@@ -150,7 +150,7 @@ def open_work(final_path: Path, settings: dict, inputs: dict, *, overwrite: bool
         header = None
 
     if finished and not overwrite:
-        reason = why_redo(finished, settings, inputs, final_path)
+        reason = why_redo(finished, settings, inputs, f"{final_path.name} was made")
         if reason is None:
             if header:
                 print(f"note: {log_path} holds a partial --overwrite run; rerun with --overwrite to continue it")
@@ -178,11 +178,14 @@ def open_work(final_path: Path, settings: dict, inputs: dict, *, overwrite: bool
     return Work(final_path, settings, inputs, ProgressLog(log_path, settings, inputs), finished)
 
 
-def why_redo(record: dict, settings: dict, inputs: dict, output: Path) -> str | None:
-    """One line saying why a finished output no longer stands, or None if it still does."""
+def why_redo(record: dict, settings: dict, inputs: dict, made: str) -> str | None:
+    """One line saying why a finished output no longer stands, or None if it still does; `made`
+    says what happened when it was recorded ("test_base_model.json was made")."""
+    if "inputs" not in record:
+        return f"{made} without a record of its inputs (an older version)"
     names = changed(record["inputs"], inputs)
     if names:
-        return f"{', '.join(names)} changed since {output.name} was made"
+        return f"{', '.join(names)} changed since {made}"
     if record.get("settings") != settings:
-        return f"settings changed since {output.name} was made ({'; '.join(settings_changes(record.get('settings'), settings))})"
+        return f"settings changed since {made} ({'; '.join(settings_changes(record.get('settings'), settings))})"
     return None

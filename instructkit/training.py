@@ -29,6 +29,7 @@ from .models import (
 )
 from .padding_free import padding_free_collator, records_stay_apart
 from .plots import plot_loss
+from .progress import why_redo
 from .prompts import STYLES, PromptStyle, get_style
 from .provenance import changed, reference_input, settings_changes
 
@@ -184,18 +185,6 @@ def _swap_in(output_dir: Path, staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def _why_retrain(summary: dict, record: dict) -> str | None:
-    """Why a finished run does not stand for this command (None: it does)."""
-    if "inputs" not in summary:
-        return "the finished run has no record of its data (made by an older version)"
-    names = changed(summary["inputs"], record["inputs"])
-    if names:
-        return f"{', '.join(names)} changed since the adapter was trained"
-    if summary.get("settings") != record["settings"]:
-        return f"settings changed since the adapter was trained ({'; '.join(settings_changes(summary.get('settings'), record['settings']))})"
-    return None
-
-
 def train(config: TrainingConfig) -> Path:
     """Run stage 1 and return the adapter folder (`<output_dir>/finetuned`)."""
     style = get_style(config.prompt_style)
@@ -219,7 +208,7 @@ def train(config: TrainingConfig) -> Path:
             print(f"note: completing the swap-in of the run finished in {staging}")
             _swap_in(output_dir, staging)
         if summary_path.is_file() and not config.overwrite:
-            reason = _why_retrain(read_json(summary_path), record)
+            reason = why_redo(read_json(summary_path), record["settings"], record["inputs"], "the adapter was trained")
             if reason is None:
                 if config.merge and not (adapter_dir / "merged").is_dir():
                     summary = read_json(summary_path)
