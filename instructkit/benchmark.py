@@ -20,7 +20,7 @@ import torch
 from .artifacts import library_versions, manifest, output_lock
 from .errors import UserError
 from .models import ResolvedModel, base_reference, cache_dir, require_adapter, resolve_model
-from .progress import open_work
+from .progress import base_part_holds, open_work
 from .provenance import model_input, path_input, reference_input
 
 RESULTS_FILE = "benchmark_results.json"
@@ -255,6 +255,11 @@ def evaluate(config: BenchmarkConfig) -> Path:
         for model in models:
             if (model,) in work.progress.done:
                 print(f"[{model}] evaluated by the interrupted run: kept")
+            elif (model == "base" and not config.overwrite and base_part_holds(work.finished, work.progress)
+                  and "base" in work.finished.get("evaluations", {})):
+                # A retraining changes only the finetuned model: the base model's evaluation stands.
+                work.progress.add([(("base",), work.finished["evaluations"]["base"])])
+                print(f"[base] reusing its evaluation from {final_path} (same base model, tasks and settings)")
             else:
                 work.progress.add([((model,), _evaluate_model(config, model, base, adapter, task_names, task_manager,
                                                               offline, output_dir))])
@@ -272,7 +277,9 @@ def evaluate(config: BenchmarkConfig) -> Path:
             models=per_model,
             finetuned_minus_base=comparison,
         )
-        work.finish(results, {"stage": "part3_benchmark_evaluation"})
+        # Each model's results with per-question correctness, so that a rerun can keep the base model's.
+        work.finish(results, {"stage": "part3_benchmark_evaluation", "models": models,
+                              "evaluations": {m: work.progress.done[(m,)] for m in models}})
     _print_table(per_model, comparison, final_path)
     return final_path
 

@@ -12,7 +12,7 @@ from .artifacts import RESPONSE_FIELDS, RESPONSES_FILE, manifest, output_lock, r
 from .data import Record, validate_records
 from .errors import UserError
 from .models import ResolvedModel, base_reference, load_causal_lm, load_tokenizer, require_adapter, resolve_model
-from .progress import ProgressLog, open_work
+from .progress import ProgressLog, base_part_holds, open_work
 from .prompts import PromptStyle, load_style
 from .provenance import model_input, path_input, reference_input
 
@@ -156,6 +156,8 @@ def generate_responses(config: GenerationConfig) -> Path:
         if work.progress is None:
             return final_path
         progress = work.progress
+        if "base" in models and not config.overwrite:
+            _reuse_base_responses(work.finished, progress, final_path, len(records))
         engine_cls = VllmGenerator if config.engine == "vllm" else TransformersGenerator
         generator = engine_cls(base, adapter if "finetuned" in models else None, config.merged,
                                config.trust_remote_code, models)
@@ -175,6 +177,19 @@ def generate_responses(config: GenerationConfig) -> Path:
     for model, timing in timings.items():
         print(f"  {model}: {timing['seconds']} s, {timing['generated_tokens_per_second']} generated tokens/s")
     return final_path
+
+
+def _reuse_base_responses(finished: dict | None, progress: ProgressLog, final_path: Path, n_records: int) -> None:
+    """After a retraining only the finetuned answers change: the base model's answers in the finished
+    file are kept when the base model, the test split and the settings are those of this run."""
+    if not base_part_holds(finished, progress):
+        return
+    rows = read_json(final_path)
+    reusable = [(("base", i), rows[i][RESPONSE_FIELDS["base"]]) for i in range(n_records) if ("base", i) not in progress.done]
+    if reusable:
+        progress.add(reusable)
+        print(f"reusing the base model's {len(reusable)} responses from {final_path} "
+              "(same base model, test split and settings)")
 
 
 def _answer_all(generator, model: str, records: list[Record], style: PromptStyle,

@@ -114,12 +114,13 @@ def judge_responses(config: JudgeConfig) -> Path:
         if config.pairwise and len(models) == 2:
             pair_items = sorted([("pair", order, i) for i in range(len(records)) for order in ORDERS],
                                 key=lambda item: _length(records[item[2]], *models))
-        if not config.overwrite and _same_judgements(work.finished, settings, inputs):
+        if not config.overwrite and _same_judge(work.finished, settings):
             needed = set(score_items + pair_items) - set(progress.done)
-            reusable = [(key, value) for key, value in judged_items(read_json(final_path)) if key in needed]
+            reusable = [(key, value) for key, value in judged_items(read_json(final_path), records) if key in needed]
             if reusable:
                 progress.add(reusable)
-                print(f"reusing {len(reusable)} judgements from {final_path} (same judge, settings and responses)")
+                print(f"reusing {len(reusable)} judgements from {final_path} (same judge and settings, "
+                      "same record and response text)")
         judge = load_judge(config.judge, base_url=config.judge_base_url, concurrency=config.concurrency,
                            seed=config.seed, max_retries=config.max_retries, timeout=config.request_timeout,
                            trust_remote_code=config.trust_remote_code, scoring=config.scoring)
@@ -150,25 +151,29 @@ def responses_file(config: JudgeConfig) -> Path:
     return Path(config.input or Path(config.output_dir) / RESPONSES_FILE)
 
 
-def _same_judgements(finished: dict | None, settings: dict, inputs: dict) -> bool:
-    """Whether a finished run's judgements hold for this run: same responses, same judge and judging
-    settings (a new --pairwise, --limit or --compare-with changes what is asked, not the answers)."""
-    if finished is None or (finished.get("inputs") or {}).get("responses") != inputs["responses"]:
-        return False
-    return all((finished.get("settings") or {}).get(k) == settings[k] for k in JUDGEMENT_SETTINGS)
+def _same_judge(finished: dict | None, settings: dict) -> bool:
+    """Whether a finished run's judgements were made the way this run would make them (a new
+    --pairwise, --limit or --compare-with changes what is asked, not the answers)."""
+    return finished is not None and all((finished.get("settings") or {}).get(k) == settings[k] for k in JUDGEMENT_SETTINGS)
 
 
-def judged_items(scores: dict) -> list[tuple[tuple, dict]]:
-    """The progress-log items a finished judge_scores.json holds: every score and verdict asked for."""
+def judged_items(scores: dict, records: list[dict]) -> list[tuple[tuple, dict]]:
+    """The judgements a finished judge_scores.json holds that still apply: those whose prompt would
+    be the same today (same instruction, input, expected output and response text). After a
+    retraining, the base model's scores are kept and the finetuned model's are asked again."""
     items = []
     for row in scores["records"]:
+        index = row["index"]
+        if index >= len(records) or any(row[k] != records[index][k] for k in ("instruction", "input", "output")):
+            continue
+        same = {model: text == records[index].get(model) for model, text in row["responses"].items()}
         for model, entry in row["scores"].items():
-            if entry.get("parse") != "no response":
-                items.append((("score", model, row["index"]), {"value": entry["score"],
-                                                               **{k: v for k, v in entry.items() if k != "score"}}))
+            if same.get(model) and entry.get("parse") != "no response":
+                items.append((("score", model, index), {"value": entry["score"],
+                                                        **{k: v for k, v in entry.items() if k != "score"}}))
         for order in ORDERS:
-            if (row.get("pairwise") or {}).get(order):
-                items.append((("pair", order, row["index"]), row["pairwise"][order]))
+            if all(same.get(m) for m in ORDERS[order]) and (row.get("pairwise") or {}).get(order):
+                items.append((("pair", order, index), row["pairwise"][order]))
     return items
 
 

@@ -31,7 +31,7 @@ class ProgressLog:
     """
 
     def __init__(self, path: Path, settings: dict, inputs: dict):
-        self.path = path
+        self.path, self.settings, self.inputs = path, settings, inputs
         self.done: dict[Key, Any] = {}
         header = read_header(path)
         if header is None:
@@ -176,6 +176,16 @@ def open_work(final_path: Path, settings: dict, inputs: dict, *, overwrite: bool
         else:
             print(f"resuming from {log_path}")
     return Work(final_path, settings, inputs, ProgressLog(log_path, settings, inputs), finished)
+
+
+def base_part_holds(finished: dict | None, progress: ProgressLog) -> bool:
+    """Whether the base model's part of a finished output still holds for this run: the same
+    settings and the same inputs but the finetuned model (a retraining changes only that)."""
+    if not finished or "base" not in finished.get("models", []) or finished.get("settings") != progress.settings:
+        return False
+    def others(inputs: dict | None) -> dict:
+        return {name: entry for name, entry in (inputs or {}).items() if name != "finetuned"}
+    return others(finished.get("inputs")) == others(progress.inputs)
 
 
 def why_redo(record: dict, settings: dict, inputs: dict, made: str) -> str | None:

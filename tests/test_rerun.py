@@ -109,11 +109,24 @@ def test_one_folder_is_one_run_reused_while_unchanged_and_redone_after_retrainin
     assert page.count('class="stale"') == 3  # stage 2's records, stage 3, stage 4 (built on stage 2)
     assert f"{(run / 'finetuned').resolve()} changed since test_base_model.json was made" in page
 
-    # 5. Each later stage says why and does its work again.
-    assert "finetuned changed since test_base_model.json was made: generating again" in stage(workdir, run, 2).stdout
-    assert sha(run / OUTPUTS[2]) != before[2], "the retrained adapter answers differently"
-    assert "finetuned changed since benchmark_results.json was made: evaluating again" in stage(workdir, run, 3).stdout
-    assert "test_base_model.json changed since judge_scores.json was made: judging again" in stage(workdir, run, 4).stdout
+    # 5. Each later stage says why and does its work again, keeping what the retraining cannot change:
+    # the base model's responses, and the judge's scores of them.
+    old_rows = json.loads((run / OUTPUTS[2]).read_text())
+    second = stage(workdir, run, 2).stdout
+    assert "finetuned changed since test_base_model.json was made: generating again" in second
+    assert "reusing the base model's 2 responses" in second
+    rows = json.loads((run / OUTPUTS[2]).read_text())
+    assert [r["base_model_response"] for r in rows] == [r["base_model_response"] for r in old_rows]
+    assert [r["finetuned_model_response"] for r in rows] != [r["finetuned_model_response"] for r in old_rows], \
+        "the retrained adapter answers differently"
+    third = stage(workdir, run, 3).stdout
+    assert "finetuned changed since benchmark_results.json was made: evaluating again" in third
+    assert "[base] reusing its evaluation" in third and "[base] lm-eval" not in third and "[finetuned] lm-eval" in third
+    fourth = stage(workdir, run, 4).stdout
+    assert "test_base_model.json changed since judge_scores.json was made: judging again" in fourth
+    assert "reusing 2 judgements" in fourth  # the base responses' scores; the finetuned ones are asked again
+    meta = json.loads((run / "judge_scores.meta.json").read_text())
+    assert meta["items_judged_this_run"] == 2
     assert 'class="stale"' not in (run / "report.html").read_text()
     assert _state(workdir / "outputs") == poison_state
 
