@@ -185,6 +185,18 @@ def _swap_in(output_dir: Path, staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
+def _with_record(summary: dict, path: Path) -> dict:
+    """A summary written before runs recorded their inputs holds only `hyperparameters`: a retraining
+    can cost GPU hours, so such a run stands when its settings and its data path are this run's."""
+    if "inputs" in summary:
+        return summary
+    old = {k: v for k, v in summary.get("hyperparameters", {}).items() if k not in NOT_RUN_SETTINGS + ("resume",)}
+    if is_main_process():
+        print(f"note: {path} was written by an older version that did not fingerprint its data; "
+              "comparing the data's path and the settings only")
+    return {"settings": old, "inputs": {"data": reference_input(old.get("data", ""))}}
+
+
 def train(config: TrainingConfig) -> Path:
     """Run stage 1 and return the adapter folder (`<output_dir>/finetuned`)."""
     style = get_style(config.prompt_style)
@@ -208,7 +220,9 @@ def train(config: TrainingConfig) -> Path:
             print(f"note: completing the swap-in of the run finished in {staging}")
             _swap_in(output_dir, staging)
         if summary_path.is_file() and not config.overwrite:
-            reason = why_redo(read_json(summary_path), record["settings"], record["inputs"], "the adapter was trained")
+            summary = read_json(summary_path)
+            reason = why_redo(_with_record(summary, summary_path), record["settings"], record["inputs"],
+                              "the adapter was trained")
             if reason is None:
                 if config.merge and not (adapter_dir / "merged").is_dir():
                     summary = read_json(summary_path)

@@ -109,6 +109,33 @@ def test_shared_public_dataset_trains(tmp_path):
     assert summary["n_records"] == {"train": 968, "val": 22, "test": 110}
 
 
+def test_a_run_finished_by_the_previous_version_is_not_trained_again(trained_run, tmp_path):
+    """Its summary has no fingerprints, only hyperparameters (with the old `resume` flag): a retraining
+    can cost GPU hours, so the path and settings decide."""
+    shutil.copytree(trained_run / "finetuned", tmp_path / "finetuned", ignore=shutil.ignore_patterns("merged"))
+    summary_path = tmp_path / "finetuned" / "training_summary.json"
+    summary = json.loads(summary_path.read_text())
+    for key in ("settings", "inputs"):
+        del summary[key]
+    summary["hyperparameters"] = {**{k: v for k, v in summary["hyperparameters"].items() if k != "restart"}, "resume": True}
+    summary_path.write_text(json.dumps(summary))
+    result = run_script("part1_instruction_finetuning.py", "--output-dir", str(tmp_path), *TRAIN_ARGS[:-1])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "written by an older version that did not fingerprint its data" in result.stdout
+    assert "stage 1 already finished" in result.stdout
+    # The comparison is not vacuous: another seed would train again.
+    from dataclasses import replace
+
+    from instructkit.progress import why_redo
+    from instructkit.training import TrainingConfig, _with_record, run_settings
+
+    config = TrainingConfig(**{k: v for k, v in summary["hyperparameters"].items() if k != "resume"})
+    record = _with_record(summary, summary_path)
+    assert why_redo(record, run_settings(config), record["inputs"], "it was trained") is None
+    reason = why_redo(record, run_settings(replace(config, seed=7)), record["inputs"], "it was trained")
+    assert reason == "settings changed since it was trained (seed: 123 -> 7)"
+
+
 def test_merge_can_be_asked_for_after_training(trained_run, tmp_path):
     shutil.copytree(trained_run / "finetuned", tmp_path / "finetuned", ignore=shutil.ignore_patterns("merged", "checkpoints"))
     result = run_script("part1_instruction_finetuning.py", "--output-dir", str(tmp_path), "--merge", *TRAIN_ARGS[:-1])
