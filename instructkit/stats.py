@@ -51,7 +51,8 @@ def paired_difference(first: Sequence[float | None], second: Sequence[float | No
 
 def wilson_interval(successes: float, n: int, level: float = 0.95) -> tuple[float, float] | None:
     """Wilson score interval for a proportion: valid for small n and for 0 or n successes, where
-    a bootstrap collapses to a point."""
+    a bootstrap collapses to a point. Written out because scipy's binomtest().proportion_ci takes
+    whole successes, and a tie counts as half of one."""
     if n == 0:
         return None
     z = stats.norm.ppf(0.5 + level / 2)
