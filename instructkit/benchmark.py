@@ -19,9 +19,9 @@ import torch
 
 from .artifacts import library_versions, manifest, output_lock
 from .errors import UserError
-from .models import ResolvedModel, base_reference, cache_dir, require_adapter, resolve_model
+from .models import ResolvedModel, base_reference, cache_dir, require_adapter, resolve_model, run_adapter
 from .progress import base_part_holds, open_work
-from .provenance import model_input, path_input, reference_input
+from .provenance import finetuned_input, model_input, path_input
 
 RESULTS_FILE = "benchmark_results.json"
 HARNESS_DIR = "benchmark"
@@ -177,26 +177,19 @@ def resolve_tasks(config: BenchmarkConfig, offline: bool, workdir: Path):
     return names, TaskManager(include_path=paths)
 
 
-def task_inputs(config: BenchmarkConfig, task_names: dict[str, str], offline: bool, workdir: Path) -> dict:
+def task_inputs(config: BenchmarkConfig, task_names: dict[str, str], task_manager, offline: bool) -> dict:
     """Fingerprints of the task data: offline MMLU's CSVs, your own task folder; hub tasks by name."""
     inputs = {}
     if config.include_path:
         inputs["include_path"] = path_input(config.include_path)
     for task, name in task_names.items():
         if name.endswith(LOCAL_SUFFIX):
-            for subject in sorted(_subjects(workdir, name)):
-                inputs[f"mmlu:{subject}"] = path_input(mmlu_source(f"mmlu_{subject}"))
+            for leaf in sorted(_leaf_tasks(task_manager, name)):
+                inputs[f"mmlu:{leaf.removesuffix(LOCAL_SUFFIX).removeprefix('mmlu_')}"] = path_input(
+                    mmlu_source(leaf.removesuffix(LOCAL_SUFFIX)))
         elif not offline:
             inputs[f"task:{task}"] = {"reference": task, "source": "hub"}
     return inputs
-
-
-def _subjects(workdir: Path, name: str) -> set[str]:
-    """The MMLU subjects under an offline task or group we wrote."""
-    group = workdir / f"_{name}.yaml"
-    if not group.is_file():
-        return {name.removesuffix(LOCAL_SUFFIX).removeprefix("mmlu_")}
-    return set().union(*(_subjects(workdir, member) for member in json.loads(group.read_text())["task"]))
 
 
 def _is_offline(config: BenchmarkConfig, base: ResolvedModel) -> bool:
@@ -232,7 +225,7 @@ def _model_args(config: BenchmarkConfig, base: ResolvedModel, model: str, adapte
 def evaluate(config: BenchmarkConfig) -> Path:
     """Run stage 3 and return the path of `benchmark_results.json`."""
     output_dir = Path(config.output_dir)
-    adapter = Path(config.adapter or output_dir / "finetuned")
+    adapter = run_adapter(output_dir, config.adapter)
     models = ["base", "finetuned"] if config.models == "both" else [config.models]
     if "finetuned" in models and not config.merged:
         require_adapter(adapter)
@@ -242,9 +235,9 @@ def evaluate(config: BenchmarkConfig) -> Path:
     task_names, task_manager = resolve_tasks(config, offline, workdir)
     final_path = output_dir / RESULTS_FILE
 
-    inputs = {"base_model": model_input(base), **task_inputs(config, task_names, offline, workdir)}
+    inputs = {"base_model": model_input(base), **task_inputs(config, task_names, task_manager, offline)}
     if "finetuned" in models:
-        inputs["finetuned"] = reference_input(config.merged) if config.merged else path_input(adapter)
+        inputs["finetuned"] = finetuned_input(config.merged, adapter)
     settings = {k: v for k, v in asdict(config).items() if k in BENCHMARK_SETTINGS}
     settings["lm_eval_version"] = library_versions()["lm_eval"]
     with output_lock(output_dir, "benchmark"):

@@ -11,10 +11,18 @@ import torch
 from .artifacts import RESPONSE_FIELDS, RESPONSES_FILE, manifest, output_lock, read_json
 from .data import Record, validate_records
 from .errors import UserError
-from .models import ResolvedModel, base_reference, load_causal_lm, load_tokenizer, require_adapter, resolve_model
+from .models import (
+    ResolvedModel,
+    base_reference,
+    load_causal_lm,
+    load_tokenizer,
+    require_adapter,
+    resolve_model,
+    run_adapter,
+)
 from .progress import ProgressLog, base_part_holds, open_work
 from .prompts import PromptStyle, load_style
-from .provenance import model_input, path_input, reference_input
+from .provenance import finetuned_input, model_input, path_input
 
 # What the responses depend on besides the input files (those are fingerprinted).
 RESPONSE_SETTINGS = ("models", "max_new_tokens", "batch_size", "limit", "engine")
@@ -123,15 +131,10 @@ class VllmGenerator:
         return [clean_response(o.outputs[0].text, stop_strings) for o in outputs], generated
 
 
-def stage1_paths(output_dir: Path, test_file: str, adapter: str) -> tuple[Path, Path]:
-    """The test split and adapter a later stage reads: given explicitly, else stage 1's in `output_dir`."""
-    return Path(test_file or output_dir / "data" / "test.json"), Path(adapter or output_dir / "finetuned")
-
-
 def generate_responses(config: GenerationConfig) -> Path:
     """Run stage 2 and return the path of `test_base_model.json`."""
     output_dir = Path(config.output_dir)
-    test_file, adapter = stage1_paths(output_dir, config.test_file, config.adapter)
+    test_file, adapter = Path(config.test_file or output_dir / "data" / "test.json"), run_adapter(output_dir, config.adapter)
     final_path = output_dir / RESPONSES_FILE
     models = ["base", "finetuned"] if config.models == "both" else [config.models]
     if "finetuned" in models and not config.merged:
@@ -145,7 +148,7 @@ def generate_responses(config: GenerationConfig) -> Path:
 
     inputs = {"test_file": path_input(test_file)}
     if "finetuned" in models:
-        inputs["finetuned"] = reference_input(config.merged) if config.merged else path_input(adapter)
+        inputs["finetuned"] = finetuned_input(config.merged, adapter)
     if loads_base:
         inputs["base_model"] = model_input(base)
     settings = {k: v for k, v in asdict(config).items() if k in RESPONSE_SETTINGS}

@@ -196,6 +196,11 @@ def base_reference(explicit: str, adapter: Path) -> str:
                     "or pass --base-model (and --adapter)")
 
 
+def run_adapter(output_dir: Path, adapter: str) -> Path:
+    """The adapter a later stage uses: given with --adapter, else stage 1's in the run folder."""
+    return Path(adapter or output_dir / "finetuned")
+
+
 def require_adapter(adapter: Path) -> None:
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"{adapter}: no adapter_config.json; run stage 1 first, or pass --adapter or --merged")

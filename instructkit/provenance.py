@@ -59,6 +59,11 @@ def reference_input(reference: str) -> dict:
     return path_input(reference) if Path(reference).expanduser().exists() else {"reference": reference, "source": "hub"}
 
 
+def finetuned_input(merged: str, adapter: Path) -> dict:
+    """The finetuned model a later stage uses: a merged model when given, else stage 1's adapter."""
+    return reference_input(merged) if merged else path_input(adapter)
+
+
 def model_input(model: ResolvedModel) -> dict:
     """A base model by reference: a local folder adds its config's digest and its files' sizes."""
     entry = {"reference": model.reference, "source": model.source}
