@@ -1,11 +1,16 @@
-"""One benchmark trial in a child process of its own, so peak memory and warmed-up state are the
-trial's alone; the child prints its result as one `RESULT {json}` line."""
+"""Shared by the bench scripts: one trial in a child process of its own, so peak memory and
+warmed-up state are the trial's alone (the child prints its result as one `RESULT {json}` line);
+a timer; and the result file, written with the machine it was measured on."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 PREFIX = "RESULT "
 
@@ -23,3 +28,22 @@ def run_child(script: str, *args: str) -> dict:
     if child.returncode != 0 or not lines:
         return {"failed": child.stderr[-2000:]}
     return json.loads(lines[-1])
+
+
+def timed(fn):
+    """(fn(), seconds it took)."""
+    started = time.perf_counter()
+    value = fn()
+    return value, round(time.perf_counter() - started, 2)
+
+
+def save_results(name: str, doc: str, results: dict) -> Path:
+    """bench/results/<name>.json: the results, the command that made them, versions, CPU model and flags."""
+    from instructkit.artifacts import manifest
+
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    command = f"python bench/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:])
+    path.write_text(json.dumps(manifest(benchmark=doc.splitlines()[0], command=command.strip(), **results), indent=2) + "\n")
+    print(f"results: {path}")
+    return path

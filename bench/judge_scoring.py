@@ -15,20 +15,12 @@ README quotes it.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def timed(fn):
-    started = time.perf_counter()
-    value = fn()
-    return value, round(time.perf_counter() - started, 2)
+from child import save_results, timed  # noqa: E402
 
 
 def main() -> None:
@@ -42,7 +34,6 @@ def main() -> None:
 
     import torch
 
-    from instructkit.artifacts import manifest
     from instructkit.judge_prompts import SCORE_PREFILL, parse_score, score_prompt
     from instructkit.judges import HFJudge, LitGPTJudge
     from instructkit.judging import read_responses
@@ -73,12 +64,7 @@ def main() -> None:
         entry["speedup_vs_hf_generate"] = round(baseline / entry["seconds"], 2)
         print(f"{variant:16s} {entry['seconds']:7.2f} s  {entry['per_prompt_ms']:7.1f} ms/prompt  "
               f"x{entry['speedup_vs_hf_generate']}  parsed {entry['parsed']}/{len(prompts)}")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"judge_scoring-{results['device']}.json"
-    command = "python bench/judge_scoring.py " + " ".join(sys.argv[1:])
-    path.write_text(json.dumps(manifest(benchmark=__doc__.splitlines()[0], command=command.strip(), **results),
-                               indent=2) + "\n")
-    print(f"results: {path}")
+    save_results(f"judge_scoring-{results['device']}", __doc__, results)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ RESPONSE_FIELDS = {"base": "base_model_response", "finetuned": "finetuned_model_
 
 TRACKED_PACKAGES = (
     "torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes",
-    "lm_eval", "litgpt", "openai", "gguf",
+    "lm_eval", "litgpt", "openai", "gguf", "rouge_score", "scikit-learn",
 )
 
 
@@ -85,6 +85,25 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
+# CPU flags that decide how fast a CPU runs our matrix products (fp32 with AVX2 / AVX-512, bf16 natively).
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_description() -> dict[str, Any]:
+    """The CPU's model and the flags that matter for speed: every timing is recorded beside them."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and ":" in line:
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:  # not Linux: the model name from platform is what there is
+        pass
+    return {"model": model, "speed_flags": [f for f in SPEED_FLAGS if f in flags], "cores": os.cpu_count()}
+
+
 def manifest(**fields: Any) -> dict[str, Any]:
     """What a person needs to reproduce an artifact: the given fields plus versions and machine."""
     return {
@@ -92,6 +111,7 @@ def manifest(**fields: Any) -> dict[str, Any]:
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpu": cpu_description(),
         "versions": library_versions(),
     }
 

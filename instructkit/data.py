@@ -35,7 +35,7 @@ def load_records(source: str) -> list[Record]:
     """
     path = Path(source).expanduser()
     if path.is_file():
-        raw, label = _read_file(path), str(path)
+        raw, label = read_raw_records(path), str(path)
     elif source in HUB_DATASETS or (not path.exists() and "/" in source and not path.suffix):
         raw, label = _read_hub(HUB_DATASETS.get(source, source)), HUB_DATASETS.get(source, source)
     else:
@@ -56,7 +56,7 @@ def _read_text(path: Path) -> str:
     return text
 
 
-def _read_file(path: Path) -> list[Any]:
+def read_raw_records(path: Path) -> list[Any]:
     text = _read_text(path)
     suffix = path.suffix.lower()
     if suffix == ".csv":

@@ -1,17 +1,15 @@
 """Judge backends behind one interface: LitGPT's `LLM`, a local transformers model, or any
-OpenAI-compatible server through the `openai` client. Each answers chat prompts greedily."""
+OpenAI-compatible server (the last two through the shared layer in backends.py). Each answers greedily."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .backends import HFBackend, OpenAIBackend, Reply, user_turn
 from .errors import UserError
 from .judge_prompts import SYSTEM
 from .models import (
@@ -21,8 +19,6 @@ from .models import (
     ResolvedModel,
     build_once,
     cache_dir,
-    load_causal_lm,
-    load_tokenizer,
     resolve_model,
 )
 
@@ -30,12 +26,6 @@ from .models import (
 LITGPT_NAMES = {EMBEDDED_JUDGE: "SmolLM2-135M-Instruct"}
 KINDS = ("litgpt", "hf", "openai")
 MAX_SCORE = 100
-
-
-@dataclass(frozen=True)
-class Reply:
-    text: str | None
-    error: str | None = None  # why there is no text: the server's error after retries, a refusal
 
 
 def parse_judge_reference(reference: str) -> tuple[str, str]:
@@ -51,37 +41,23 @@ def _with_prefill(prefill: str, continuation: str) -> str:
     return f"{prefill} {continuation.strip()}".strip()
 
 
-class HFJudge:
+class HFJudge(HFBackend):
     """A local transformers model: batched greedy replies, or expected scores from its token probabilities."""
 
     def __init__(self, model: str, trust_remote_code: bool = False, attention: str | None = None):
-        self.resolved = resolve_model(model)
-        self.tokenizer = load_tokenizer(self.resolved, trust_remote_code)
-        self.tokenizer.padding_side = "left"
-        self.model = load_causal_lm(self.resolved, trust_remote_code=trust_remote_code, attention=attention).eval()
+        super().__init__(model, trust_remote_code, attention)
         self._score_tree: ScoreTree | None = None
 
-    def describe(self) -> dict:
-        return {"kind": "hf", "model": self.resolved.reference, "path": self.resolved.path, "source": self.resolved.source}
-
-    def _chat(self, prompt: str, prefill: str) -> str:
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefill
-
     def replies(self, prompts: list[str], max_new_tokens: int, prefill: str = "") -> list[Reply]:
-        inputs = self.tokenizer([self._chat(p, prefill) for p in prompts], return_tensors="pt", padding=True,
-                                add_special_tokens=False).to(self.model.device)
-        with torch.inference_mode():
-            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                         pad_token_id=self.tokenizer.pad_token_id)
-        texts = self.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        return [Reply(_with_prefill(prefill, text)) for text in texts]
+        replies = self.chat([user_turn(p, SYSTEM) for p in prompts], max_new_tokens, prefill=prefill)
+        return [Reply(_with_prefill(prefill, reply.text)) for reply in replies]
 
     def expected_scores(self, prompts: list[str], prefill: str = "") -> list[tuple[float | None, float]]:
         """(expected score, probability mass on valid scores) per prompt, from one forward pass."""
         if self._score_tree is None:
             self._score_tree = ScoreTree(self.tokenizer, prefill)
-        ids = [self.tokenizer(self._chat(p, prefill), add_special_tokens=False)["input_ids"] for p in prompts]
+        ids = [self.tokenizer(self.chat_text(user_turn(p, SYSTEM), prefill), add_special_tokens=False)["input_ids"]
+               for p in prompts]
         return self._score_tree.expected_scores(self.model, ids)
 
 
@@ -273,69 +249,13 @@ def _converted_for_litgpt(resolved: ResolvedModel, litgpt_name: str) -> Path:
                       f"converting {resolved.reference} to a LitGPT checkpoint in {target} (once)")
 
 
-class OpenAIJudge:
-    """Any OpenAI-compatible chat server. The key is read from OPENAI_API_KEY and kept only in the
-    client; the `openai` client retries 429 (honouring Retry-After), 5xx and dropped connections
-    with exponential backoff, up to `max_retries` times."""
-
+class OpenAIJudge(OpenAIBackend):
     def __init__(self, model: str, base_url: str, concurrency: int, seed: int, max_retries: int, timeout: float):
-        import openai
-
-        key = os.environ.get("OPENAI_API_KEY", "")
-        if not key and not base_url:
-            raise UserError("--judge openai:... needs OPENAI_API_KEY in the environment "
-                            "(or --judge-base-url for a local server that needs no key)")
-        self.model, self.base_url, self.concurrency, self.seed = model, base_url, concurrency, seed
-        # Local servers (vLLM, Ollama, litgpt serve) ignore the key but the client wants one.
-        self.client = openai.OpenAI(api_key=key or "no-key", base_url=base_url or None,
-                                    max_retries=max_retries, timeout=timeout)
-        self._secret = key
-
-    def describe(self) -> dict:
-        return {"kind": "openai", "model": self.model, "base_url": self.base_url or "https://api.openai.com/v1"}
+        super().__init__(model, base_url, concurrency=concurrency, seed=seed, max_retries=max_retries,
+                         timeout=timeout, role="judge", flag="--judge")
 
     def replies(self, prompts: list[str], max_new_tokens: int, prefill: str = "") -> list[Reply]:
-        """The prefill is not sent: chat APIs take no partial assistant turn, and the models behind
-        them answer in the requested format. A refused key or unknown model stops every request
-        not yet sent: the ones in flight are all that is spent."""
-        stop = threading.Event()
-        pool = ThreadPoolExecutor(max_workers=self.concurrency)
-        try:
-            futures = [pool.submit(self._reply, prompt, max_new_tokens, stop) for prompt in prompts]
-            return [future.result() for future in futures]
-        except BaseException:
-            stop.set()
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    def _reply(self, prompt: str, max_new_tokens: int, stop: threading.Event) -> Reply:
-        import openai
-
-        if stop.is_set():
-            return Reply(None, "not sent: the run stopped")
-        try:
-            completion = self.client.chat.completions.create(
-                model=self.model,
-                messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}],
-                temperature=0.0, seed=self.seed, max_tokens=max_new_tokens,
-            )
-        except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as exc:
-            # Every record would fail the same way: stop now, before any more money is spent.
-            stop.set()
-            raise UserError(f"the judge server at {self.describe()['base_url']} refused: {self._redact(exc)}") from exc
-        except (openai.OpenAIError, ValueError) as exc:  # retries spent, or a reply that is not valid JSON
-            return Reply(None, f"{type(exc).__name__}: {self._redact(exc)}")
-        if not completion.choices:
-            return Reply(None, "the server returned no choices")
-        message = completion.choices[0].message
-        if getattr(message, "refusal", None):
-            return Reply(None, f"refusal: {message.refusal}")
-        return Reply((message.content or "").strip())
-
-    def _redact(self, exc: Exception) -> str:
-        text = str(exc)
-        return text.replace(self._secret, "[OPENAI_API_KEY]") if self._secret else text
+        return self.chat([user_turn(p, SYSTEM) for p in prompts], max_new_tokens, prefill=prefill)
 
 
 def load_judge(reference: str, *, base_url: str = "", concurrency: int = 4, seed: int = 0,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import RESPONSE_FIELDS, RESPONSES_FILE, manifest, output_lock, read_json
+from .backends import Reply
 from .data import validate_records
 from .errors import UserError, problems_error
 from .judge_prompts import (
@@ -22,13 +23,15 @@ from .judge_prompts import (
     parse_verdict,
     score_prompt,
 )
-from .judges import Reply, load_judge
+from .judges import load_judge
 from .models import EMBEDDED_JUDGE
 from .progress import ProgressLog, open_work
 from .provenance import path_input
-from .stats import agreement, describe, paired_difference, win_rate
+from .stats import agreement, describe, length_controlled_win_rate, paired_difference, win_rate
+from .task_metrics import METRIC_NAMES, task_metrics
 
 SCORES_FILE = "judge_scores.json"
+TASK_METRICS_FILE = "task_metrics.json"
 # What one judgement depends on besides the responses; and what else shapes the finished file.
 JUDGEMENT_SETTINGS = ("judge", "judge_base_url", "scoring", "max_new_tokens", "seed", "trust_remote_code")
 RUN_SETTINGS = ("pairwise", "limit")
@@ -101,6 +104,7 @@ def judge_responses(config: JudgeConfig) -> Path:
         inputs["compare_with"] = path_input(config.compare_with)
     settings = {k: v for k, v in asdict(config).items() if k in JUDGEMENT_SETTINGS + RUN_SETTINGS}
     with output_lock(output_dir, "judge"):
+        write_task_metrics(config, records, models, {"responses": inputs["responses"]})
         work = open_work(final_path, settings, inputs, overwrite=config.overwrite, restart=config.restart,
                          stage="stage 4 judging", verb="judging")
         if work.progress is None:
@@ -144,6 +148,36 @@ def judge_responses(config: JudgeConfig) -> Path:
         ))
     print_summary(result, final_path)
     return final_path
+
+
+def write_task_metrics(config: JudgeConfig, records: list[dict], models: list[str], inputs: dict) -> Path:
+    """`task_metrics.json`: exact match, ROUGE-L, chrF and BLEU against the expected output, per
+    record and per model (seconds of work, so it always runs before the judge)."""
+    final_path = Path(config.output_dir) / TASK_METRICS_FILE
+    work = open_work(final_path, {"seed": config.seed, "limit": config.limit}, inputs, overwrite=config.overwrite,
+                     restart=False, stage="task metrics", verb="computing them")
+    if work.progress is None:
+        result = read_json(final_path)
+    else:
+        result = task_metrics(records, models, config.seed)
+        work.finish(result, manifest(stage="part4_local_evaluation", n_records=len(records), models=models))
+    print_task_metrics(result, final_path)
+    return final_path
+
+
+def print_task_metrics(result: dict, path: Path) -> None:
+    print(f"\n== task metrics against the expected output (0-100, no judge needed): {path}")
+    print(f"  {'':18s}" + "".join(f"{name:>26s}" for name in METRIC_NAMES.values()))
+    for model, summary in result["summary"].items():
+        print(f"  {model:18s}" + "".join(f"{_fmt(summary[m]['mean'], '.1f') + _short_ci(summary[m]):>26s}" for m in METRIC_NAMES))
+    for metric, d in result.get("finetuned_minus_base", {}).items():
+        if d["mean"] is not None:
+            print(f"  finetuned - base {METRIC_NAMES[metric]}: {d['mean']:+.1f}{_fmt_ci(d, '.1f')} over {d['n_pairs']} pairs")
+
+
+def _short_ci(summary: dict) -> str:
+    ci = summary.get("ci95")
+    return f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else ""
 
 
 def responses_file(config: JudgeConfig) -> Path:
@@ -278,7 +312,10 @@ def summarize(records: list[dict], models: list[str], done: dict, config: JudgeC
 
 
 def summarize_pairwise(outcomes: list[dict], records: list[dict]) -> dict:
+    """Outcomes are the finetuned model's, one per record in order."""
     judged = [o for o in outcomes if o["outcome"] is not None]
+    words = [len((r["finetuned"] or "").split()) - len((r["base"] or "").split())
+             for r, o in zip(records, outcomes) if o["outcome"] is not None]
     counts = {k: sum(o["outcome"] == k for o in judged) for k in ("win", "tie", "loss")}
     value = {"win": 1.0, "tie": 0.5, "loss": 0.0}
     inconsistent = sum(o["consistent"] is False for o in judged)
@@ -286,6 +323,7 @@ def summarize_pairwise(outcomes: list[dict], records: list[dict]) -> dict:
         "finetuned_wins": counts["win"], "ties": counts["tie"], "finetuned_losses": counts["loss"],
         "n_judged": len(judged), "n_total": len(outcomes),
         **win_rate([value[o["outcome"]] for o in judged]),
+        "length_controlled": length_controlled_win_rate([value[o["outcome"]] for o in judged], words),
         "inconsistent": inconsistent,
         "flip_rate": round(inconsistent / len(judged), 4) if judged else None,
         "mean_response_words": {m: round(sum(len(r[m].split()) for r in records if r[m]) / len(records), 1)
@@ -355,8 +393,8 @@ def print_summary(result: dict, path: Path) -> None:
     if result["pairwise"]:
         p = result["pairwise"]
         print(f"  pairwise: finetuned wins {p['finetuned_wins']}, ties {p['ties']}, losses {p['finetuned_losses']}; "
-              f"win rate {_fmt(p['win_rate'], '.2f')}{_fmt_ci(p, '.3f')}; "
-              f"order flips {p['inconsistent']}/{p['n_judged']}")
+              f"win rate {_fmt(p['win_rate'], '.2f')}{_fmt_ci(p, '.3f')}, length-controlled "
+              f"{_fmt(p['length_controlled']['win_rate'], '.2f')}; order flips {p['inconsistent']}/{p['n_judged']}")
         print(f"  mean response length (judges favour longer answers): base {p['mean_response_words']['base']} words, "
               f"finetuned {p['mean_response_words']['finetuned']}")
     if result["agreement"]:

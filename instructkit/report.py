@@ -15,12 +15,13 @@ from .artifacts import RESPONSE_FIELDS, RESPONSES_FILE, read_json, write_text_at
 from .benchmark import RESULTS_FILE
 from .errors import UserError
 from .human import HUMAN_FILE, read_human_ratings
-from .judging import SCORES_FILE
+from .judging import SCORES_FILE, TASK_METRICS_FILE
 from .models import EMBEDDED_JUDGE
 from .plots import plot_score_histograms
 from .progress import meta_path
 from .provenance import sha256_file, stale_on_disk
 from .stats import agreement, describe
+from .task_metrics import METRIC_NAMES
 from .training import SUMMARY_FILE
 
 REPORT_FILE = "report.html"
@@ -83,6 +84,10 @@ def _e(value) -> str:
 
 def _fmt(value, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _signed(value, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:+.{digits}f}"
 
 
 def _ci(summary: dict, digits: int = 1) -> str:
@@ -204,6 +209,33 @@ def _benchmark_section(output_dir: Path) -> str:
             + "".join(rows) + "</table>" + smoke)
 
 
+def _task_metrics_section(output_dir: Path) -> str:
+    path = output_dir / TASK_METRICS_FILE
+    result = _read_optional(path)
+    if note := _missing(result, "Stage 4's task metrics", path):
+        return note
+    head = "".join(f"<th>{_e(name)}</th>" for name in METRIC_NAMES.values())
+    rows = []
+    for model, summary in result["summary"].items():
+        cells = "".join(f'<td class="num">{_fmt(summary[m]["mean"])} <span class="meta">{_ci(summary[m])}</span></td>'
+                        for m in METRIC_NAMES)
+        n = summary["rouge_l"]["n_scored"]
+        rows.append(f'<tr id="metrics-{_e(model)}"><th>{_e(model)} <span class="meta">(n={n})</span></th>{cells}</tr>')
+    if difference := result.get("finetuned_minus_base"):
+        cells = "".join(f'<td class="num">{_signed(difference[m]["mean"])} <span class="meta">{_ci(difference[m])}</span></td>'
+                        for m in METRIC_NAMES)
+        rows.append(f'<tr id="metrics-difference"><th>finetuned − base <span class="meta">(paired)</span></th>{cells}</tr>')
+    corpus = "; ".join(f"{model}: BLEU {_fmt(s['corpus']['bleu'])}, chrF {_fmt(s['corpus']['chrf'])}"
+                       for model, s in result["summary"].items())
+    return (_stale(_stage_record(path), path, "stage 4")
+            + '<p class="meta">How close each response is to the expected output, on a 0-100 scale with 95% bootstrap '
+            'intervals: exact match after normalization (case, punctuation, articles), ROUGE-L F (rouge-score), chrF '
+            'and sentence BLEU (sacrebleu). No judge is involved, so these are the numbers to read first when the '
+            'judge is a small local model. Sentence BLEU is noisy on short answers; read ROUGE-L and chrF first.</p>'
+            + f'<table id="task-metrics"><tr><th>model</th>{head}</tr>{"".join(rows)}</table>'
+            + f'<p class="note">Corpus-level: {_e(corpus)}.</p>')
+
+
 def _judge_section(scores: dict | None, path: Path, output_dir: Path) -> str:
     if note := _missing(scores, "Stage 4's judge", path):
         return note
@@ -229,15 +261,20 @@ def _judge_section(scores: dict | None, path: Path, output_dir: Path) -> str:
     pairwise = scores.get("pairwise")
     if pairwise:
         words = pairwise["mean_response_words"]
+        lc = pairwise.get("length_controlled") or {}
         parts.append(
             f'<h3>Pairwise (both orders)</h3><table><tr><th>finetuned wins</th><th>ties</th><th>finetuned losses</th>'
-            f'<th>win rate (95% CI)</th><th>order flips</th><th>mean words base / finetuned</th></tr>'
+            f'<th>win rate (95% CI)</th><th>length-controlled win rate</th><th>order flips</th>'
+            f'<th>mean words base / finetuned</th></tr>'
             f'<tr><td class="num">{pairwise["finetuned_wins"]}</td><td class="num">{pairwise["ties"]}</td>'
             f'<td class="num">{pairwise["finetuned_losses"]}</td>'
             f'<td class="num">{_fmt(pairwise["win_rate"], 3)} {_ci(pairwise, 3)}</td>'
+            f'<td class="num" id="length-controlled">{_fmt(lc.get("win_rate"), 3)}</td>'
             f'<td class="num">{pairwise["inconsistent"]}/{pairwise["n_judged"]}</td>'
             f'<td class="num">{words["base"]} / {words["finetuned"]}</td></tr></table>'
-            f'<p class="note">{_e(pairwise["note"])}. A verdict that changes when the answers swap places counts as a tie.</p>')
+            f'<p class="note">{_e(pairwise["note"])}. A verdict that changes when the answers swap places counts as a tie. '
+            'The length-controlled win rate (AlpacaEval 2\'s idea) is the win rate a logistic model of the verdicts on '
+            f'the length difference predicts for answers of equal length{": " + _e(lc["note"]) if lc.get("note") else ""}.</p>')
     if scores.get("agreement"):
         a = scores["agreement"]
         parts.append(f'<p>Agreement with the --compare-with scores: Spearman {a["spearman"]}, Pearson {a["pearson"]}, '
@@ -331,6 +368,7 @@ def build_report(output_dir: str | Path) -> Path:
     sections = [
         ("Training (stage 1)", _training_section(output_dir)),
         ("Benchmark (stage 3)", _benchmark_section(output_dir)),
+        ("Task metrics (stage 4, no judge)", _task_metrics_section(output_dir)),
         ("Judge scores (stage 4)", _judge_section(scores, scores_path, output_dir)),
         ("Human ratings", _human_section(human, scores if isinstance(scores, dict) else None, human_path)),
         ("Every test record", _records_section(output_dir, scores if isinstance(scores, dict) and "_error" not in scores else None,

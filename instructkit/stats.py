@@ -69,6 +69,43 @@ def win_rate(outcomes: Sequence[float]) -> dict:
             "ci95": wilson_interval(float(sum(outcomes)), len(outcomes)), "ci_method": "wilson"}
 
 
+def length_controlled_win_rate(outcomes: Sequence[float], length_differences: Sequence[float]) -> dict:
+    """AlpacaEval 2's idea on one pair of models: a logistic model of the preference on the
+    standardized length difference, and the win rate it predicts at zero length difference.
+
+    P(win) = sigmoid(b + w * tanh(d / sd(d))), d = this model's answer length minus the other's
+    (words). b is the model's strength with length taken out: sigmoid(b) is the length-controlled win
+    rate. A tie counts as half a win (the record enters as a win and a loss, weight 0.5 each). The fit
+    is scikit-learn's L2-regularized logistic regression (C = 1, the intercept unpenalized), so a
+    judge that always picks the longer answer gives a finite length weight and a win rate near 0.5,
+    where plain maximum likelihood would diverge. AlpacaEval's own model also has a term per
+    instruction, fitted over its fixed 805 questions against one baseline across many models; with
+    one pair of models on your own test split there is nothing to fit such a term on, so it is left
+    out. Assumes the length effect is the same for every instruction and bounded (the tanh).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    y, d = np.asarray(outcomes, dtype=float), np.asarray(length_differences, dtype=float)
+    if len(y) < 2 or np.all(y == y[0]) and y[0] != 0.5:
+        return {"win_rate": None, "note": "needs at least two verdicts that are not all the same"}
+    scale = d.std() or 1.0
+    x = np.tanh(d / scale)[:, None]
+    features, labels, weights = np.vstack([x, x]), np.r_[np.ones(len(y)), np.zeros(len(y))], np.r_[y, 1 - y]
+    keep = weights > 0
+    if len(set(labels[keep])) < 2:
+        return {"win_rate": None, "note": "needs at least one win and one loss (a tie counts as both)"}
+    fit = LogisticRegression(C=1.0).fit(features[keep], labels[keep], sample_weight=weights[keep])
+    result = {"win_rate": round(float(1 / (1 + np.exp(-fit.intercept_[0]))), 4),
+              "length_weight": round(float(fit.coef_[0][0]), 4), "length_sd_words": round(float(scale), 2),
+              "method": "logistic regression on tanh(length difference / sd), predicted at zero difference (scikit-learn)"}
+    decided = y != 0.5
+    if decided.any() and len(set(y[decided])) == 2 and (np.all((y[decided] == 1) == (d[decided] > 0))
+                                                          or np.all((y[decided] == 1) == (d[decided] < 0))):
+        result["note"] = ("every decided verdict went to the longer answer (or every one to the shorter): length alone "
+                          "explains them, so the data cannot tell quality from length and this rate is poorly determined")
+    return result
+
+
 def agreement(first: Sequence[float], second: Sequence[float]) -> dict:
     """Spearman and Pearson correlation and mean absolute difference of paired scores."""
     a, b = np.asarray(first, dtype=float), np.asarray(second, dtype=float)

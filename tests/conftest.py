@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -135,3 +138,35 @@ def responses_dir(trained_run, tmp_path_factory) -> Path:
     result = run_script("part2_generate_test_responses.py", *stage2_args(trained_run, output_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     return output_dir
+
+
+class JSONHandler(BaseHTTPRequestHandler):
+    """A quiet request handler that answers JSON: the base of our local OpenAI-compatible servers."""
+
+    def log_message(self, *args):  # keep the test output quiet
+        pass
+
+    def reply(self, status: int, payload, headers: dict | None = None):
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def local_servers():
+    """start(ServerClass, **kwargs): a real HTTP server on 127.0.0.1, serving until the test ends."""
+    servers = []
+
+    def start(server_cls, **kwargs):
+        servers.append(server_cls(**kwargs))
+        threading.Thread(target=servers[-1].serve_forever, daemon=True).start()
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.shutdown()

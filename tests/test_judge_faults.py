@@ -14,11 +14,11 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
-from conftest import PROJECT_DATA, ROOT, run_script
+from conftest import PROJECT_DATA, ROOT, JSONHandler, run_script
 
 SECRET = "sk-instructkit-fault-test-9c4e1a77d2b05f3e"
 RETRY_MARK = "could not be read"  # in the stricter prompt stage 4 sends after an unreadable reply
@@ -44,10 +44,7 @@ class FaultyJudgeServer(ThreadingHTTPServer):
         return [times for key, times in self.attempts.items() if key.startswith(f"{fault}|{int(retry)}|")]
 
 
-class FaultyJudgeHandler(BaseHTTPRequestHandler):
-    def log_message(self, *args):  # keep the test output quiet
-        pass
-
+class FaultyJudgeHandler(JSONHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with self.server.lock:
@@ -83,29 +80,10 @@ class FaultyJudgeHandler(BaseHTTPRequestHandler):
         self.reply(200, {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
                          "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
 
-    def reply(self, status: int, payload, headers: dict | None = None):
-        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-
 
 @pytest.fixture
-def server():
-    servers = []
-
-    def start(**kwargs) -> FaultyJudgeServer:
-        servers.append(FaultyJudgeServer(**kwargs))
-        threading.Thread(target=servers[-1].serve_forever, daemon=True).start()
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.shutdown()
+def server(local_servers):
+    return lambda **kwargs: local_servers(FaultyJudgeServer, **kwargs)
 
 
 def responses_file(path, faults: list[str]):

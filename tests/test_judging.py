@@ -22,7 +22,7 @@ from conftest import run_script
 from instructkit.judge_prompts import SCORE_PREFILL, parse_score, parse_verdict
 from instructkit.judging import pairwise_outcome
 from instructkit.models import EMBEDDED_JUDGE
-from instructkit.stats import bootstrap_ci, describe, win_rate
+from instructkit.stats import bootstrap_ci, describe, length_controlled_win_rate, win_rate
 
 LIMIT = 3
 SECRET = "sk-instructkit-test-6f1d2c9a0b7e4f3d"
@@ -177,6 +177,26 @@ def test_probability_scoring_refuses_flash_attention_and_loads_sdpa(hf_judge):
     assert judge.model.config._attn_implementation == "sdpa"
 
 
+def test_length_controlled_win_rate_takes_out_a_judge_that_prefers_longer_answers():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    longer_by = rng.normal(15, 30, size=300)  # the finetuned answers are longer on average (words)
+    # The longer answer always wins: the raw win rate is far from 0.5, the length-controlled one near
+    # it, and the summary says that length alone explains the verdicts.
+    always = [float(d > 0) for d in longer_by]
+    controlled = length_controlled_win_rate(always, longer_by)
+    assert win_rate(always)["win_rate"] == pytest.approx(0.66, abs=0.01)
+    assert abs(controlled["win_rate"] - 0.5) < 0.05 and "length alone explains" in controlled["note"]
+    # A judge swayed by length only (no quality difference), with noise: the same, without the note.
+    swayed = [float(u < 1 / (1 + np.exp(-2.5 * np.tanh(d / longer_by.std())))) for u, d in zip(rng.random(300), longer_by)]
+    controlled = length_controlled_win_rate(swayed, longer_by)
+    assert win_rate(swayed)["win_rate"] > 0.58 and abs(controlled["win_rate"] - 0.5) < 0.05 and "note" not in controlled
+    # A better model and a judge blind to length: the win rate stands.
+    better = [float(u < 0.75) for u in rng.random(300)]
+    assert length_controlled_win_rate(better, longer_by)["win_rate"] == pytest.approx(win_rate(better)["win_rate"], abs=0.04)
+
+
 # --- stage 4 end to end -------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -201,6 +221,7 @@ def litgpt_scores(stage4_dir) -> dict:
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"== stage 4: judge litgpt:{EMBEDDED_JUDGE} (generate)" in result.stdout
     assert f"report: {stage4_dir / 'report.html'}" in result.stdout
+    assert "== task metrics against the expected output" in result.stdout
     return json.loads((stage4_dir / "judge_scores.json").read_text())
 
 
@@ -231,6 +252,7 @@ def test_pairwise_asks_both_orders_and_counts_flips(litgpt_scores):
     if summary["n_judged"]:
         assert summary["flip_rate"] == pytest.approx(summary["inconsistent"] / summary["n_judged"], abs=1e-4)
     assert set(summary["mean_response_words"]) == {"base", "finetuned"} and "longer" in summary["note"]
+    assert set(summary["length_controlled"]) >= {"win_rate", "method"}
 
 
 def test_rerun_keeps_the_finished_scores(stage4_dir, litgpt_scores):
@@ -381,6 +403,16 @@ def test_report_opens_in_chromium_with_averages_and_one_row_per_record(stage4_di
     assert [r.find_all("td")[2].get_text() for r in rows] == [r["output"] for r in litgpt_scores["records"]]
     assert "Stage 3 (benchmark) has not run here" in page.get_text()
     assert page.find("img", alt="training and validation loss")["src"].startswith("data:image/png;base64,")
+    # The judge-free task metrics lead, above the judge's scores, with the numbers of task_metrics.json.
+    metrics = json.loads((stage4_dir / "task_metrics.json").read_text())
+    text = page.get_text()
+    assert text.index("Task metrics (stage 4, no judge)") < text.index("Judge scores (stage 4)")
+    for model in ("base", "finetuned"):
+        cells = page.find(id=f"metrics-{model}").find_all("td")
+        assert [c.get_text().split()[0] for c in cells] == [f"{metrics['summary'][model][m]['mean']:.1f}"
+                                                            for m in ("exact_match", "rouge_l", "chrf", "bleu")]
+    assert page.find(id="metrics-difference").find_all("td")[1].get_text().startswith(
+        f"{metrics['finetuned_minus_base']['rouge_l']['mean']:+.1f}")
 
     word = litgpt_scores["records"][0]["instruction"].split()[-1]
     expected = sum(word.lower() in r.get_text().lower() for r in rows)
