@@ -227,13 +227,37 @@ def _task_metrics_section(output_dir: Path) -> str:
         rows.append(f'<tr id="metrics-difference"><th>finetuned − base <span class="meta">(paired)</span></th>{cells}</tr>')
     corpus = "; ".join(f"{model}: BLEU {_fmt(s['corpus']['bleu'])}, chrF {_fmt(s['corpus']['chrf'])}"
                        for model, s in result["summary"].items())
-    return (_stale(_stage_record(path), path, "stage 4")
+    responses = output_dir / RESPONSES_FILE
+    upstream = _changed_inputs(_stage_record(responses), responses)
+    return (_stale(_stage_record(path), path, "stages 2 and 4" if upstream else "stage 4", upstream)
             + '<p class="meta">How close each response is to the expected output, on a 0-100 scale with 95% bootstrap '
             'intervals: exact match after normalization (case, punctuation, articles), ROUGE-L F (rouge-score), chrF '
             'and sentence BLEU (sacrebleu). No judge is involved, so these are the numbers to read first when the '
             'judge is a small local model. Sentence BLEU is noisy on short answers; read ROUGE-L and chrF first.</p>'
             + f'<table id="task-metrics"><tr><th>model</th>{head}</tr>{"".join(rows)}</table>'
-            + f'<p class="note">Corpus-level: {_e(corpus)}.</p>')
+            + f'<p class="note">Corpus-level: {_e(corpus)}.</p>' + _largest_losses(result, output_dir))
+
+
+def _largest_losses(result: dict, output_dir: Path, shown: int = 5) -> str:
+    """The records where the finetune moved furthest from the expected output against the base
+    (ROUGE-L), both answers side by side: where to start reading when the averages disappoint."""
+    responses = _read_optional(output_dir / RESPONSES_FILE)
+    if not isinstance(responses, list) or "finetuned_minus_base" not in result:
+        return ""
+    changes = [(row["finetuned"]["rouge_l"] - row["base"]["rouge_l"], row["index"]) for row in result["records"]
+               if row.get("base") and row.get("finetuned") and row["index"] < len(responses)]
+    losses = sorted(c for c in changes if c[0] < 0)[:shown]
+    if not losses:
+        return '<p class="note">The finetune is at least as close to the expected output as the base on every record.</p>'
+    rows = []
+    for change, index in losses:
+        r = responses[index]
+        rows.append(f'<tr><td class="num">{index}</td><td>{_e(r.get("instruction"))}</td><td>{_e(r.get("output"))}</td>'
+                    f'<td>{_e(r.get(RESPONSE_FIELDS["base"]))}</td><td>{_e(r.get(RESPONSE_FIELDS["finetuned"]))}</td>'
+                    f'<td class="num">{change:+.1f}</td></tr>')
+    return (f'<h3>Where the finetune lost most against the base (ROUGE-L)</h3><table id="largest-losses">'
+            '<tr><th>#</th><th>instruction</th><th>expected</th><th>base response</th><th>finetuned response</th>'
+            f'<th>ROUGE-L change</th></tr>{"".join(rows)}</table>')
 
 
 def _judge_section(scores: dict | None, path: Path, output_dir: Path) -> str:

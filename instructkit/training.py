@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import resource
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
+from transformers import EarlyStoppingCallback, ProgressCallback, TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from .artifacts import is_main_process, manifest, output_lock, read_json, write_json_atomic
@@ -40,7 +41,9 @@ RUN_CONFIG_FILE = "run_config.json"
 STAGING_DIR = ".stage1.partial"
 STAGED = ("data", "finetuned")
 # Settings that do not change what is learned: a run may resume, or be reused, under another value.
-NOT_RUN_SETTINGS = ("overwrite", "restart", "merge", "compact_loss_head", "padding_free", "output_dir")
+NOT_RUN_SETTINGS = ("overwrite", "restart", "merge", "compact_loss_head", "padding_free", "output_dir", "report_to")
+# --report-to: where TRL also sends the training metrics, and the package each needs.
+TRACKERS = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
 
 
 @dataclass
@@ -72,6 +75,7 @@ class TrainingConfig:
     overwrite: bool = field(default=False, metadata={"help": "train again although the finished run has the same data and settings (the old adapter stays until the new one is finished)"})
     restart: bool = field(default=False, metadata={"help": "discard the checkpoints of an interrupted run instead of resuming from them"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub (only for models you trust)"})
+    report_to: str = field(default="none", metadata={"help": "also send the training metrics to a tracker TRL supports (they are always in training_summary.json)", "choices": list(TRACKERS)})
 
 
 def _planned_steps(config: TrainingConfig, n_train: int) -> int:
@@ -92,6 +96,21 @@ def _count_truncated(examples: list[dict], style: PromptStyle, tokenizer, max_le
             ids = tokenizer(example["prompt"] + example["completion"])["input_ids"]
         count += len(ids) + 1 > max_length  # +1: the EOS TRL appends
     return count
+
+
+class QuietProgressCallback(ProgressCallback):
+    """transformers' progress bar, with the latest loss on the bar instead of a printed dict per
+    step and per evaluation (the full log is kept in training_summary.json)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shown: dict[str, str] = {}  # the latest training and validation loss
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            self.shown.update({key: f"{logs[key]:.4f}" for key in ("loss", "eval_loss") if isinstance(logs.get(key), float)})
+            if self.shown:
+                self.training_bar.set_postfix(self.shown, refresh=False)
 
 
 class ThroughputCallback(TrainerCallback):
@@ -208,6 +227,9 @@ def train(config: TrainingConfig) -> Path:
     split = split_records(records, config.val_fraction, config.test_fraction, config.seed)
     if config.qlora:
         qlora_quantization()  # fails fast without a GPU, before anything is converted or written
+    package = TRACKERS[config.report_to]
+    if package and importlib.util.find_spec(package) is None:
+        raise UserError(f"--report-to {config.report_to} needs the {package} package: pip install {package}")
     base = resolve_model(config.base_model)
     output_dir = Path(config.output_dir)
     adapter_dir = output_dir / "finetuned"
@@ -280,7 +302,7 @@ def sft_arguments(config: TrainingConfig, checkpoints: Path, n_train: int, has_v
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         use_cpu=not on_gpu,
         gradient_checkpointing=config.qlora or config.gradient_checkpointing,
-        report_to="none",
+        report_to=config.report_to,
         disable_tqdm=False,
     )
 
@@ -334,6 +356,8 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
     )
     if config.compact_loss_head:
         use_compact_head(trainer)
+    trainer.remove_callback(ProgressCallback)  # it prints a dict per step; ours shows them on the bar
+    trainer.add_callback(QuietProgressCallback())
 
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if resuming else None)

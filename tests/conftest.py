@@ -123,6 +123,8 @@ def trained_run(tmp_path_factory, base_model) -> Path:
     assert not (output_dir / "finetuned" / "training_summary.json").exists(), "killed too late to test resuming"
     second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
+    # Quiet progress: the loss rides on the progress bar, not a printed dict per step.
+    assert "'loss':" not in second.stdout + second.stderr and ", loss=" in second.stderr and "eval_loss=" in second.stderr
     return output_dir
 
 

@@ -85,3 +85,15 @@ def test_qlora_without_gpu_is_a_clear_error(tmp_path, capsys):
     code = run_stage(main, build_parser(TrainingConfig, ""), ["--qlora", "--output-dir", str(tmp_path / "o"), "--max-steps", "1"])
     assert code == 2
     assert "--qlora needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_report_to_a_tracker_that_is_not_installed_is_a_clear_error(tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here; the message is for a machine without it")
+    main = __import__("part1_instruction_finetuning").main
+    code = run_stage(main, build_parser(TrainingConfig, ""), ["--report-to", "tensorboard", "--output-dir", str(tmp_path / "o")])
+    assert code == 2
+    assert "--report-to tensorboard needs the tensorboard package: pip install tensorboard" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

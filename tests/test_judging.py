@@ -413,6 +413,14 @@ def test_report_opens_in_chromium_with_averages_and_one_row_per_record(stage4_di
                                                             for m in ("exact_match", "rouge_l", "chrf", "bleu")]
     assert page.find(id="metrics-difference").find_all("td")[1].get_text().startswith(
         f"{metrics['finetuned_minus_base']['rouge_l']['mean']:+.1f}")
+    # Error analysis: the records where the finetune lost most ROUGE-L against the base, worst first.
+    changes = sorted((r["finetuned"]["rouge_l"] - r["base"]["rouge_l"], r["index"]) for r in metrics["records"]
+                     if r["base"] and r["finetuned"])
+    losses = [c for c in changes if c[0] < 0][:5]
+    table = page.find(id="largest-losses")
+    shown = [(float(tr.find_all("td")[-1].get_text()), int(tr.find_all("td")[0].get_text()))
+             for tr in table.find_all("tr")[1:]] if table else []
+    assert shown == [(pytest.approx(round(change, 1), abs=0.051), index) for change, index in losses]
 
     word = litgpt_scores["records"][0]["instruction"].split()[-1]
     expected = sum(word.lower() in r.get_text().lower() for r in rows)

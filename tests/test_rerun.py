@@ -106,7 +106,7 @@ def test_one_folder_is_one_run_reused_while_unchanged_and_redone_after_retrainin
     from instructkit.report import build_report
 
     page = build_report(run).read_text()
-    assert page.count('class="stale"') == 3  # stage 2's records, stage 3, stage 4 (built on stage 2)
+    assert page.count('class="stale"') == 4  # stage 2's records, stage 3, stage 4's task metrics and judge (on stage 2)
     assert f"{(run / 'finetuned').resolve()} changed since test_base_model.json was made" in page
 
     # 5. Each later stage says why and does its work again, keeping what the retraining cannot change:
