@@ -5,6 +5,7 @@ After stage 2, with no arguments (the embedded SmolLM2-135M-Instruct judge throu
 
 The reference setup, a local transformers judge scored by its token probabilities, an API judge:
     python part4_local_evaluation.py --judge litgpt:meta-llama/Meta-Llama-3-8B-Instruct --pairwise
+    python part4_local_evaluation.py --judge openai:gpt-4o-mini --pairwise finetuned:base,finetuned:output
     python part4_local_evaluation.py --judge hf:smollm2-135m-instruct --scoring probability
     OPENAI_API_KEY=... python part4_local_evaluation.py --judge openai:gpt-4o-mini --concurrency 8
     python part4_local_evaluation.py --judge openai:llama3 --judge-base-url http://localhost:11434/v1
@@ -13,8 +14,10 @@ Rate responses yourself (blind, shuffled, resumable), then compare a judge with 
     python part4_local_evaluation.py --human
     python part4_local_evaluation.py --compare-with outputs/human_ratings.json
 
-Writes outputs/judge_scores.json (every score with the judge's raw reply; per-model mean, median and
-95% bootstrap interval; finetuned - base; pairwise win rate), judge_scores.meta.json, and
+Writes outputs/task_metrics.json first (exact match, ROUGE-L, chrF, BLEU against the expected output:
+no judge needed), then outputs/judge_scores.json (every score with the judge's raw reply; per-model
+mean, median and 95% bootstrap interval; finetuned - base; pairwise win rates, raw and
+length-controlled), judge_scores.meta.json, and
 outputs/report.html with every stage's results on one page. A reply that is not a clear score is
 retried once, then kept as null with its text: counted, never averaged in as 0.
 Killed halfway? Rerun the same command: finished judgements are kept. A rerun with new responses

@@ -30,16 +30,13 @@ Reply with the integer score only."""
 SCORE_RETRY = ("\n\nYour previous reply could not be read as a score. Reply with one integer from 0 to 100 "
                "and nothing else: no words, no punctuation.")
 
-PAIRWISE_TEMPLATE = """Compare two responses to the instruction below against the expected output. \
+PAIRWISE_TEMPLATE = """Compare two responses to the instruction below{against}. \
 Judge correctness first, then helpfulness; do not let the order of the responses or their length \
 influence you.
 
 ### Instruction:
 {instruction}
-{input_block}
-### Expected output:
-{expected}
-
+{input_block}{reference_block}
 ### Response A:
 {response_a}
 
@@ -66,9 +63,13 @@ def score_prompt(record: dict, response: str) -> str:
                                  expected=record["output"], response=response)
 
 
-def pairwise_prompt(record: dict, response_a: str, response_b: str) -> str:
-    return PAIRWISE_TEMPLATE.format(instruction=record["instruction"], input_block=_input_block(record),
-                                    expected=record["output"], response_a=response_a, response_b=response_b)
+def pairwise_prompt(record: dict, response_a: str, response_b: str, with_reference: bool = True) -> str:
+    """Without the reference when one of the two responses is the expected output itself (AlpacaEval's
+    setup: a model against a reference answer, judged on their merits)."""
+    reference = f"\n### Expected output:\n{record['output']}\n" if with_reference else ""
+    return PAIRWISE_TEMPLATE.format(against=" against the expected output" if with_reference else "",
+                                    instruction=record["instruction"], input_block=_input_block(record),
+                                    reference_block=reference, response_a=response_a, response_b=response_b)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ TASK_METRICS_FILE = "task_metrics.json"
 # What one judgement depends on besides the responses; and what else shapes the finished file.
 JUDGEMENT_SETTINGS = ("judge", "judge_base_url", "scoring", "max_new_tokens", "seed", "trust_remote_code")
 RUN_SETTINGS = ("pairwise", "limit")
-ORDERS = {"base_first": ("base", "finetuned"), "finetuned_first": ("finetuned", "base")}
+REFERENCE = "output"  # the expected answer, as a column a model can be compared with (AlpacaEval's setup)
+DEFAULT_PAIR = "finetuned:base"
 LOW_COVERAGE = 0.5
 
 
@@ -45,7 +46,7 @@ class JudgeConfig:
     judge: str = field(default=f"litgpt:{EMBEDDED_JUDGE}", metadata={"help": "litgpt:<model>, hf:<model> or openai:<model>"})
     judge_base_url: str = field(default="", metadata={"help": "an OpenAI-compatible server for openai: judges (vLLM, Ollama, litgpt serve); the key comes from OPENAI_API_KEY"})
     scoring: str = field(default="generate", metadata={"help": "generate: parse the judge's reply; probability: expected score from its token probabilities (hf: judges)", "choices": ["generate", "probability"]})
-    pairwise: bool = field(default=False, metadata={"help": "also ask which answer is better, in both orders (MT-Bench style)"})
+    pairwise: str = field(default="", metadata={"nargs": "?", "const": DEFAULT_PAIR, "help": f"also ask which of two answers is better, in both orders (MT-Bench style): --pairwise alone compares finetuned with base; --pairwise A:B[,C:D] any response columns, or {REFERENCE} (the expected answer, as AlpacaEval's reference); the win rate is A's"})
     compare_with: str = field(default="", metadata={"help": "another judge_scores.json or human_ratings.json to measure agreement with"})
     human: bool = field(default=False, metadata={"help": "rate responses yourself in the terminal (blind, shuffled) instead of running the judge"})
     limit: int = field(default=0, metadata={"help": "score only the first N records (0: all)"})
@@ -94,6 +95,7 @@ def judge_responses(config: JudgeConfig) -> Path:
     output_dir = Path(config.output_dir)
     responses_path = responses_file(config)
     records, models = read_responses(responses_path)
+    pairs = parse_pairs(config.pairwise, models)
     if config.limit > 0:
         records = records[:config.limit]
     other_scores = load_comparison(config.compare_with, records) if config.compare_with else None
@@ -103,6 +105,7 @@ def judge_responses(config: JudgeConfig) -> Path:
     if config.compare_with:
         inputs["compare_with"] = path_input(config.compare_with)
     settings = {k: v for k, v in asdict(config).items() if k in JUDGEMENT_SETTINGS + RUN_SETTINGS}
+    settings["pairwise"] = ",".join(f"{a}:{b}" for a, b in pairs)  # however written (a YAML's `true` is finetuned:base)
     with output_lock(output_dir, "judge"):
         write_task_metrics(config, records, models, {"responses": inputs["responses"]})
         work = open_work(final_path, settings, inputs, overwrite=config.overwrite, restart=config.restart,
@@ -114,10 +117,9 @@ def judge_responses(config: JudgeConfig) -> Path:
         # Batches of similar length waste less on padding (a CPU pays for every padded token).
         score_items = sorted([("score", m, i) for m in models for i, r in enumerate(records) if r[m] is not None],
                              key=lambda item: _length(records[item[2]], item[1]))
-        pair_items = []
-        if config.pairwise and len(models) == 2:
-            pair_items = sorted([("pair", order, i) for i in range(len(records)) for order in ORDERS],
-                                key=lambda item: _length(records[item[2]], *models))
+        pair_items = sorted([("pair", f"{a}:{b}", f"{first}_first", i) for a, b in pairs for i, r in enumerate(records)
+                             if column(r, a) is not None and column(r, b) is not None for first in (a, b)],
+                            key=lambda item: _length(records[item[3]], *item[1].split(":")))
         if not config.overwrite and _same_judge(work.finished, settings):
             needed = set(score_items + pair_items) - set(progress.done)
             reusable = [(key, value) for key, value in judged_items(read_json(final_path), records) if key in needed]
@@ -141,7 +143,7 @@ def judge_responses(config: JudgeConfig) -> Path:
             raise
         seconds = round(time.perf_counter() - started, 2)
 
-        result = summarize(records, models, progress.done, config, judge.describe(), other_scores)
+        result = summarize(records, models, pairs, progress.done, config, judge.describe(), other_scores)
         work.finish(result, manifest(
             stage="part4_local_evaluation", judge=judge.describe(), input=str(responses_path),
             n_records=len(records), models=models, seconds_this_run=seconds, items_judged_this_run=calls,
@@ -205,14 +207,39 @@ def judged_items(scores: dict, records: list[dict]) -> list[tuple[tuple, dict]]:
             if same.get(model) and entry.get("parse") != "no response":
                 items.append((("score", model, index), {"value": entry["score"],
                                                         **{k: v for k, v in entry.items() if k != "score"}}))
-        for order in ORDERS:
-            if all(same.get(m) for m in ORDERS[order]) and (row.get("pairwise") or {}).get(order):
-                items.append((("pair", order, index), row["pairwise"][order]))
+        for name, pair in (row.get("pairwise") or {}).items():
+            if ":" not in name or not isinstance(pair, dict):  # an older file's single pair: asked again
+                continue
+            if all(same.get(c, c == REFERENCE) for c in name.split(":")):
+                items += [(("pair", name, order, index), pair[order]) for order in pair if order.endswith("_first")]
     return items
 
 
+def parse_pairs(spec: str, models: list[str]) -> list[tuple[str, str]]:
+    """--pairwise's pairs of response columns, checked against the columns the responses have."""
+    spec = str(spec)  # `pairwise: true` in a YAML config of the version where it was a switch
+    if spec in ("", "False", "false"):
+        return []
+    if spec in ("True", "true"):
+        spec = DEFAULT_PAIR
+    columns = [*models, REFERENCE]
+    pairs = []
+    for part in spec.split(","):
+        a, sep, b = part.strip().partition(":")
+        if not sep or a == b or a not in columns or b not in columns:
+            raise UserError(f"--pairwise {part.strip()!r}: write A:B with two different columns of {', '.join(columns)} "
+                            f"({REFERENCE}: the expected answer); several pairs separated by commas")
+        pairs.append((a, b))
+    return pairs
+
+
+def column(record: dict, name: str) -> str | None:
+    """A response column's text in a record, or the expected output for the reference column."""
+    return record["output"] if name == REFERENCE else record.get(name)
+
+
 def _length(record: dict, *models: str) -> int:
-    return sum(len(record[key] or "") for key in ("instruction", "input", "output", *models))
+    return sum(len(column(record, key) or "") for key in ("instruction", "input", "output", *models))
 
 
 def _run(items: list[tuple], progress: ProgressLog, chunk: int, label: str,
@@ -255,31 +282,38 @@ def _score_batch(judge, config: JudgeConfig, records: list[dict], items: list[tu
 
 
 def _pair_batch(judge, config: JudgeConfig, records: list[dict], items: list[tuple]) -> list[tuple[tuple, Any]]:
-    prompts = [pairwise_prompt(records[i], records[i][ORDERS[order][0]], records[i][ORDERS[order][1]])
-               for _, order, i in items]
+    """Each item shows one column first: ("pair", "A:B", "B_first", i). A pair with the expected
+    answer in it is judged without the expected answer shown as the reference (it is one of the two)."""
+    prompts = []
+    for _, name, order, i in items:
+        a, b = name.split(":")
+        first = order.removesuffix("_first")
+        second = b if first == a else a
+        prompts.append(pairwise_prompt(records[i], column(records[i], first), column(records[i], second),
+                                       with_reference=REFERENCE not in (a, b)))
     return list(zip(items, _read_with_retry(judge, prompts, PAIRWISE_RETRY, parse_verdict, config.max_new_tokens,
                                                    VERDICT_PREFILL)))
 
 
-def pairwise_outcome(base_first: str | None, finetuned_first: str | None) -> dict:
-    """Finetuned's result from two verdicts: 'A'/'B'/'tie' with base as A, then with finetuned as A.
+def pairwise_outcome(a_first: str | None, b_first: str | None) -> dict:
+    """A's result against B from two verdicts: 'A'/'B'/'tie' with A shown first, then with B shown first.
 
     A verdict that changes with the order is a tie, flagged inconsistent (MT-Bench's rule).
     """
-    if base_first is None or finetuned_first is None:
+    if a_first is None or b_first is None:
         return {"outcome": None, "consistent": None}
-    winner = {"A": "base", "B": "finetuned", "tie": "tie"}[base_first]
-    winner_swapped = {"A": "finetuned", "B": "base", "tie": "tie"}[finetuned_first]
+    winner = {"A": "a", "B": "b", "tie": "tie"}[a_first]
+    winner_swapped = {"A": "b", "B": "a", "tie": "tie"}[b_first]
     if winner != winner_swapped:
         return {"outcome": "tie", "consistent": False}
-    return {"outcome": {"finetuned": "win", "base": "loss", "tie": "tie"}[winner], "consistent": True}
+    return {"outcome": {"a": "win", "b": "loss", "tie": "tie"}[winner], "consistent": True}
 
 
-def summarize(records: list[dict], models: list[str], done: dict, config: JudgeConfig, judge: dict,
-              other_scores: dict | None) -> dict:
-    """The artifact: per record every score with its raw reply; per model the summary."""
+def summarize(records: list[dict], models: list[str], pairs: list[tuple[str, str]], done: dict, config: JudgeConfig,
+              judge: dict, other_scores: dict | None) -> dict:
+    """The artifact: per record every score with its raw reply; per model the summary; per pair the verdicts."""
     rows, scores = [], {m: [] for m in models}
-    outcomes = []
+    outcomes: dict[str, list] = {f"{a}:{b}": [] for a, b in pairs}
     for i, record in enumerate(records):
         row = {"index": i, "instruction": record["instruction"], "input": record["input"], "output": record["output"],
                "responses": {m: record[m] for m in models}, "scores": {}}
@@ -287,11 +321,14 @@ def summarize(records: list[dict], models: list[str], done: dict, config: JudgeC
             entry = done.get(("score", model, i)) or {"value": None, "parse": "no response"}
             row["scores"][model] = {"score": entry["value"], **{k: v for k, v in entry.items() if k != "value"}}
             scores[model].append(entry["value"])
-        if config.pairwise and len(models) == 2:
-            verdicts = {order: done.get(("pair", order, i)) for order in ORDERS}
-            outcome = pairwise_outcome(*(verdicts[o]["value"] if verdicts[o] else None for o in ORDERS))
-            row["pairwise"] = {**outcome, **{order: verdicts[order] for order in ORDERS}}
-            outcomes.append(outcome)
+        if pairs:
+            row["pairwise"] = {}
+        for a, b in pairs:
+            name, orders = f"{a}:{b}", (f"{a}_first", f"{b}_first")
+            verdicts = {order: done.get(("pair", name, order, i)) for order in orders}
+            outcome = pairwise_outcome(*(verdicts[o]["value"] if verdicts[o] else None for o in orders))
+            row["pairwise"][name] = {**outcome, **verdicts}
+            outcomes[name].append((outcome, column(record, a), column(record, b)))
         rows.append(row)
 
     summary: dict[str, Any] = {m: describe(scores[m], config.seed) for m in models}
@@ -305,30 +342,32 @@ def summarize(records: list[dict], models: list[str], done: dict, config: JudgeC
         "judge": {**judge, "scoring": config.scoring, "seed": config.seed},
         "input": str(responses_file(config)),
         "summary": summary,
-        "pairwise": summarize_pairwise(outcomes, records) if outcomes else None,
+        "pairwise": {name: summarize_pairwise(name, judged) for name, judged in outcomes.items()} or None,
         "agreement": compare_scores(rows, other_scores) if other_scores else None,
         "records": rows,
     }
 
 
-def summarize_pairwise(outcomes: list[dict], records: list[dict]) -> dict:
-    """Outcomes are the finetuned model's, one per record in order."""
-    judged = [o for o in outcomes if o["outcome"] is not None]
-    words = [len((r["finetuned"] or "").split()) - len((r["base"] or "").split())
-             for r, o in zip(records, outcomes) if o["outcome"] is not None]
+def summarize_pairwise(name: str, outcomes: list[tuple[dict, str | None, str | None]]) -> dict:
+    """A's record against B over (outcome from A's side, A's text, B's text), one per record."""
+    a, b = name.split(":")
+    judged = [o for o, _, _ in outcomes if o["outcome"] is not None]
+    words = [len(text_a.split()) - len(text_b.split()) for o, text_a, text_b in outcomes if o["outcome"] is not None]
+    answered = [(text_a, text_b) for _, text_a, text_b in outcomes if text_a is not None and text_b is not None]
     counts = {k: sum(o["outcome"] == k for o in judged) for k in ("win", "tie", "loss")}
     value = {"win": 1.0, "tie": 0.5, "loss": 0.0}
     inconsistent = sum(o["consistent"] is False for o in judged)
     return {
-        "finetuned_wins": counts["win"], "ties": counts["tie"], "finetuned_losses": counts["loss"],
+        "a": a, "b": b, "wins": counts["win"], "ties": counts["tie"], "losses": counts["loss"],
         "n_judged": len(judged), "n_total": len(outcomes),
         **win_rate([value[o["outcome"]] for o in judged]),
         "length_controlled": length_controlled_win_rate([value[o["outcome"]] for o in judged], words),
         "inconsistent": inconsistent,
         "flip_rate": round(inconsistent / len(judged), 4) if judged else None,
-        "mean_response_words": {m: round(sum(len(r[m].split()) for r in records if r[m]) / len(records), 1)
-                                for m in RESPONSE_FIELDS},
-        "note": "win rate counts a tie as half a win; judges tend to favour longer answers, so compare the lengths",
+        "mean_response_words": {a: round(sum(len(x.split()) for x, _ in answered) / max(len(answered), 1), 1),
+                                b: round(sum(len(y.split()) for _, y in answered) / max(len(answered), 1), 1)},
+        "note": f"the win rate is {a}'s against {b} and counts a tie as half a win; judges tend to favour longer "
+                "answers, so compare the lengths",
     }
 
 
@@ -390,13 +429,12 @@ def print_summary(result: dict, path: Path) -> None:
         if coverage is not None and coverage < LOW_COVERAGE:
             print(f"  warning: the judge puts only {coverage:.0%} of its probability on a score for {model}; "
                   "a judge this unsure says little")
-    if result["pairwise"]:
-        p = result["pairwise"]
-        print(f"  pairwise: finetuned wins {p['finetuned_wins']}, ties {p['ties']}, losses {p['finetuned_losses']}; "
+    for p in (result["pairwise"] or {}).values():
+        print(f"  pairwise {p['a']} vs {p['b']}: {p['a']} wins {p['wins']}, ties {p['ties']}, losses {p['losses']}; "
               f"win rate {_fmt(p['win_rate'], '.2f')}{_fmt_ci(p, '.3f')}, length-controlled "
               f"{_fmt(p['length_controlled']['win_rate'], '.2f')}; order flips {p['inconsistent']}/{p['n_judged']}")
-        print(f"  mean response length (judges favour longer answers): base {p['mean_response_words']['base']} words, "
-              f"finetuned {p['mean_response_words']['finetuned']}")
+        print(f"  mean response length (judges favour longer answers): {p['a']} {p['mean_response_words'][p['a']]} "
+              f"words, {p['b']} {p['mean_response_words'][p['b']]}")
     if result["agreement"]:
         a = result["agreement"]
         print(f"  agreement with --compare-with: Spearman {a['spearman']}, Pearson {a['pearson']}, "

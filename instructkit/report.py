@@ -15,7 +15,7 @@ from .artifacts import RESPONSE_FIELDS, RESPONSES_FILE, read_json, write_text_at
 from .benchmark import RESULTS_FILE
 from .errors import UserError
 from .human import HUMAN_FILE, read_human_ratings
-from .judging import SCORES_FILE, TASK_METRICS_FILE
+from .judging import REFERENCE, SCORES_FILE, TASK_METRICS_FILE
 from .models import EMBEDDED_JUDGE
 from .plots import plot_score_histograms
 from .progress import meta_path
@@ -260,6 +260,12 @@ def _largest_losses(result: dict, output_dir: Path, shown: int = 5) -> str:
             f'<th>ROUGE-L change</th></tr>{"".join(rows)}</table>')
 
 
+def _pairs(scores: dict) -> dict:
+    """The pairwise summaries by pair ("finetuned:base"); a file from before pairs were named has none to show."""
+    pairwise = scores.get("pairwise") or {}
+    return {name: p for name, p in pairwise.items() if ":" in name and isinstance(p, dict)}
+
+
 def _judge_section(scores: dict | None, path: Path, output_dir: Path) -> str:
     if note := _missing(scores, "Stage 4's judge", path):
         return note
@@ -282,23 +288,30 @@ def _judge_section(scores: dict | None, path: Path, output_dir: Path) -> str:
         parts.append(f'<div class="card">finetuned − base<b>{_fmt(d["mean"])}</b>95% CI {_ci(d)}'
                      f'<br>over {d["n_pairs"]} paired records</div>')
     parts.append("</div>")
-    pairwise = scores.get("pairwise")
+    pairwise = _pairs(scores)
     if pairwise:
-        words = pairwise["mean_response_words"]
-        lc = pairwise.get("length_controlled") or {}
+        rows = []
+        for name, p in pairwise.items():
+            lc = p.get("length_controlled") or {}
+            words = p["mean_response_words"]
+            lc_note = f' title="{_e(lc["note"])}"' if lc.get("note") else ""
+            rows.append(f'<tr id="pair-{_e(name)}"><th>{_e(p["a"])} vs {_e(p["b"])}</th><td class="num">{p["wins"]}</td>'
+                        f'<td class="num">{p["ties"]}</td><td class="num">{p["losses"]}</td>'
+                        f'<td class="num">{_fmt(p["win_rate"], 3)} {_ci(p, 3)}</td>'
+                        f'<td class="num"{lc_note}>{_fmt(lc.get("win_rate"), 3)}{" *" if lc.get("note") else ""}</td>'
+                        f'<td class="num">{p["inconsistent"]}/{p["n_judged"]}</td>'
+                        f'<td class="num">{words[p["a"]]} / {words[p["b"]]}</td></tr>')
+        notes = [f"* {p['a']} vs {p['b']}: {p['length_controlled']['note']}" for p in pairwise.values()
+                 if (p.get("length_controlled") or {}).get("note")]
         parts.append(
-            f'<h3>Pairwise (both orders)</h3><table><tr><th>finetuned wins</th><th>ties</th><th>finetuned losses</th>'
-            f'<th>win rate (95% CI)</th><th>length-controlled win rate</th><th>order flips</th>'
-            f'<th>mean words base / finetuned</th></tr>'
-            f'<tr><td class="num">{pairwise["finetuned_wins"]}</td><td class="num">{pairwise["ties"]}</td>'
-            f'<td class="num">{pairwise["finetuned_losses"]}</td>'
-            f'<td class="num">{_fmt(pairwise["win_rate"], 3)} {_ci(pairwise, 3)}</td>'
-            f'<td class="num" id="length-controlled">{_fmt(lc.get("win_rate"), 3)}</td>'
-            f'<td class="num">{pairwise["inconsistent"]}/{pairwise["n_judged"]}</td>'
-            f'<td class="num">{words["base"]} / {words["finetuned"]}</td></tr></table>'
-            f'<p class="note">{_e(pairwise["note"])}. A verdict that changes when the answers swap places counts as a tie. '
-            'The length-controlled win rate (AlpacaEval 2\'s idea) is the win rate a logistic model of the verdicts on '
-            f'the length difference predicts for answers of equal length{": " + _e(lc["note"]) if lc.get("note") else ""}.</p>')
+            '<h3>Pairwise (both orders)</h3><table id="pairwise"><tr><th>A vs B</th><th>A wins</th><th>ties</th>'
+            '<th>A losses</th><th>A\'s win rate (95% CI)</th><th>length-controlled</th><th>order flips</th>'
+            '<th>mean words A / B</th></tr>' + "".join(rows) + '</table>'
+            '<p class="note">A win rate counts a tie as half a win; a verdict that changes when the answers swap places '
+            f'counts as a tie. "{REFERENCE}" is the expected answer, judged as a response (AlpacaEval\'s reference). '
+            'Judges favour longer answers: the length-controlled win rate (AlpacaEval 2\'s idea) is the one a logistic '
+            'model of the verdicts on the length difference predicts for answers of equal length.'
+            + "".join(f"<br>{_e(n)}" for n in notes) + '</p>')
     if scores.get("agreement"):
         a = scores["agreement"]
         parts.append(f'<p>Agreement with the --compare-with scores: Spearman {a["spearman"]}, Pearson {a["pearson"]}, '
@@ -349,12 +362,11 @@ def _records_section(output_dir: Path, scores: dict | None, human: dict | None) 
         rows = [{"index": i, "instruction": r.get("instruction"), "input": r.get("input"), "output": r.get("output"),
                  "responses": {m: r.get(key) for m, key in RESPONSE_FIELDS.items()}, "scores": {}} for i, r in enumerate(responses)]
     ratings = {(r["model"], r["index"]): r["rating"] for r in (human or {}).get("ratings", [])}
-    has_pairwise = any("pairwise" in r for r in rows)
+    pair_names = list(_pairs(scores or {}))
     header = ["#", "instruction", "expected", "base response", "base score", "finetuned response", "finetuned score"]
     if ratings:
         header += ["human base", "human finetuned"]
-    if has_pairwise:
-        header.append("pairwise (finetuned)")
+    header += [f"{name.split(':')[0]} vs {name.split(':')[1]}" for name in pair_names]
     body = []
     for row in rows:
         cells = [f'<td class="num" data-sort="{row["index"]}">{row["index"]}</td>',
@@ -371,8 +383,8 @@ def _records_section(output_dir: Path, scores: dict | None, human: dict | None) 
             for model in RESPONSE_FIELDS:
                 rating = ratings.get((model, row["index"]))
                 cells.append(f'<td class="num">{"—" if rating is None else rating}</td>')
-        if has_pairwise:
-            p = row.get("pairwise") or {}
+        for name in pair_names:
+            p = (row.get("pairwise") or {}).get(name) or {}
             flag = " (order flip)" if p.get("consistent") is False else ""
             cells.append(f"<td>{_e(p.get('outcome') or '—')}{flag}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")

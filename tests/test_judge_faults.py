@@ -34,6 +34,7 @@ class FaultyJudgeServer(ThreadingHTTPServer):
         self.key, self.delay = key, delay
         self.attempts: dict[str, list[float]] = defaultdict(list)  # prompt hash -> request times
         self.requests = 0  # every request, refused ones too
+        self.prompts: list[str] = []  # every prompt received
         self.lock = threading.Lock()
 
     @property
@@ -53,6 +54,14 @@ class FaultyJudgeHandler(JSONHandler):
             key = self.headers.get("Authorization", "").removeprefix("Bearer ")
             return self.reply(401, {"error": {"message": f"Incorrect API key provided: {key}", "type": "invalid_request_error"}})
         prompt = body["messages"][-1]["content"]
+        with self.server.lock:
+            self.server.prompts.append(prompt)
+        if "### Response A:" in prompt and "STEADY" in prompt:  # a steady pairwise judge: the answer marked PREFER wins
+            first, second = prompt.split("### Response B:")
+            content = "A" if "PREFER" in first.split("### Response A:")[1] else "B" if "PREFER" in second else "tie"
+            return self.reply(200, {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                                 "finish_reason": "stop"}]})
         fault = re.search(r"FAULT:(\w+)", prompt).group(1)
         retry = RETRY_MARK in prompt
         key = f"{fault}|{int(retry)}|{hashlib.sha256(prompt.encode()).hexdigest()}"
@@ -269,7 +278,7 @@ def test_new_pairwise_or_limit_reuses_every_judgement_already_paid_for(steady_ju
     fewer = run_script("part4_local_evaluation.py", *stage4_args(responses, output, steady_judge.url, "--concurrency", "1",
                                                                  "--limit", "5"), env=env_with_key())
     assert fewer.returncode == 0, fewer.stderr[-3000:]
-    assert "settings changed since judge_scores.json was made (pairwise: True -> False; limit: 0 -> 5)" in fewer.stdout
+    assert "settings changed since judge_scores.json was made (pairwise: 'finetuned:base' -> ''; limit: 0 -> 5)" in fewer.stdout
     assert "reusing 10 judgements" in fewer.stdout
     assert steady_judge.requests == requests_before
     scores = json.loads((output / "judge_scores.json").read_text())
@@ -326,3 +335,33 @@ def test_output_folder_that_cannot_be_created_is_a_clear_error(steady_judge, kil
                         env=env_with_key())
     assert result.returncode == 2
     assert f"error: cannot create output folder {blocker / 'out'}: Not a directory" in result.stderr
+
+
+def test_pairwise_any_columns_and_against_the_expected_output(server, tmp_path):
+    """--pairwise A:B on any response columns and on `output` (AlpacaEval's reference setup): both
+    orders asked, the reference pair judged without the reference shown, each pair summarized."""
+    judge = server()
+    records = json.loads(PROJECT_DATA.read_text())[:4]
+    responses = tmp_path / "responses.json"
+    responses.write_text(json.dumps([{**r, "base_model_response": f"FAULT:ok{40 + i} STEADY",
+                                      "finetuned_model_response": f"FAULT:ok{70 + i} STEADY PREFER"} for i, r in enumerate(records)]))
+    result = run_script("part4_local_evaluation.py", *stage4_args(
+        responses, tmp_path / "out", judge.url, "--pairwise", "finetuned:base,finetuned:output,base:output"), env=env_with_key())
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads((tmp_path / "out" / "judge_scores.json").read_text())
+    assert set(scores["pairwise"]) == {"finetuned:base", "finetuned:output", "base:output"}
+    for row in scores["records"]:
+        assert set(row["pairwise"]["finetuned:output"]) == {"outcome", "consistent", "finetuned_first", "output_first"}
+        assert row["pairwise"]["finetuned:output"]["outcome"] == "win"
+        assert row["pairwise"]["base:output"]["outcome"] == "tie" and row["pairwise"]["base:output"]["consistent"]
+    assert scores["pairwise"]["finetuned:base"]["win_rate"] == 1.0 and scores["pairwise"]["finetuned:base"]["wins"] == 4
+    assert scores["pairwise"]["base:output"]["win_rate"] == 0.5
+    assert scores["pairwise"]["finetuned:output"]["mean_response_words"]["output"] > 0
+    pair_prompts = [p for p in judge.prompts if "### Response A:" in p]
+    assert len(pair_prompts) == 3 * 2 * 4  # three pairs, both orders, four records
+    with_reference = [p for p in pair_prompts if "### Expected output:" in p]
+    assert len(with_reference) == 2 * 4 and all("FAULT:ok4" in p for p in with_reference)  # only finetuned:base
+    assert "pairwise finetuned vs output: finetuned wins 4" in result.stdout
+    bad = run_script("part4_local_evaluation.py", *stage4_args(responses, tmp_path / "bad", judge.url, "--pairwise", "finetuned:gpt4"),
+                     env=env_with_key())
+    assert bad.returncode == 2 and "--pairwise 'finetuned:gpt4': write A:B with two different columns of base, finetuned, output" in bad.stderr

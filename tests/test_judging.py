@@ -55,12 +55,13 @@ def test_verdict_parsing_is_strict(reply, verdict):
     assert parse_verdict(reply).value == verdict
 
 
-@pytest.mark.parametrize("base_first, finetuned_first, outcome, consistent", [
-    ("B", "A", "win", True), ("A", "B", "loss", True), ("tie", "tie", "tie", True),
-    ("A", "A", "tie", False), ("B", "tie", "tie", False), (None, "A", None, None),
+@pytest.mark.parametrize("a_first, b_first, outcome, consistent", [
+    ("A", "B", "win", True), ("B", "A", "loss", True), ("tie", "tie", "tie", True),
+    ("A", "A", "tie", False), ("tie", "B", "tie", False), (None, "A", None, None),
 ])
-def test_pairwise_verdict_that_flips_with_the_order_is_an_inconsistent_tie(base_first, finetuned_first, outcome, consistent):
-    assert pairwise_outcome(base_first, finetuned_first) == {"outcome": outcome, "consistent": consistent}
+def test_pairwise_verdict_that_flips_with_the_order_is_an_inconsistent_tie(a_first, b_first, outcome, consistent):
+    """A's result against B, from the verdict with A shown first and the one with B shown first."""
+    assert pairwise_outcome(a_first, b_first) == {"outcome": outcome, "consistent": consistent}
 
 
 def test_bootstrap_interval_covers_the_true_mean_at_about_the_stated_rate():
@@ -243,12 +244,13 @@ def test_litgpt_judge_scores_every_response_strictly(litgpt_scores):
 
 def test_pairwise_asks_both_orders_and_counts_flips(litgpt_scores):
     for row in litgpt_scores["records"]:
-        pair = row["pairwise"]
+        pair = row["pairwise"]["finetuned:base"]  # --pairwise alone: the finetune's win rate against the base
         assert pair["base_first"]["reply"].startswith("Verdict:")
         assert {k: pair[k] for k in ("outcome", "consistent")} == pairwise_outcome(
-            pair["base_first"]["value"], pair["finetuned_first"]["value"])
-    summary = litgpt_scores["pairwise"]
-    assert summary["finetuned_wins"] + summary["ties"] + summary["finetuned_losses"] == summary["n_judged"]
+            pair["finetuned_first"]["value"], pair["base_first"]["value"])
+    summary = litgpt_scores["pairwise"]["finetuned:base"]
+    assert (summary["a"], summary["b"]) == ("finetuned", "base")
+    assert summary["wins"] + summary["ties"] + summary["losses"] == summary["n_judged"]
     if summary["n_judged"]:
         assert summary["flip_rate"] == pytest.approx(summary["inconsistent"] / summary["n_judged"], abs=1e-4)
     assert set(summary["mean_response_words"]) == {"base", "finetuned"} and "longer" in summary["note"]
