@@ -13,8 +13,12 @@ Llama 3 8B on a GPU, with a merged model or with vLLM (pip install vllm):
     python part2_generate_test_responses.py --batch-size 32 --max-new-tokens 256
     python part2_generate_test_responses.py --engine vllm
 
+More models answer beside them (each in its own prompt format; one column each, <name>_model_response):
+    python part2_generate_test_responses.py --compare smol=smollm2-135m-instruct
+    python part2_generate_test_responses.py --compare gpt=openai:gpt-4o-mini
+
 Writes outputs/test_base_model.json (instruction, input, output, base_model_response,
-finetuned_model_response per record) and test_base_model.meta.json (settings, timings, versions).
+finetuned_model_response per record, and any compare model's) and test_base_model.meta.json (settings, timings, versions).
 Killed halfway? Rerun the same command: finished records are kept and not generated again.
 Retrained in stage 1? Rerun: the responses are made again because the adapter changed (the
 manifest holds the fingerprints of the test split, the adapter and the base model).

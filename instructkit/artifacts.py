@@ -22,6 +22,11 @@ from .errors import UserError
 RESPONSES_FILE = "test_base_model.json"
 RESPONSE_FIELDS = {"base": "base_model_response", "finetuned": "finetuned_model_response"}
 
+
+def response_field(model: str) -> str:
+    """The field of a model's response in a record: base, finetuned, or a --compare model's name."""
+    return RESPONSE_FIELDS.get(model, f"{model}_model_response")
+
 TRACKED_PACKAGES = (
     "torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes",
     "lm_eval", "litgpt", "openai", "gguf", "rouge_score", "scikit-learn",

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import RESPONSE_FIELDS, RESPONSES_FILE, manifest, output_lock, read_json
+from .artifacts import RESPONSE_FIELDS, RESPONSES_FILE, manifest, output_lock, read_json, response_field
+from .compare_models import compare_input, load_compare, parse_compare
 from .data import Record, validate_records
 from .errors import UserError
 from .models import (
@@ -20,12 +21,14 @@ from .models import (
     resolve_model,
     run_adapter,
 )
-from .progress import ProgressLog, base_part_holds, open_work
+from .progress import ProgressLog, open_work
 from .prompts import PromptStyle, load_style
 from .provenance import finetuned_input, model_input, path_input
 
 # What the responses depend on besides the input files (those are fingerprinted).
 RESPONSE_SETTINGS = ("models", "max_new_tokens", "batch_size", "limit", "engine")
+# Settings that choose which columns are answered, not how: a column made under other ones is reused.
+COLUMN_CHOICES = ("models",)
 
 
 @dataclass
@@ -43,6 +46,9 @@ class GenerationConfig:
     overwrite: bool = field(default=False, metadata={"help": "generate again although the finished output matches its inputs (partial results of such a run are kept and resumed)"})
     restart: bool = field(default=False, metadata={"help": "discard partial results of an interrupted run instead of resuming them"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub (only for models you trust)"})
+    compare: list[str] = field(default_factory=list, metadata={"help": "more models that answer too, NAME=MODEL each: an embedded name, hub id, model folder, merged finetune, .gguf file, another run's adapter folder, or openai:<model> (with --compare-base-url); writes <NAME>_model_response"})
+    compare_base_url: str = field(default="", metadata={"help": "the OpenAI-compatible server of openai: compare models (the key comes from OPENAI_API_KEY)"})
+    concurrency: int = field(default=4, metadata={"help": "requests in flight at once for openai: compare models"})
 
 
 def clean_response(text: str, stop_strings: tuple[str, ...]) -> str:
@@ -59,6 +65,12 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
 
 class TransformersGenerator:
     """Batched greedy decoding with one model load: the base answers with the adapter disabled."""
+
+    def render(self, style: PromptStyle, record: Record) -> str:
+        return style.render(record, self.tokenizer)
+
+    def lengths(self, prompts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
 
     def __init__(self, base: ResolvedModel, adapter: Path | None, merged: str, trust_remote_code: bool,
                  models: list[str]):
@@ -99,6 +111,9 @@ class TransformersGenerator:
 class VllmGenerator:
     """vLLM with the adapter as a LoRA request; for GPU users who installed vllm."""
 
+    render = TransformersGenerator.render
+    lengths = TransformersGenerator.lengths
+
     def __init__(self, base: ResolvedModel, adapter: Path | None, merged: str, trust_remote_code: bool,
                  models: list[str]):
         try:
@@ -137,6 +152,7 @@ def generate_responses(config: GenerationConfig) -> Path:
     test_file, adapter = Path(config.test_file or output_dir / "data" / "test.json"), run_adapter(output_dir, config.adapter)
     final_path = output_dir / RESPONSES_FILE
     models = ["base", "finetuned"] if config.models == "both" else [config.models]
+    compared = parse_compare(config.compare)
     if "finetuned" in models and not config.merged:
         require_adapter(adapter)
     style: PromptStyle = load_style(adapter)
@@ -151,65 +167,99 @@ def generate_responses(config: GenerationConfig) -> Path:
         inputs["finetuned"] = finetuned_input(config.merged, adapter)
     if loads_base:
         inputs["base_model"] = model_input(base)
+    for model in compared:
+        inputs[f"compare_{model.name}"] = compare_input(model, config.compare_base_url)
     settings = {k: v for k, v in asdict(config).items() if k in RESPONSE_SETTINGS}
     settings["prompt_style"] = style.name
+    settings["compare"] = [m.name for m in compared]
     with output_lock(output_dir, "generate"):
         work = open_work(final_path, settings, inputs, overwrite=config.overwrite, restart=config.restart,
                          stage="stage 2", verb="generating")
         if work.progress is None:
             return final_path
         progress = work.progress
-        if "base" in models and not config.overwrite:
-            _reuse_base_responses(work.finished, progress, final_path, len(records))
+        columns = models + [m.name for m in compared]
+        if not config.overwrite:
+            _reuse_columns(work.finished, progress, final_path, len(records), columns)
         engine_cls = VllmGenerator if config.engine == "vllm" else TransformersGenerator
-        generator = engine_cls(base, adapter if "finetuned" in models else None, config.merged,
-                               config.trust_remote_code, models)
-        timings = {m: _answer_all(generator, m, records, style, config, progress) for m in models}
+        timings: dict[str, dict] = {}
+        if any((m, i) not in progress.done for m in models for i in range(len(records))):
+            generator = engine_cls(base, adapter if "finetuned" in models else None, config.merged,
+                                   config.trust_remote_code, models)
+            timings = {m: _answer_all(generator, m, records, style, config, progress) for m in models}
+        styles = {m: style.name for m in models}
+        for model in compared:  # one model in memory at a time
+            if all((model.name, i) in progress.done for i in range(len(records))):  # reused whole
+                styles[model.name] = (work.finished or {}).get("prompt_styles", {}).get(model.name)
+                continue
+            generator, role, its_style = load_compare(
+                model, style, engine_cls, base_url=config.compare_base_url, concurrency=config.concurrency,
+                max_retries=4, timeout=120.0, trust_remote_code=config.trust_remote_code)
+            styles[model.name] = its_style.name
+            timings[model.name] = _answer_all(generator, model.name, records, its_style, config, progress, role)
+            del generator
 
-        rows = [{**record, **{RESPONSE_FIELDS[m]: progress.done.get((m, i)) for m in RESPONSE_FIELDS}}
+        fields = list(RESPONSE_FIELDS) + [m.name for m in compared]
+        rows = [{**record, **{response_field(m): progress.done.get((m, i)) for m in fields}}
                 for i, record in enumerate(records)]
         work.finish(rows, manifest(
             stage="part2_generate_test_responses",
             prompt_style=style.name,
+            prompt_styles=styles,
             n_records=len(records),
-            models=models,
+            models=columns,
+            compare={m.name: m.reference for m in compared},
             timings=timings,
-            device=str(getattr(getattr(generator, "model", None), "device", "vllm")),
         ))
-    print(f"\n== stage 2 done: {len(rows)} records, models {', '.join(models)}\nresponses: {final_path}")
+    print(f"\n== stage 2 done: {len(rows)} records, models {', '.join(columns)}\nresponses: {final_path}")
     for model, timing in timings.items():
         print(f"  {model}: {timing['seconds']} s, {timing['generated_tokens_per_second']} generated tokens/s")
     return final_path
 
 
-def _reuse_base_responses(finished: dict | None, progress: ProgressLog, final_path: Path, n_records: int) -> None:
-    """After a retraining only the finetuned answers change: the base model's answers in the finished
-    file are kept when the base model, the test split and the settings are those of this run."""
-    if not base_part_holds(finished, progress):
+# The inputs each column's answers are made from (a compare model's: its own entry).
+COLUMN_INPUTS = {"base": ("test_file", "base_model"), "finetuned": ("test_file", "finetuned", "base_model")}
+
+
+def _reuse_columns(finished: dict | None, progress: ProgressLog, final_path: Path, n_records: int,
+                   columns: list[str]) -> None:
+    """Keep the finished file's answers of every column whose own inputs and the settings are this
+    run's: after a retraining the base model's answers, after adding a --compare model all the others."""
+    if not finished or "inputs" not in finished:
+        return
+    def unchosen(settings: dict | None) -> dict:
+        return {k: v for k, v in (settings or {}).items() if k not in COLUMN_CHOICES + ("compare",)}
+    if unchosen(finished.get("settings")) != unchosen(progress.settings):
         return
     rows = read_json(final_path)
-    reusable = [(("base", i), rows[i][RESPONSE_FIELDS["base"]]) for i in range(n_records) if ("base", i) not in progress.done]
-    if reusable:
-        progress.add(reusable)
-        print(f"reusing the base model's {len(reusable)} responses from {final_path} "
-              "(same base model, test split and settings)")
+    for column in columns:
+        needs = COLUMN_INPUTS.get(column, ("test_file", f"compare_{column}"))
+        if column not in finished.get("models", []) or any(
+                finished["inputs"].get(name) != progress.inputs.get(name) for name in needs):
+            continue
+        reusable = [((column, i), rows[i].get(response_field(column))) for i in range(min(n_records, len(rows)))
+                    if (column, i) not in progress.done]
+        if reusable:
+            progress.add(reusable)
+            print(f"reusing the {column} model's {len(reusable)} responses from {final_path} "
+                  "(same model, test split and settings)")
 
 
 def _answer_all(generator, model: str, records: list[Record], style: PromptStyle,
-                config: GenerationConfig, progress: ProgressLog) -> dict:
+                config: GenerationConfig, progress: ProgressLog, role: str | None = None) -> dict:
     """Answer every record not yet in the progress log; return this run's timing for `model`.
 
     Batches are fixed from all records' lengths, so a resumed run pads every prompt exactly as an
     uninterrupted one does and greedy decoding gives the same tokens; a batch only partly logged
     when the run was killed is generated again whole.
     """
-    prompts = [style.render(record, generator.tokenizer) for record in records]
-    lengths = [len(ids) for ids in generator.tokenizer(prompts)["input_ids"]]
+    prompts = [generator.render(style, record) for record in records]
+    lengths = generator.lengths(prompts)
     batches = length_sorted_batches(lengths, config.batch_size)
     todo = [batch for batch in batches if any((model, i) not in progress.done for i in batch)]
     started, new_tokens = time.perf_counter(), 0
     for number, batch in enumerate(todo, start=1):
-        responses, generated = generator.generate(model, [prompts[i] for i in batch], config.max_new_tokens, style)
+        responses, generated = generator.generate(role or model, [prompts[i] for i in batch], config.max_new_tokens, style)
         progress.add([((model, i), r) for i, r in zip(batch, responses)])
         new_tokens += generated
         finished = sum(1 for (m, _) in progress.done if m == model)

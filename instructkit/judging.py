@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts import RESPONSE_FIELDS, RESPONSES_FILE, manifest, output_lock, read_json
+from .artifacts import RESPONSE_FIELDS, RESPONSES_FILE, manifest, output_lock, read_json, response_field
 from .backends import Reply
 from .data import validate_records
 from .errors import UserError, problems_error
@@ -69,8 +69,12 @@ def read_responses(path: str | Path) -> tuple[list[dict], list[str]]:
         raise UserError(f"{path}: expected a JSON list of records, found a {type(raw).__name__}")
     records = validate_records(raw, path)
     problems = []
+    # base and finetuned, then the --compare models of stage 2 (<name>_model_response), in file order.
+    extra = dict.fromkeys(key.removesuffix("_model_response") for item in raw if isinstance(item, dict) for key in item
+                          if key.endswith("_model_response") and key not in RESPONSE_FIELDS.values())
+    fields = {**RESPONSE_FIELDS, **{name: response_field(name) for name in extra}}
     for index, item in enumerate(raw):
-        for model, key in RESPONSE_FIELDS.items():
+        for model, key in fields.items():
             if key not in item:
                 problems.append(f"{path}: record {index}: missing field '{key}' (rerun stage 2)")
             elif item[key] is not None and not isinstance(item[key], str):
@@ -79,7 +83,7 @@ def read_responses(path: str | Path) -> tuple[list[dict], list[str]]:
                 records[index][model] = item[key]
     if problems:
         raise problems_error(problems)
-    models = [m for m in RESPONSE_FIELDS if any(r[m] is not None for r in records)]
+    models = [m for m in fields if any(r[m] is not None for r in records)]
     if not models:
         raise UserError(f"{path}: no record has a response to score")
     return records, models
@@ -336,7 +340,7 @@ def summarize(records: list[dict], models: list[str], pairs: list[tuple[str, str
         for model in models:
             coverages = [r["scores"][model].get("coverage") for r in rows if r["scores"][model].get("coverage") is not None]
             summary[model]["mean_probability_on_a_score"] = round(sum(coverages) / len(coverages), 4) if coverages else None
-    if len(models) == 2:
+    if "base" in models and "finetuned" in models:
         summary["finetuned_minus_base"] = paired_difference(scores["base"], scores["finetuned"], config.seed)
     return {
         "judge": {**judge, "scoring": config.scoring, "seed": config.seed},

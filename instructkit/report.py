@@ -260,6 +260,11 @@ def _largest_losses(result: dict, output_dir: Path, shown: int = 5) -> str:
             f'<th>ROUGE-L change</th></tr>{"".join(rows)}</table>')
 
 
+def _models(columns) -> list[str]:
+    """Base and finetuned, then any --compare models, in that order."""
+    return list(RESPONSE_FIELDS) + [m for m in columns if m not in RESPONSE_FIELDS and m != "finetuned_minus_base"]
+
+
 def _pairs(scores: dict) -> dict:
     """The pairwise summaries by pair ("finetuned:base"); a file from before pairs were named has none to show."""
     pairwise = scores.get("pairwise") or {}
@@ -278,7 +283,7 @@ def _judge_section(scores: dict | None, path: Path, output_dir: Path) -> str:
              EMBEDDED_JUDGE_NOTE if judge["model"] == EMBEDDED_JUDGE else "",
              '<div class="cards">']
     summary = scores["summary"]
-    for model in RESPONSE_FIELDS:
+    for model in _models(summary):
         if model in summary:
             s = summary[model]
             parts.append(f'<div class="card" id="judge-{model}">{_e(model)} mean score<b>{_fmt(s["mean"])}</b>'
@@ -316,7 +321,7 @@ def _judge_section(scores: dict | None, path: Path, output_dir: Path) -> str:
         a = scores["agreement"]
         parts.append(f'<p>Agreement with the --compare-with scores: Spearman {a["spearman"]}, Pearson {a["pearson"]}, '
                      f'mean absolute difference {a["mean_absolute_difference"]} over {a["n"]} responses.</p>')
-    values = {m: [r["scores"][m]["score"] for r in scores["records"] if m in r["scores"]] for m in RESPONSE_FIELDS}
+    values = {m: [r["scores"][m]["score"] for r in scores["records"] if m in r["scores"]] for m in _models(summary)}
     values = {m: v for m, v in values.items() if any(x is not None for x in v)}
     if values:
         histogram = plot_score_histograms(values, output_dir / "score_histogram.png")
@@ -360,10 +365,13 @@ def _records_section(output_dir: Path, scores: dict | None, human: dict | None) 
         if not isinstance(responses, list):
             return _missing(None, "Stage 2 (test responses)", responses_path)
         rows = [{"index": i, "instruction": r.get("instruction"), "input": r.get("input"), "output": r.get("output"),
-                 "responses": {m: r.get(key) for m, key in RESPONSE_FIELDS.items()}, "scores": {}} for i, r in enumerate(responses)]
+                 "responses": {key.removesuffix("_model_response"): value
+                               for key, value in r.items() if key.endswith("_model_response")},
+                 "scores": {}} for i, r in enumerate(responses)]
+    models = _models(rows[0]["responses"] if rows else {})
     ratings = {(r["model"], r["index"]): r["rating"] for r in (human or {}).get("ratings", [])}
     pair_names = list(_pairs(scores or {}))
-    header = ["#", "instruction", "expected", "base response", "base score", "finetuned response", "finetuned score"]
+    header = ["#", "instruction", "expected"] + [f"{m} {what}" for m in models for what in ("response", "score")]
     if ratings:
         header += ["human base", "human finetuned"]
     header += [f"{name.split(':')[0]} vs {name.split(':')[1]}" for name in pair_names]
@@ -372,7 +380,7 @@ def _records_section(output_dir: Path, scores: dict | None, human: dict | None) 
         cells = [f'<td class="num" data-sort="{row["index"]}">{row["index"]}</td>',
                  f"<td>{_e(row['instruction'])}{'<br><i>' + _e(row['input']) + '</i>' if row.get('input') else ''}</td>",
                  f"<td>{_e(row['output'])}</td>"]
-        for model in RESPONSE_FIELDS:
+        for model in models:
             entry = row["scores"].get(model, {})
             score = entry.get("score")
             title = _e(entry.get("reply") or entry.get("error") or entry.get("parse") or "")
