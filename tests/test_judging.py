@@ -116,10 +116,12 @@ def score_mass_one_at_a_time(model, tokenizer, prompt: str, score: int, tree) ->
 
 
 def _score_prompts(judge, responses_dir, n: int) -> list[str]:
-    from instructkit.judge_prompts import score_prompt
+    from instructkit.backends import user_turn
+    from instructkit.judge_prompts import SYSTEM, score_prompt
 
     records = json.loads((responses_dir / "test_base_model.json").read_text())[:n]
-    return [judge._chat(score_prompt(r, r["finetuned_model_response"]), SCORE_PREFILL) for r in records]
+    return [judge.chat_text(user_turn(score_prompt(r, r["finetuned_model_response"]), SYSTEM), SCORE_PREFILL)
+            for r in records]
 
 
 def test_one_pass_score_tree_matches_one_score_at_a_time_on_a_left_padded_batch(hf_judge, responses_dir):
