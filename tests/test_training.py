@@ -17,7 +17,7 @@ SUMMARY_KEYS = {
     "stage", "base_model", "base_model_path", "base_model_source", "prompt_style", "data", "hyperparameters",
     "n_records", "n_train_truncated", "n_duplicates_dropped", "steps", "epochs_done", "resumed", "train_loss", "val_loss",
     "val_loss_before", "val_loss_after", "final_train_loss", "train_tokens", "tokens_per_second",
-    "wall_time_s", "peak_memory", "device", "attention", "padding_free", "n_processes", "merged_model", "created_at", "python", "platform", "versions",
+    "wall_time_s", "peak_memory", "device", "attention", "padding_free", "n_processes", "merged_model", "created_at", "python", "platform", "cpu", "versions",
     "settings", "inputs",
 }
 
