@@ -118,8 +118,8 @@ class RougeLFilter:
         return decisions
 
 
-def _tfidf(texts: list[str]) -> TfidfVectorizer:
-    return TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True).fit(texts)
+def _tfidf() -> TfidfVectorizer:
+    return TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True)
 
 
 def _blocks(left: sparse.csr_matrix, right: sparse.csr_matrix) -> Iterator[tuple[int, np.ndarray]]:
@@ -134,7 +134,7 @@ def near_duplicates(texts: list[str], threshold: float) -> dict[int, tuple[int, 
     Greedy in order, as a person would read the file: the first of a group is kept."""
     if len(texts) < 2:
         return {}
-    matrix = _tfidf(texts).transform(texts)
+    matrix = _tfidf().fit_transform(texts)
     similar: dict[int, list[tuple[int, float]]] = {}
     for start, block in _blocks(matrix, matrix):
         for offset, row in enumerate(block):
@@ -155,7 +155,7 @@ def contaminated(texts: list[str], excluded: list[str], threshold: float) -> dic
     """Texts too like one of an evaluation set's: index -> (index in `excluded`, cosine)."""
     if not texts or not excluded:
         return {}
-    vectorizer = _tfidf(texts + excluded)
+    vectorizer = _tfidf().fit(texts + excluded)
     matrix, others = vectorizer.transform(texts), vectorizer.transform(excluded)
     found: dict[int, tuple[int, float]] = {}
     for start, block in _blocks(matrix, others):

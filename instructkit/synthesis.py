@@ -98,9 +98,11 @@ class SynthesisConfig:
 def load_seed_tasks(path: str) -> list[SeedTask]:
     """Seed tasks in Self-Instruct's format, or the records of any Alpaca file (classification not known).
     Problems are reported as stage 1 reports them: file, record, field; all at once."""
-    raw = read_raw_records(Path(path)) if Path(path).is_file() else None
-    if raw is None or not any(isinstance(item, dict) and ("instances" in item or "is_classification" in item) for item in raw):
+    if not Path(path).is_file():  # a hub dataset, or a clear "no such file"
         return [SeedTask(r["instruction"], r["input"], r["output"], None) for r in load_records(path)]
+    raw = read_raw_records(Path(path))
+    if not any(isinstance(item, dict) and ("instances" in item or "is_classification" in item) for item in raw):
+        return [SeedTask(r["instruction"], r["input"], r["output"], None) for r in validate_records(raw, path)]
     problems, flattened = [], []
     for index, item in enumerate(raw):
         if not isinstance(item, dict):

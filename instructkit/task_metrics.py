@@ -59,11 +59,12 @@ def task_metrics(records: Sequence[dict], models: Sequence[str], seed: int) -> d
 
     summary: dict = {}
     for model in models:
-        answered = [(r[model], r["output"]) for r in records if r.get(model) is not None]
+        answered = [r for r in records if r.get(model) is not None]
+        hypotheses, references = [r[model] for r in answered], [[r["output"] for r in answered]]
         summary[model] = {metric: describe(column(model, metric), seed) for metric in METRICS}
         summary[model]["corpus"] = {
-            "bleu": round(sacrebleu.corpus_bleu([a for a, _ in answered], [[o for _, o in answered]]).score, 4) if answered else None,
-            "chrf": round(sacrebleu.corpus_chrf([a for a, _ in answered], [[o for _, o in answered]]).score, 4) if answered else None,
+            "bleu": round(sacrebleu.corpus_bleu(hypotheses, references).score, 4) if answered else None,
+            "chrf": round(sacrebleu.corpus_chrf(hypotheses, references).score, 4) if answered else None,
         }
     result = {"metrics": list(METRICS), "scale": "0-100", "summary": summary, "records": per_record}
     if "base" in models and "finetuned" in models:
