@@ -1,11 +1,11 @@
-# make setup | make demo | make test   (a fresh machine needs python3.11, PyPI, and Debian packages for the report test's chromium)
+# make setup | make demo | make chat | make test   (a fresh machine needs python3.11, PyPI, and Debian packages for the report test's chromium)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test chromium
+.PHONY: setup demo test chromium chat
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,10 @@ demo: setup
 	$(BIN)/python part2_generate_test_responses.py
 	$(BIN)/python part3_benchmark_evaluation.py
 	$(BIN)/python part4_local_evaluation.py
+
+# Stage 5, after stage 1: the chat app on http://127.0.0.1:7860/
+chat: setup
+	$(BIN)/python part5_chat_app.py
 
 # The report test opens report.html in headless Chromium (Debian's package).
 chromium:

@@ -127,8 +127,9 @@ def is_main_process() -> bool:
 
 
 @contextmanager
-def output_lock(output_dir: str | Path, stage: str) -> Iterator[None]:
-    """Hold `<output_dir>/.<stage>.lock` so a second run of the same stage stops instead of racing."""
+def output_lock(output_dir: str | Path, stage: str, timeout: float = 0) -> Iterator[None]:
+    """Hold `<output_dir>/.<stage>.lock` so a second run of the same stage stops instead of racing
+    (or, with a timeout, waits that long for it)."""
     output_dir = Path(output_dir)
     if not is_main_process():  # rank 0 holds it for the whole job
         yield
@@ -139,7 +140,7 @@ def output_lock(output_dir: str | Path, stage: str) -> Iterator[None]:
         raise UserError(f"cannot create output folder {output_dir}: {exc.strerror}") from exc
     lock = FileLock(str(output_dir / f".{stage}.lock"))
     try:
-        lock.acquire(timeout=0)
+        lock.acquire(timeout=timeout)
     except Timeout as exc:
         raise UserError(
             f"another {stage} run is using {output_dir} (lock {lock.lock_file}); "

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -85,27 +88,83 @@ class TransformersGenerator:
 
                 self.model = PeftModel.from_pretrained(self.model, adapter).eval()
 
+    def _inputs(self, prompts: list[str], style: PromptStyle):
+        # A chat template writes its own <bos>; plain prompts get it from the tokenizer, as in training.
+        return self.tokenizer(prompts, return_tensors="pt", padding=True,
+                              add_special_tokens=style.name != "chat").to((self.model or self.merged).device)
+
+    def _greedy_kwargs(self, max_new_tokens: int, style: PromptStyle) -> dict:
+        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
+        if style.stop_strings:
+            kwargs.update(stop_strings=list(style.stop_strings), tokenizer=self.tokenizer)
+        return kwargs
+
+    @contextmanager
+    def _answering(self, model: str):
+        """The model object that answers as `model`: the merged finetune, or the base with its
+        adapter on (finetuned) or off (base)."""
+        if model == "finetuned" and self.merged is not None:
+            yield self.merged
+        elif model == "base" and hasattr(self.model, "disable_adapter"):
+            with self.model.disable_adapter():
+                yield self.model
+        else:
+            yield self.model
+
     def generate(self, model: str, prompts: list[str], max_new_tokens: int, style: PromptStyle) -> tuple[list[str], int]:
         """Responses to `prompts`, and how many tokens were generated for them."""
-        stop_strings = style.stop_strings
-        # A chat template writes its own <bos>; plain prompts get it from the tokenizer, as in training.
-        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True,
-                                add_special_tokens=style.name != "chat").to((self.model or self.merged).device)
-        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
-        if stop_strings:
-            kwargs.update(stop_strings=list(stop_strings), tokenizer=self.tokenizer)
-        with torch.inference_mode():
-            if model == "finetuned" and self.merged is not None:
-                output = self.merged.generate(**inputs, **kwargs)
-            elif model == "base" and hasattr(self.model, "disable_adapter"):
-                with self.model.disable_adapter():
-                    output = self.model.generate(**inputs, **kwargs)
-            else:
-                output = self.model.generate(**inputs, **kwargs)
+        inputs = self._inputs(prompts, style)
+        with torch.inference_mode(), self._answering(model) as answering:
+            output = answering.generate(**inputs, **self._greedy_kwargs(max_new_tokens, style))
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         generated = int((new_tokens != self.tokenizer.pad_token_id).sum())
-        return [clean_response(t, stop_strings) for t in texts], generated
+        return [clean_response(t, style.stop_strings) for t in texts], generated
+
+    def stream(self, model: str, prompt: str, max_new_tokens: int, style: PromptStyle, *, temperature: float = 0.0,
+               top_p: float = 1.0, seed: int = 0, stop: threading.Event | None = None) -> Iterator[str]:
+        """One response, as the text so far after each new token. Greedy by default, with the same
+        inputs and settings as `generate`, so its last text is what stage 2 writes for the prompt;
+        `stop` set from another thread ends it after the current token."""
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        class StopWhenSet(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), stop is not None and stop.is_set(), dtype=torch.bool)
+
+        inputs = self._inputs([prompt], style)
+        kwargs = self._greedy_kwargs(max_new_tokens, style)
+        if temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        result: dict = {}
+
+        def run() -> None:
+            torch.manual_seed(seed)
+            try:
+                with torch.inference_mode(), self._answering(model) as answering:
+                    result["output"] = answering.generate(**inputs, **kwargs, streamer=streamer,
+                                                          stopping_criteria=StoppingCriteriaList([StopWhenSet()]))
+            except BaseException as exc:  # shown to the caller, not lost in the thread
+                result["error"] = exc
+                streamer.end()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        text = ""
+        try:
+            for piece in streamer:
+                text += piece
+                yield clean_response(text, style.stop_strings)
+        finally:
+            if stop is not None and thread.is_alive():  # the caller went away: end the generation too
+                stop.set()
+            thread.join()
+        if "error" in result:
+            raise result["error"]
+        # The whole answer decoded at once, exactly as `generate` decodes it.
+        new_tokens = result["output"][0, inputs["input_ids"].shape[1]:]
+        yield clean_response(self.tokenizer.decode(new_tokens, skip_special_tokens=True), style.stop_strings)
 
 
 class VllmGenerator:

@@ -33,6 +33,8 @@ def rate_in_terminal(config: JudgeConfig, ask: Callable[[str], str] = input) -> 
     digest = sha256_file(responses)
     with output_lock(output_dir, "human"):
         saved = read_human_ratings(path) if path.is_file() else {"input": str(responses), "input_sha256": digest, "ratings": []}
+        if saved.get("input_sha256") is None and not saved["ratings"]:  # so far only free chats from stage 5
+            saved.update(input=str(responses), input_sha256=digest)
         if saved.get("input_sha256") != digest:
             raise UserError(f"{path} holds ratings of another responses file ({saved.get('input')}); "
                             "move it away to rate this one")
@@ -63,6 +65,31 @@ def rate_in_terminal(config: JudgeConfig, ask: Callable[[str], str] = input) -> 
         print(f"  {model}: {s['n_scored']} rated" + (f", mean {s['mean']:.1f}" if values else ""))
     print(f"human ratings: {path}")
     return path
+
+
+def save_chat_rating(output_dir: Path, responses: Path, entry: dict, indexed: dict[str, int]) -> list[str]:
+    """Add one rating from the chat app (stage 5) to `human_ratings.json`, atomically and under the
+    same lock as --human. The whole exchange goes to `chat_ratings`; the 0-100 ratings in `indexed`
+    (model -> rating) also go to `ratings`, the list stage 4 and the report read, because they rate
+    a test record's stored response (the app checked that its live answer is the stored one).
+    Returns what could not be added there, and why."""
+    path = output_dir / HUMAN_FILE
+    digest = sha256_file(responses) if responses.is_file() else None
+    notes = []
+    with output_lock(output_dir, "human", timeout=10):
+        saved = read_human_ratings(path) if path.is_file() else {"input": str(responses) if digest else None,
+                                                                  "input_sha256": digest, "ratings": []}
+        if indexed and saved.get("input_sha256") is None and not saved["ratings"]:
+            saved.update(input=str(responses), input_sha256=digest)
+        if indexed and saved.get("input_sha256") != digest:
+            notes.append(f"{path} rates another responses file ({saved.get('input')}): kept with the chat only")
+        else:
+            for model, rating in indexed.items():
+                saved["ratings"].append({"index": entry["record_index"], "model": model,
+                                         "instruction": entry["message"], "rating": rating, "source": "chat app"})
+        saved.setdefault("chat_ratings", []).append(entry)
+        write_json_atomic(path, saved)
+    return notes
 
 
 def read_human_ratings(path: str | Path) -> dict:

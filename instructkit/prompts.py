@@ -50,6 +50,20 @@ class PromptStyle:
             return prompt
         return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
+    @property
+    def multi_turn(self) -> bool:
+        """Whether earlier turns reach the model: only a chat template has a place for them; the
+        Alpaca and Phi-3 formats were trained on one instruction at a time."""
+        return self.name == "chat"
+
+    def render_turn(self, history: list[dict[str, str]], record: Record, tokenizer) -> str:
+        """The prompt for `record` as the next user turn after `history` (alternating user and
+        assistant messages); for one-instruction styles the history is not part of the prompt."""
+        if not self.multi_turn or not history:
+            return self.render(record, tokenizer)
+        messages = history + self.prompt(record)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
     def check_tokenizer(self, tokenizer) -> None:
         if self.name == "chat" and not tokenizer.chat_template:
             raise UserError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import time
+from collections import Counter
 from pathlib import Path
 
 from .artifacts import RESPONSE_FIELDS, RESPONSES_FILE, read_json, write_text_atomic
@@ -353,7 +354,17 @@ def _human_section(human: dict | None, scores: dict | None, path: Path) -> str:
             a = agreement([p[0] for p in pairs], [p[1] for p in pairs])
             text += (f'<p>Judge vs human on {a["n"]} responses: Spearman {a["spearman"]}, Pearson {a["pearson"]}, '
                      f'mean absolute difference {a["mean_absolute_difference"]}.</p>')
-    return text
+    return text + _chat_preferences(human.get("chat_ratings", []))
+
+
+def _chat_preferences(chats: list[dict]) -> str:
+    """How often each model's answer was preferred in the chat app (stage 5)."""
+    picks = Counter(c.get("preference") for c in chats if c.get("preference"))
+    if not picks:
+        return ""
+    counts = ", ".join(f"{name} {n}" for name, n in picks.most_common())
+    return (f'<p id="chat-preferences">Preferred in the chat app (part5_chat_app.py), {sum(picks.values())} '
+            f"exchanges: {_e(counts)}. Free messages, not the test split: a first impression, not a score.</p>")
 
 
 def _records_section(output_dir: Path, scores: dict | None, human: dict | None) -> str:

