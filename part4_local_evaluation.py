@@ -10,6 +10,9 @@ The reference setup, a local transformers judge scored by its token probabilitie
     OPENAI_API_KEY=... python part4_local_evaluation.py --judge openai:gpt-4o-mini --concurrency 8
     python part4_local_evaluation.py --judge openai:llama3 --judge-base-url http://localhost:11434/v1
 
+MT-Bench style, after stage 2 --questions (multi-turn, graded 1-10 per turn; pairwise [[A]]/[[B]]/[[C]]):
+    python part4_local_evaluation.py --rubric mt-bench --judge openai:gpt-4o --pairwise finetuned:mistral
+
 Rate responses yourself (blind, shuffled, resumable), then compare a judge with your ratings:
     python part4_local_evaluation.py --human
     python part4_local_evaluation.py --compare-with outputs/human_ratings.json
@@ -29,6 +32,7 @@ import sys
 from instructkit.cli import build_parser, print_config, run_stage
 from instructkit.human import rate_in_terminal
 from instructkit.judging import JudgeConfig, judge_responses
+from instructkit.mt_bench_judging import judge_mt_bench
 from instructkit.report import build_report
 
 
@@ -36,6 +40,8 @@ def main(config: JudgeConfig) -> None:
     print_config(config, "stage 4: judge and report")
     if config.human:
         rate_in_terminal(config)
+    elif config.rubric == "mt-bench":
+        judge_mt_bench(config)
     else:
         judge_responses(config)
     print(f"report: {build_report(config.output_dir)}")

@@ -20,6 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.child import offline_philosophy  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 
 
@@ -45,16 +47,13 @@ def main() -> None:
     args = parser.parse_args()
 
     import lm_eval
-    import torch
     import torch.nn.functional as F
     from lm_eval.models.huggingface import HFLM
 
     from instructkit.artifacts import manifest, write_json_atomic
-    from instructkit.benchmark import BenchmarkConfig, resolve_tasks
-    from instructkit.models import EMBEDDED_BASE, cache_dir, resolve_model
+    from instructkit.models import EMBEDDED_BASE, resolve_model
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    task_names, task_manager = resolve_tasks(BenchmarkConfig(), offline=True, workdir=cache_dir() / "lm_eval_tasks")
+    device, task_names, task_manager = offline_philosophy()
     started = time.perf_counter()
     lm = HFLM(pretrained=resolve_model(EMBEDDED_BASE).path, batch_size=args.batch_size, device=device,
               dtype="bfloat16" if device == "cuda" else "float32")

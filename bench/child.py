@@ -1,6 +1,6 @@
 """Shared by the bench scripts: one trial in a child process of its own, so peak memory and
 warmed-up state are the trial's alone (the child prints its result as one `RESULT {json}` line);
-a timer; and the result file, written with the machine it was measured on."""
+a timer; stage 3's offline task; and the result file, written with the machine it was measured on."""
 
 from __future__ import annotations
 
@@ -35,6 +35,17 @@ def timed(fn):
     started = time.perf_counter()
     value = fn()
     return value, round(time.perf_counter() - started, 2)
+
+
+def offline_philosophy() -> tuple[str, dict, object]:
+    """(device, task names, task manager): offline mmlu_philosophy exactly as stage 3 runs it."""
+    import torch
+
+    from instructkit.benchmark import BenchmarkConfig, resolve_tasks
+    from instructkit.models import cache_dir
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device, *resolve_tasks(BenchmarkConfig(), offline=True, workdir=cache_dir() / "lm_eval_tasks")
 
 
 def save_results(name: str, doc: str, results: dict) -> Path:

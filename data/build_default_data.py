@@ -470,9 +470,10 @@ KINDS = {
 
 
 def build() -> dict[str, list[dict]]:
-    """Records per kind of task, from one seeded generator."""
+    """Records per kind of task, from one seeded generator; each record names its kind (`category`,
+    as in Dolly), so the report can say which kinds of task a finetune got better or worse at."""
     rng = random.Random(SEED)
-    return {kind: make(rng) for kind, make in KINDS.items()}
+    return {kind: [{**r, "category": kind} for r in make(rng)] for kind, make in KINDS.items()}
 
 
 def main() -> None:

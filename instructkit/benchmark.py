@@ -362,11 +362,13 @@ def _evaluate_model(config, model, base, adapter, task_names, task_manager, offl
     import lm_eval
     from lm_eval.loggers import EvaluationTracker
 
+    from .lm_eval_model import MODEL_NAME  # registers lm-eval's hf model, scoring only where it scores
+
     print(f"[{model}] lm-eval on {', '.join(task_names.values())} ...", flush=True)
     tracker = EvaluationTracker(output_path=str(output_dir / HARNESS_DIR / model))
     started = time.perf_counter()
     raw = lm_eval.simple_evaluate(
-        model="hf",
+        model=MODEL_NAME,
         model_args=_model_args(config, base, model, adapter),
         tasks=list(task_names.values()),
         num_fewshot=None if config.num_fewshot < 0 else config.num_fewshot,

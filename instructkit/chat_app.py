@@ -15,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from .artifacts import RESPONSES_FILE, read_json
-from .compare_models import load_compare, parse_compare
+from .compare_models import CompareModel, load_compare, parse_compare
 from .data import Record, validate_records
 from .errors import UserError
 from .generation import TransformersGenerator
@@ -55,9 +55,9 @@ class Column:
     style: PromptStyle
 
     def prompt(self, history: list[dict[str, str]], record: Record):
-        if hasattr(self.generator, "stream"):
-            return self.style.render_turn(history, record, self.generator.tokenizer)
-        return (history if self.style.multi_turn else []) + self.style.prompt(record)  # a served chat model
+        # Earlier turns only where the format has a place for them: the page is a conversation for
+        # chat-template styles and one instruction per message for Alpaca and Phi-3.
+        return self.generator.render(self.style, record, history if self.style.multi_turn else [])
 
     def stream(self, prompt, settings: dict, stop: threading.Event) -> Iterator[str]:
         if hasattr(self.generator, "stream"):
@@ -87,11 +87,17 @@ class ChatSession:
         generator = TransformersGenerator(base, None if config.merged else adapter, config.merged,
                                           config.trust_remote_code, ["base", "finetuned"])
         self.columns = [Column("base", generator, "base", self.style), Column("finetuned", generator, "finetuned", self.style)]
-        for model in parse_compare(config.compare or self._stage2_compare()):
+        for model, base_url in self._compare_models(config):
             print(f"loading compare model {model.name} ({model.reference})", flush=True)
-            its_generator, role, its_style = load_compare(
-                model, self.style, TransformersGenerator, base_url=config.compare_base_url, concurrency=1,
-                max_retries=2, timeout=120.0, trust_remote_code=config.trust_remote_code)
+            try:
+                its_generator, role, its_style = load_compare(
+                    model, self.style, TransformersGenerator, base_url=base_url, concurrency=1,
+                    max_retries=2, timeout=120.0, trust_remote_code=config.trust_remote_code)
+            except UserError as exc:
+                if config.compare:  # asked for: a reason to stop
+                    raise
+                print(f"warning: leaving out stage 2's compare model {model.name}: {exc}", flush=True)
+                continue
             self.columns.append(Column(model.name, its_generator, role, its_style))
         self.stops: dict[str, threading.Event] = {}  # per browser session: its Stop button
 
@@ -105,9 +111,17 @@ class ChatSession:
         path = self.output_dir / SCORES_FILE
         return read_json(path).get("records", []) if path.is_file() and self.stored_models else []
 
-    def _stage2_compare(self) -> list[str]:
+    def _compare_models(self, config: ChatConfig) -> list[tuple[CompareModel, str]]:
+        """The --compare models with --compare-base-url, else stage 2's, each with the server it used."""
+        if config.compare:
+            return [(model, config.compare_base_url) for model in parse_compare(config.compare)]
         meta = self.responses.with_suffix(".meta.json")
-        return [f"{n}={ref}" for n, ref in read_json(meta).get("compare", {}).items()] if meta.is_file() else []
+        if not meta.is_file():
+            return []
+        meta = read_json(meta)
+        models = parse_compare([f"{name}={ref}" for name, ref in meta.get("compare", {}).items()])
+        servers = {m.name: meta.get("inputs", {}).get(f"compare_{m.name}", {}).get("base_url", "") for m in models}
+        return [(m, "" if servers[m.name] == "https://api.openai.com/v1" else servers[m.name]) for m in models]
 
     @property
     def names(self) -> list[str]:

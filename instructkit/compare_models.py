@@ -67,8 +67,8 @@ class OpenAIGenerator:
         self.backend = OpenAIBackend(model, base_url, concurrency=concurrency, seed=0, max_retries=max_retries,
                                      timeout=timeout, role="compare model", flag="--compare")
 
-    def render(self, style: PromptStyle, record: dict) -> list[dict[str, str]]:
-        return get_style("chat").prompt(record)
+    def render(self, style: PromptStyle, record: dict, history: list[dict[str, str]] = ()) -> list[dict[str, str]]:
+        return list(history) + get_style("chat").prompt(record)
 
     def lengths(self, prompts: list) -> list[int]:
         return [len(p[-1]["content"]) for p in prompts]

@@ -126,7 +126,12 @@ def validate_records(raw: list[Any], label: str) -> list[Record]:
                 problems.append(f"{label}: record {index}: field '{field}' is empty")
             else:
                 record[field] = value
-        if len(record) == len(FIELDS):
+        category = item.get("category")  # optional (Dolly has it): the report breaks results down by it
+        if category is not None and not (isinstance(category, str) and category.strip()):
+            problems.append(f"{label}: record {index}: field 'category' must be non-empty text, found {category!r}")
+        elif category is not None:
+            record["category"] = category
+        if all(field in record for field in FIELDS):
             records.append(record)
     if problems:
         raise problems_error(problems)

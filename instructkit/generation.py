@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .artifacts import RESPONSE_FIELDS, RESPONSES_FILE, manifest, output_lock, read_json, response_field
 from .compare_models import compare_input, load_compare, parse_compare
@@ -24,6 +25,7 @@ from .models import (
     resolve_model,
     run_adapter,
 )
+from .mt_bench import MT_RESPONSES_FILE, read_questions
 from .progress import ProgressLog, open_work
 from .prompts import PromptStyle, load_style
 from .provenance import finetuned_input, model_input, path_input
@@ -43,7 +45,7 @@ class GenerationConfig:
     output_dir: str = field(default="outputs", metadata={"help": f"the run folder: stage 1's outputs are read from it, {RESPONSES_FILE} and its .meta.json written to it"})
     models: str = field(default="both", metadata={"help": "which models answer", "choices": ["both", "base", "finetuned"]})
     max_new_tokens: int = field(default=128, metadata={"help": "longest response, in tokens"})
-    batch_size: int = field(default=8, metadata={"help": "prompts per generate() call (grouped by length)"})
+    batch_size: int = field(default=32, metadata={"help": "prompts per generate() call (grouped by length); decoding streams the weights once per step for the whole batch, so on a CPU 32 answers about 2x faster than 8 (bench/generation_speed.py)"})
     limit: int = field(default=0, metadata={"help": "answer only the first N test records (0: all)"})
     engine: str = field(default="transformers", metadata={"help": "transformers (default, tested) or vllm (GPU, if installed)", "choices": ["transformers", "vllm"]})
     overwrite: bool = field(default=False, metadata={"help": "generate again although the finished output matches its inputs (partial results of such a run are kept and resumed)"})
@@ -52,6 +54,7 @@ class GenerationConfig:
     compare: list[str] = field(default_factory=list, metadata={"help": "more models that answer too, NAME=MODEL each: an embedded name, hub id, model folder, merged finetune, .gguf file, another run's adapter folder, or openai:<model> (with --compare-base-url); writes <NAME>_model_response"})
     compare_base_url: str = field(default="", metadata={"help": "the OpenAI-compatible server of openai: compare models (the key comes from OPENAI_API_KEY)"})
     concurrency: int = field(default=4, metadata={"help": "requests in flight at once for openai: compare models"})
+    questions: str = field(default="", metadata={"help": f"a FastChat question.jsonl (question_id, category, turns, optional reference): answer its conversations turn by turn, each model seeing its own earlier answers, into <output-dir>/{MT_RESPONSES_FILE} (MT-Bench; grade with stage 4 --rubric mt-bench)"})
 
 
 def clean_response(text: str, stop_strings: tuple[str, ...]) -> str:
@@ -66,11 +69,29 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+class StopAtStrings(StoppingCriteria):
+    """Ends a row once its new text holds one of the prompt style's markers. Only the last few new
+    tokens of each row are decoded per step: transformers' own `stop_strings` check cost about a
+    third of every decode step (bench/generation_speed.py). Checked at every step, a marker is found
+    within those tokens when it completes; `clean_response` then cuts the text at it, as before."""
+
+    def __init__(self, tokenizer, stop_strings: tuple[str, ...], prompt_length: int):
+        self.tokenizer, self.stop_strings, self.prompt_length = tokenizer, stop_strings, prompt_length
+        longest = max(len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in stop_strings)
+        self.window = 2 * longest + 2  # room for a marker that tokenizes differently after other text
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        start = max(self.prompt_length, input_ids.shape[1] - self.window)
+        tails = self.tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
+        return torch.tensor([any(s in tail for s in self.stop_strings) for tail in tails], device=input_ids.device)
+
+
 class TransformersGenerator:
     """Batched greedy decoding with one model load: the base answers with the adapter disabled."""
 
-    def render(self, style: PromptStyle, record: Record) -> str:
-        return style.render(record, self.tokenizer)
+    def render(self, style: PromptStyle, record: Record, history: list[dict[str, str]] = ()) -> str:
+        """The prompt for `record`, after the earlier turns of its conversation if there are any."""
+        return style.render_turn(list(history), record, self.tokenizer)
 
     def lengths(self, prompts: list[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
@@ -93,11 +114,10 @@ class TransformersGenerator:
         return self.tokenizer(prompts, return_tensors="pt", padding=True,
                               add_special_tokens=style.name != "chat").to((self.model or self.merged).device)
 
-    def _greedy_kwargs(self, max_new_tokens: int, style: PromptStyle) -> dict:
-        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
-        if style.stop_strings:
-            kwargs.update(stop_strings=list(style.stop_strings), tokenizer=self.tokenizer)
-        return kwargs
+    def _greedy_kwargs(self, max_new_tokens: int, style: PromptStyle, prompt_length: int) -> dict:
+        stops = [StopAtStrings(self.tokenizer, style.stop_strings, prompt_length)] if style.stop_strings else []
+        return dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
+                    stopping_criteria=StoppingCriteriaList(stops))
 
     @contextmanager
     def _answering(self, model: str):
@@ -115,7 +135,7 @@ class TransformersGenerator:
         """Responses to `prompts`, and how many tokens were generated for them."""
         inputs = self._inputs(prompts, style)
         with torch.inference_mode(), self._answering(model) as answering:
-            output = answering.generate(**inputs, **self._greedy_kwargs(max_new_tokens, style))
+            output = answering.generate(**inputs, **self._greedy_kwargs(max_new_tokens, style, inputs["input_ids"].shape[1]))
         new_tokens = output[:, inputs["input_ids"].shape[1]:]
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         generated = int((new_tokens != self.tokenizer.pad_token_id).sum())
@@ -126,14 +146,15 @@ class TransformersGenerator:
         """One response, as the text so far after each new token. Greedy by default, with the same
         inputs and settings as `generate`, so its last text is what stage 2 writes for the prompt;
         `stop` set from another thread ends it after the current token."""
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import TextIteratorStreamer
 
         class StopWhenSet(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
                 return torch.full((input_ids.shape[0],), stop is not None and stop.is_set(), dtype=torch.bool)
 
         inputs = self._inputs([prompt], style)
-        kwargs = self._greedy_kwargs(max_new_tokens, style)
+        kwargs = self._greedy_kwargs(max_new_tokens, style, inputs["input_ids"].shape[1])
+        kwargs["stopping_criteria"].append(StopWhenSet())
         if temperature > 0:
             kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -143,8 +164,7 @@ class TransformersGenerator:
             torch.manual_seed(seed)
             try:
                 with torch.inference_mode(), self._answering(model) as answering:
-                    result["output"] = answering.generate(**inputs, **kwargs, streamer=streamer,
-                                                          stopping_criteria=StoppingCriteriaList([StopWhenSet()]))
+                    result["output"] = answering.generate(**inputs, **kwargs, streamer=streamer)
             except BaseException as exc:  # shown to the caller, not lost in the thread
                 result["error"] = exc
                 streamer.end()
@@ -156,9 +176,11 @@ class TransformersGenerator:
             for piece in streamer:
                 text += piece
                 yield clean_response(text, style.stop_strings)
-        finally:
-            if stop is not None and thread.is_alive():  # the caller went away: end the generation too
+        except GeneratorExit:  # the caller went away: end the generation too
+            if stop is not None:
                 stop.set()
+            raise
+        finally:
             thread.join()
         if "error" in result:
             raise result["error"]
@@ -206,22 +228,29 @@ class VllmGenerator:
 
 
 def generate_responses(config: GenerationConfig) -> Path:
-    """Run stage 2 and return the path of `test_base_model.json`."""
+    """Run stage 2 and return the path of `test_base_model.json` (or, with --questions, of
+    `mt_bench_responses.json`)."""
     output_dir = Path(config.output_dir)
     test_file, adapter = Path(config.test_file or output_dir / "data" / "test.json"), run_adapter(output_dir, config.adapter)
-    final_path = output_dir / RESPONSES_FILE
     models = ["base", "finetuned"] if config.models == "both" else [config.models]
     compared = parse_compare(config.compare)
     if "finetuned" in models and not config.merged:
         require_adapter(adapter)
     style: PromptStyle = load_style(adapter)
-    records = validate_records(read_json(test_file), str(test_file))
+    if config.questions:  # conversations of one or more user turns
+        final_path, source = output_dir / MT_RESPONSES_FILE, Path(config.questions)
+        items = read_questions(source)
+        conversations = [[{"instruction": turn, "input": ""} for turn in q["turns"]] for q in items]
+    else:  # one instruction each
+        final_path, source = output_dir / RESPONSES_FILE, test_file
+        items = validate_records(read_json(test_file), str(test_file))
+        conversations = [[record] for record in items]
     if config.limit > 0:
-        records = records[:config.limit]
+        items, conversations = items[:config.limit], conversations[:config.limit]
     base = resolve_model(base_reference(config.base_model, adapter))
     loads_base = "base" in models or not config.merged
 
-    inputs = {"test_file": path_input(test_file)}
+    inputs = {"questions" if config.questions else "test_file": path_input(source)}
     if "finetuned" in models:
         inputs["finetuned"] = finetuned_input(config.merged, adapter)
     if loads_base:
@@ -229,6 +258,8 @@ def generate_responses(config: GenerationConfig) -> Path:
     for model in compared:
         inputs[f"compare_{model.name}"] = compare_input(model, config.compare_base_url)
     settings = {k: v for k, v in asdict(config).items() if k in RESPONSE_SETTINGS}
+    if config.questions:  # the file itself is fingerprinted with the inputs
+        settings["questions"] = True
     settings["prompt_style"] = style.name
     settings["compare"] = [m.name for m in compared]
     with output_lock(output_dir, "generate"):
@@ -238,42 +269,72 @@ def generate_responses(config: GenerationConfig) -> Path:
             return final_path
         progress = work.progress
         columns = models + [m.name for m in compared]
-        if not config.overwrite:
-            _reuse_columns(work.finished, progress, final_path, len(records), columns)
+        turns = Turns(conversations, multi=bool(config.questions))
+        if not config.overwrite and not config.questions:
+            _reuse_columns(work.finished, progress, final_path, len(items), columns)
         engine_cls = VllmGenerator if config.engine == "vllm" else TransformersGenerator
         timings: dict[str, dict] = {}
-        if any((m, i) not in progress.done for m in models for i in range(len(records))):
+        if any(not turns.finished(m, progress) for m in models):
             generator = engine_cls(base, adapter if "finetuned" in models else None, config.merged,
                                    config.trust_remote_code, models)
-            timings = {m: _answer_all(generator, m, records, style, config, progress) for m in models}
+            timings = {m: _answer_all(generator, m, turns, style, config, progress) for m in models}
         styles = {m: style.name for m in models}
         for model in compared:  # one model in memory at a time
-            if all((model.name, i) in progress.done for i in range(len(records))):  # reused whole
+            if turns.finished(model.name, progress):  # reused whole
                 styles[model.name] = (work.finished or {}).get("prompt_styles", {}).get(model.name)
                 continue
             generator, role, its_style = load_compare(
                 model, style, engine_cls, base_url=config.compare_base_url, concurrency=config.concurrency,
                 max_retries=4, timeout=120.0, trust_remote_code=config.trust_remote_code)
             styles[model.name] = its_style.name
-            timings[model.name] = _answer_all(generator, model.name, records, its_style, config, progress, role)
+            timings[model.name] = _answer_all(generator, model.name, turns, its_style, config, progress, role)
             del generator
 
         fields = list(RESPONSE_FIELDS) + [m.name for m in compared]
-        rows = [{**record, **{response_field(m): progress.done.get((m, i)) for m in fields}}
-                for i, record in enumerate(records)]
+        rows = [{**item, **{response_field(m): turns.answers(m, i, progress) for m in fields}}
+                for i, item in enumerate(items)]
         work.finish(rows, manifest(
             stage="part2_generate_test_responses",
             prompt_style=style.name,
             prompt_styles=styles,
-            n_records=len(records),
+            n_records=len(items),
             models=columns,
             compare={m.name: m.reference for m in compared},
             timings=timings,
         ))
-    print(f"\n== stage 2 done: {len(rows)} records, models {', '.join(columns)}\nresponses: {final_path}")
+    print(f"\n== stage 2 done: {len(rows)} {'questions' if config.questions else 'records'}, models "
+          f"{', '.join(columns)}\nresponses: {final_path}")
     for model, timing in timings.items():
         print(f"  {model}: {timing['seconds']} s, {timing['generated_tokens_per_second']} generated tokens/s")
     return final_path
+
+
+class Turns:
+    """The user turns to answer: one per test record, or several per question. A test record's answer
+    is logged as (model, record); turn t of a conversation as (model, question, t)."""
+
+    def __init__(self, conversations: list[list[Record]], multi: bool):
+        self.conversations, self.multi = conversations, multi
+
+    def key(self, model: str, index: int, turn: int) -> tuple:
+        return (model, index, turn) if self.multi else (model, index)
+
+    def finished(self, model: str, progress: ProgressLog) -> bool:
+        return all(self.key(model, i, t) in progress.done
+                   for i, conversation in enumerate(self.conversations) for t in range(len(conversation)))
+
+    def answers(self, model: str, index: int, progress: ProgressLog):
+        """A test record's answer, or a conversation's answers turn by turn (None where not answered)."""
+        answers = [progress.done.get(self.key(model, index, t)) for t in range(len(self.conversations[index]))]
+        return answers if self.multi else answers[0]
+
+    def history(self, model: str, index: int, turn: int, progress: ProgressLog) -> list[dict[str, str]]:
+        """The conversation before `turn`, with the model's own earlier answers."""
+        history = []
+        for t in range(turn):
+            history += [{"role": "user", "content": self.conversations[index][t]["instruction"]},
+                        {"role": "assistant", "content": progress.done[self.key(model, index, t)] or ""}]
+        return history
 
 
 # The inputs each column's answers are made from (a compare model's: its own entry).
@@ -304,29 +365,33 @@ def _reuse_columns(finished: dict | None, progress: ProgressLog, final_path: Pat
                   "(same model, test split and settings)")
 
 
-def _answer_all(generator, model: str, records: list[Record], style: PromptStyle,
-                config: GenerationConfig, progress: ProgressLog, role: str | None = None) -> dict:
-    """Answer every record not yet in the progress log; return this run's timing for `model`.
+def _answer_all(generator, model: str, turns: Turns, style: PromptStyle, config: GenerationConfig,
+                progress: ProgressLog, role: str | None = None) -> dict:
+    """Answer every turn not yet in the progress log, turn 1 of every conversation before turn 2;
+    return this run's timing for `model`.
 
-    Batches are fixed from all records' lengths, so a resumed run pads every prompt exactly as an
-    uninterrupted one does and greedy decoding gives the same tokens; a batch only partly logged
-    when the run was killed is generated again whole.
+    Batches are fixed from all of a turn's prompt lengths, so a resumed run pads every prompt exactly
+    as an uninterrupted one does and greedy decoding gives the same tokens; a batch only partly
+    logged when the run was killed is generated again whole.
     """
-    prompts = [generator.render(style, record) for record in records]
-    lengths = generator.lengths(prompts)
-    batches = length_sorted_batches(lengths, config.batch_size)
-    todo = [batch for batch in batches if any((model, i) not in progress.done for i in batch)]
-    started, new_tokens = time.perf_counter(), 0
-    for number, batch in enumerate(todo, start=1):
-        responses, generated = generator.generate(role or model, [prompts[i] for i in batch], config.max_new_tokens, style)
-        progress.add([((model, i), r) for i, r in zip(batch, responses)])
-        new_tokens += generated
-        finished = sum(1 for (m, _) in progress.done if m == model)
-        print(f"[{model}] batch {number}/{len(todo)}: {finished}/{len(records)} records", flush=True)
+    started, new_tokens, answered = time.perf_counter(), 0, 0
+    for turn in range(max(len(c) for c in turns.conversations)):
+        indexes = [i for i, c in enumerate(turns.conversations) if turn < len(c)]
+        prompts = [generator.render(style, turns.conversations[i][turn], turns.history(model, i, turn, progress))
+                   for i in indexes]
+        batches = length_sorted_batches(generator.lengths(prompts), config.batch_size)
+        todo = [batch for batch in batches if any(turns.key(model, indexes[j], turn) not in progress.done for j in batch)]
+        label = f"[{model}{f' turn {turn + 1}' if turns.multi else ''}]"
+        for number, batch in enumerate(todo, start=1):
+            responses, generated = generator.generate(role or model, [prompts[j] for j in batch], config.max_new_tokens, style)
+            progress.add([(turns.key(model, indexes[j], turn), r) for j, r in zip(batch, responses)])
+            new_tokens, answered = new_tokens + generated, answered + len(batch)
+            finished = sum(turns.key(model, i, turn) in progress.done for i in indexes)
+            print(f"{label} batch {number}/{len(todo)}: {finished}/{len(indexes)} answered", flush=True)
     seconds = time.perf_counter() - started
     return {
-        "records_this_run": sum(len(batch) for batch in todo),
+        "records_this_run": answered,
         "seconds": round(seconds, 2),
         "generated_tokens": new_tokens,
-        "generated_tokens_per_second": round(new_tokens / seconds, 2) if todo and seconds else None,
+        "generated_tokens_per_second": round(new_tokens / seconds, 2) if answered and seconds else None,
     }

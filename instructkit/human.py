@@ -8,7 +8,8 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from .artifacts import RESPONSE_FIELDS, output_lock, read_json, write_json_atomic
+from .artifacts import output_lock, read_json, write_json_atomic
+from .compare_models import NAME as COLUMN_NAME
 from .errors import UserError, problems_error
 from .judging import JudgeConfig, read_responses, responses_file
 from .provenance import sha256_file
@@ -105,7 +106,7 @@ def read_human_ratings(path: str | Path) -> dict:
             continue
         checks = {
             "index": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-            "model": lambda v: v in RESPONSE_FIELDS,
+            "model": lambda v: isinstance(v, str) and bool(COLUMN_NAME.match(v)),
             "rating": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 100,
         }
         for field, valid in checks.items():
@@ -113,7 +114,7 @@ def read_human_ratings(path: str | Path) -> dict:
                 problems.append(f"{path}: rating {number}: missing field '{field}'")
             elif not valid(rating[field]):
                 problems.append(f"{path}: rating {number}: field '{field}' is {rating[field]!r}; expected "
-                                + {"index": "a record index (0 or more)", "model": f"one of {', '.join(RESPONSE_FIELDS)}",
+                                + {"index": "a record index (0 or more)", "model": "a response column (base, finetuned or a compare model's name)",
                                    "rating": "a number from 0 to 100"}[field])
     if problems:
         raise problems_error(problems)

@@ -123,3 +123,106 @@ def parse_score(text: str | None) -> Parsed:
 def parse_verdict(text: str | None) -> Parsed:
     """'A', '[[B]]', 'Response A', 'tie.' -> 'A'/'B'/'tie'; 'A or B', 'both' -> None."""
     return _parse(text, _VERDICT, _verdict_value, "verdict")
+
+
+# MT-Bench's formats in our own words (the published prompts are in FastChat's judge_prompts.jsonl):
+# a 1-10 rating written as [[rating]] after a short explanation, against a reference answer for
+# math, reasoning and coding; for a second turn the whole conversation is shown and the last answer
+# graded; pairwise verdicts as [[A]], [[B]] or [[C]] (a tie).
+MT_SINGLE = """Act as an impartial judge of the answer an AI assistant gave to the user's {what} below. \
+Weigh helpfulness, relevance, accuracy, depth, creativity and level of detail.{reference_rule} \
+Explain your judgement briefly and objectively, then give a rating from 1 to 10 in exactly this \
+form: [[rating]], for example: Rating: [[5]].
+
+{body}"""
+
+MT_PAIRWISE = """Act as an impartial judge of two AI assistants' answers to the user's {what} below, and \
+decide which assistant answered better. Weigh helpfulness, relevance, accuracy, depth, creativity and \
+level of detail.{reference_rule} Do not let the order in which the answers appear, their length or \
+the assistants' names sway you. Explain your comparison briefly, then give your verdict in exactly \
+this form: [[A]] if assistant A is better, [[B]] if assistant B is better, [[C]] for a tie.
+
+{body}"""
+
+MT_REFERENCE_RULE = (" A reference answer is given: compare the assistant's answer with it, and find and "
+                     "correct any mistakes.")
+MT_RATING_RETRY = "\n\nYour previous reply had no rating in the required form. End with: Rating: [[N]], N from 1 to 10."
+MT_VERDICT_RETRY = "\n\nYour previous reply had no verdict in the required form. End with exactly one of [[A]], [[B]], [[C]]."
+# Local judges: the reply starts inside the brackets, so a small model writes the number or letter.
+MT_RATING_PREFILL = "Rating: [["
+MT_VERDICT_PREFILL = "Verdict: [["
+
+
+def _conversation(turns: list[str], answers: list[str], name: str) -> str:
+    parts = []
+    for question, answer in zip(turns, answers):
+        parts.append(f"### User:\n{question}\n\n### {name}:\n{answer}")
+    return "\n\n".join(parts)
+
+
+def _reference_block(reference: list[str] | None, turn: int) -> str:
+    if reference is None:
+        return ""
+    if turn == 0:
+        return f"[Reference answer]\n{reference[0]}\n[End of reference answer]\n\n"
+    answers = "\n\n".join(f"Turn {t + 1}: {reference[t]}" for t in range(turn + 1))
+    return f"[Reference answers]\n{answers}\n[End of reference answers]\n\n"
+
+
+def mt_single_prompt(turns: list[str], answers: list[str], turn: int, reference: list[str] | None) -> str:
+    """Grade the answer to user turn `turn` (0-based); from the second turn on, with the conversation."""
+    if turn == 0:
+        body = f"[Question]\n{turns[0]}\n\n{_reference_block(reference, 0)}[Assistant's answer]\n{answers[0]}\n[End of answer]"
+        what = "question"
+    else:
+        body = (f"{_reference_block(reference, turn)}[Conversation]\n{_conversation(turns[:turn + 1], answers[:turn + 1], 'Assistant')}"
+                "\n[End of conversation]")
+        what = f"question in turn {turn + 1} (grade only the assistant's last answer)"
+    return MT_SINGLE.format(what=what, reference_rule=MT_REFERENCE_RULE if reference else "", body=body)
+
+
+def mt_pairwise_prompt(turns: list[str], answers_a: list[str], answers_b: list[str], turn: int,
+                       reference: list[str] | None) -> str:
+    """Compare two assistants' answers to user turn `turn`, each after its own conversation so far."""
+    if turn == 0:
+        body = (f"[Question]\n{turns[0]}\n\n{_reference_block(reference, 0)}[Assistant A's answer]\n{answers_a[0]}\n"
+                f"[End of assistant A's answer]\n\n[Assistant B's answer]\n{answers_b[0]}\n[End of assistant B's answer]")
+        what = "question"
+    else:
+        body = (f"{_reference_block(reference, turn)}[Conversation with assistant A]\n"
+                f"{_conversation(turns[:turn + 1], answers_a[:turn + 1], 'Assistant A')}\n[End of conversation with assistant A]"
+                f"\n\n[Conversation with assistant B]\n{_conversation(turns[:turn + 1], answers_b[:turn + 1], 'Assistant B')}"
+                "\n[End of conversation with assistant B]")
+        what = f"question in turn {turn + 1} (compare only the assistants' last answers)"
+    return MT_PAIRWISE.format(what=what, reference_rule=MT_REFERENCE_RULE if reference else "", body=body)
+
+
+_MT_RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
+_MT_VERDICT = re.compile(r"\[\[\s*([ABC])\s*\]\]")
+
+
+def _one_bracketed(text: str | None, pattern: re.Pattern, what: str) -> tuple[str | None, str]:
+    """The single value written in [[double brackets]]; two different ones are ambiguous."""
+    if text is None or not text.strip():
+        return None, "unparsed: empty reply"
+    found = set(pattern.findall(text))
+    if len(found) == 1:
+        return found.pop(), "bracketed"
+    return None, f"unparsed: {'no' if not found else 'more than one'} {what} in [[ ]]"
+
+
+def parse_mt_rating(text: str | None) -> Parsed:
+    """'... Rating: [[7]]', '[[ 8.5 ]]' -> 7, 8.5; no [[n]], two different ones, or outside 1-10 -> None."""
+    value, how = _one_bracketed(text, _MT_RATING, "rating")
+    if value is None:
+        return Parsed(None, how)
+    rating = float(value)
+    if not 1 <= rating <= 10:
+        return Parsed(None, f"unparsed: {value} is outside 1-10")
+    return Parsed(int(rating) if rating.is_integer() else rating, how)
+
+
+def parse_mt_verdict(text: str | None) -> Parsed:
+    """'[[A]]', '[[B]]' -> 'A', 'B'; '[[C]]' -> 'tie'; none or several different -> None."""
+    value, how = _one_bracketed(text, _MT_VERDICT, "verdict")
+    return Parsed(None if value is None else {"A": "A", "B": "B", "C": "tie"}[value], how)

@@ -52,17 +52,31 @@ class PromptStyle:
 
     @property
     def multi_turn(self) -> bool:
-        """Whether earlier turns reach the model: only a chat template has a place for them; the
-        Alpaca and Phi-3 formats were trained on one instruction at a time."""
+        """Whether the format has a place for earlier turns of a conversation: a chat template does;
+        the Alpaca and Phi-3 formats were trained on one instruction at a time (earlier turns can
+        still be written out before the new one, as FastChat does for such templates)."""
         return self.name == "chat"
 
     def render_turn(self, history: list[dict[str, str]], record: Record, tokenizer) -> str:
         """The prompt for `record` as the next user turn after `history` (alternating user and
-        assistant messages); for one-instruction styles the history is not part of the prompt."""
-        if not self.multi_turn or not history:
+        assistant messages): through the chat template, or with the earlier exchanges written out
+        in this format before the new instruction."""
+        if not history:
             return self.render(record, tokenizer)
-        messages = history + self.prompt(record)
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if self.name == "chat":
+            return tokenizer.apply_chat_template(history + self.prompt(record), tokenize=False,
+                                                 add_generation_prompt=True)
+        earlier = "".join(self._exchange(user["content"], assistant["content"])
+                          for user, assistant in zip(history[::2], history[1::2]))
+        current = self.prompt(record)
+        if self.name == "alpaca":  # one preamble, then every exchange
+            return current.replace(f"{ALPACA_PREAMBLE}\n\n", f"{ALPACA_PREAMBLE}\n\n{earlier}", 1)
+        return earlier + current
+
+    def _exchange(self, user: str, assistant: str) -> str:
+        if self.name == "alpaca":
+            return f"### Instruction:\n{user}\n\n### Response:\n{assistant}\n\n"
+        return f"<|user|>\n{user}\n<|assistant|>\n{assistant}\n"
 
     def check_tokenizer(self, tokenizer) -> None:
         if self.name == "chat" and not tokenizer.chat_template:

@@ -18,10 +18,11 @@ from .errors import UserError
 from .human import HUMAN_FILE, read_human_ratings
 from .judging import REFERENCE, SCORES_FILE, TASK_METRICS_FILE
 from .models import EMBEDDED_JUDGE
-from .plots import plot_score_histograms
+from .mt_bench_judging import MT_SCORES_FILE
+from .plots import plot_category_changes, plot_category_means, plot_score_histograms
 from .progress import meta_path
 from .provenance import sha256_file, stale_on_disk
-from .stats import agreement, describe
+from .stats import agreement, describe, paired_difference
 from .task_metrics import METRIC_NAMES
 from .training import SUMMARY_FILE
 
@@ -261,6 +262,49 @@ def _largest_losses(result: dict, output_dir: Path, shown: int = 5) -> str:
             f'<th>ROUGE-L change</th></tr>{"".join(rows)}</table>')
 
 
+def _category_section(output_dir: Path, scores: dict | None) -> str:
+    """Every model's ROUGE-L and judge score per kind of task (the records' `category`), and the
+    finetune's paired change against the base, worst first: which kinds of task got worse."""
+    responses, metrics = _read_optional(output_dir / RESPONSES_FILE), _read_optional(output_dir / TASK_METRICS_FILE)
+    if not isinstance(responses, list) or not isinstance(metrics, dict) or "_error" in metrics:
+        return ""
+    by_category: dict[str, list[int]] = {}
+    for row in metrics["records"]:
+        if row["index"] < len(responses) and isinstance(category := responses[row["index"]].get("category"), str):
+            by_category.setdefault(category, []).append(row["index"])
+    if not by_category:
+        return ('<p class="note">The records carry no <code>category</code>, so there is no breakdown by kind of task '
+                "(our default data and Dolly have one).</p>")
+    rouge = {row["index"]: row for row in metrics["records"]}
+    judged = {r["index"]: r["scores"] for r in (scores or {}).get("records", [])}
+    models = [m for m in _models(metrics["summary"]) if m in metrics["summary"]]
+
+    def values(model: str, indexes: list[int], judge: bool = False) -> list[float | None]:
+        if judge:
+            return [judged.get(i, {}).get(model, {}).get("score") for i in indexes]
+        return [(rouge[i].get(model) or {}).get("rouge_l") for i in indexes]
+
+    changes = {c: paired_difference(values("base", ix), values("finetuned", ix), 0) for c, ix in by_category.items()
+               if {"base", "finetuned"} <= set(models)}
+    order = sorted(by_category, key=lambda c: (changes[c]["mean"] if changes and changes[c]["mean"] is not None else 0, c))
+    head = "".join(f"<th>{_e(m)} ROUGE-L</th>" for m in models) + ("<th>finetuned − base (95% CI)</th>" if changes else "")
+    head += "".join(f"<th>{_e(m)} judge</th>" for m in models if judged)
+    rows = []
+    for category in order:
+        ix = by_category[category]
+        cells = "".join(f'<td class="num">{_fmt(describe(values(m, ix), 0)["mean"])}</td>' for m in models)
+        if changes:
+            cells += f'<td class="num">{_signed(changes[category]["mean"])} <span class="meta">{_ci(changes[category])}</span></td>'
+        if judged:
+            cells += "".join(f'<td class="num">{_fmt(describe(values(m, ix, True), 0)["mean"])}</td>' for m in models)
+        rows.append(f'<tr id="category-{_e(category)}"><th>{_e(category)} <span class="meta">(n={len(ix)})</span></th>{cells}</tr>')
+    chart = (_image(plot_category_changes({c: changes[c] for c in order}, output_dir / "category_changes.png", "ROUGE-L"),
+                    "finetuned minus base ROUGE-L per category") if changes else "")
+    return (f'<table id="categories"><tr><th>category</th>{head}</tr>{"".join(rows)}</table>'
+            '<p class="note">Means per kind of task, worst change first. Few records per category make wide '
+            "intervals: read these as where to look, then read the records.</p>" + chart)
+
+
 def _models(columns) -> list[str]:
     """Base and finetuned, then any --compare models, in that order."""
     return list(RESPONSE_FIELDS) + [m for m in columns if m not in RESPONSE_FIELDS and m != "finetuned_minus_base"]
@@ -294,30 +338,8 @@ def _judge_section(scores: dict | None, path: Path, output_dir: Path) -> str:
         parts.append(f'<div class="card">finetuned − base<b>{_fmt(d["mean"])}</b>95% CI {_ci(d)}'
                      f'<br>over {d["n_pairs"]} paired records</div>')
     parts.append("</div>")
-    pairwise = _pairs(scores)
-    if pairwise:
-        rows = []
-        for name, p in pairwise.items():
-            lc = p.get("length_controlled") or {}
-            words = p["mean_response_words"]
-            lc_note = f' title="{_e(lc["note"])}"' if lc.get("note") else ""
-            rows.append(f'<tr id="pair-{_e(name)}"><th>{_e(p["a"])} vs {_e(p["b"])}</th><td class="num">{p["wins"]}</td>'
-                        f'<td class="num">{p["ties"]}</td><td class="num">{p["losses"]}</td>'
-                        f'<td class="num">{_fmt(p["win_rate"], 3)} {_ci(p, 3)}</td>'
-                        f'<td class="num"{lc_note}>{_fmt(lc.get("win_rate"), 3)}{" *" if lc.get("note") else ""}</td>'
-                        f'<td class="num">{p["inconsistent"]}/{p["n_judged"]}</td>'
-                        f'<td class="num">{words[p["a"]]} / {words[p["b"]]}</td></tr>')
-        notes = [f"* {p['a']} vs {p['b']}: {p['length_controlled']['note']}" for p in pairwise.values()
-                 if (p.get("length_controlled") or {}).get("note")]
-        parts.append(
-            '<h3>Pairwise (both orders)</h3><table id="pairwise"><tr><th>A vs B</th><th>A wins</th><th>ties</th>'
-            '<th>A losses</th><th>A\'s win rate (95% CI)</th><th>length-controlled</th><th>order flips</th>'
-            '<th>mean words A / B</th></tr>' + "".join(rows) + '</table>'
-            '<p class="note">A win rate counts a tie as half a win; a verdict that changes when the answers swap places '
-            f'counts as a tie. "{REFERENCE}" is the expected answer, judged as a response (AlpacaEval\'s reference). '
-            'Judges favour longer answers: the length-controlled win rate (AlpacaEval 2\'s idea) is the one a logistic '
-            'model of the verdicts on the length difference predicts for answers of equal length.'
-            + "".join(f"<br>{_e(n)}" for n in notes) + '</p>')
+    if pairwise := _pairs(scores):
+        parts.append(_pairwise_table(pairwise))
     if scores.get("agreement"):
         a = scores["agreement"]
         parts.append(f'<p>Agreement with the --compare-with scores: Spearman {a["spearman"]}, Pearson {a["pearson"]}, '
@@ -330,6 +352,86 @@ def _judge_section(scores: dict | None, path: Path, output_dir: Path) -> str:
     return "".join(parts)
 
 
+def _pairwise_table(pairwise: dict, prefix: str = "") -> str:
+    """Each pair's verdicts in both orders, the win rate raw and length-controlled, and the matrix
+    (element ids start with `prefix`, so that two such tables can share the page)."""
+    rows = []
+    for name, p in pairwise.items():
+        lc = p.get("length_controlled") or {}
+        words = p["mean_response_words"]
+        lc_note = f' title="{_e(lc["note"])}"' if lc.get("note") else ""
+        rows.append(f'<tr id="{prefix}pair-{_e(name)}"><th>{_e(p["a"])} vs {_e(p["b"])}</th><td class="num">{p["wins"]}</td>'
+                    f'<td class="num">{p["ties"]}</td><td class="num">{p["losses"]}</td>'
+                    f'<td class="num">{_fmt(p["win_rate"], 3)} {_ci(p, 3)}</td>'
+                    f'<td class="num"{lc_note}>{_fmt(lc.get("win_rate"), 3)}{" *" if lc.get("note") else ""}</td>'
+                    f'<td class="num">{p["inconsistent"]}/{p["n_judged"]}</td>'
+                    f'<td class="num">{words[p["a"]]} / {words[p["b"]]}</td></tr>')
+    notes = [f"* {p['a']} vs {p['b']}: {p['length_controlled']['note']}" for p in pairwise.values()
+             if (p.get("length_controlled") or {}).get("note")]
+    return (
+        f'<h3>Pairwise (both orders)</h3><table id="{prefix}pairwise"><tr><th>A vs B</th><th>A wins</th><th>ties</th>'
+        '<th>A losses</th><th>A\'s win rate (95% CI)</th><th>length-controlled</th><th>order flips</th>'
+        '<th>mean words A / B</th></tr>' + "".join(rows) + '</table>'
+        '<p class="note">A win rate counts a tie as half a win; a verdict that changes when the answers swap places '
+        f'counts as a tie. "{REFERENCE}" is the expected answer, judged as a response (AlpacaEval\'s reference). '
+        'Judges favour longer answers: the length-controlled win rate (AlpacaEval 2\'s idea) is the one a logistic '
+        'model of the verdicts on the length difference predicts for answers of equal length.'
+        + "".join(f"<br>{_e(n)}" for n in notes) + '</p>' + _pairwise_matrix(pairwise, prefix))
+
+
+def _pairwise_matrix(pairwise: dict, prefix: str = "") -> str:
+    """With more than one pair: row model's win rate against the column model, every pair at a glance."""
+    if len(pairwise) < 2:
+        return ""
+    rates = {}
+    for p in pairwise.values():
+        rates[(p["a"], p["b"])] = p["win_rate"]
+        rates[(p["b"], p["a"])] = None if p["win_rate"] is None else round(1 - p["win_rate"], 4)
+    models = list(dict.fromkeys(m for pair in rates for m in pair))
+    head = "".join(f"<th>{_e(m)}</th>" for m in models)
+    rows = "".join(f"<tr><th>{_e(a)}</th>" + "".join(
+        f'<td class="num">{_fmt(rates[(a, b)], 3) if (a, b) in rates else ("" if a == b else "·")}</td>' for b in models)
+        + "</tr>" for a in models)
+    return (f'<h3>Pairwise matrix</h3><table id="{prefix}pairwise-matrix"><tr><th>win rate of ↓ against →</th>'
+            f'{head}</tr>{rows}</table>')
+
+
+def _mt_bench_section(output_dir: Path) -> str:
+    """Stage 4 --rubric mt-bench: 1-10 ratings per model, per turn and per category, and the pairs."""
+    path = output_dir / MT_SCORES_FILE
+    result = _read_optional(path)
+    if result is None:
+        return ('<p class="note">Not run here. Multi-turn questions (FastChat\'s question.jsonl): '
+                "<code>part2_generate_test_responses.py --questions FILE.jsonl</code>, then "
+                "<code>part4_local_evaluation.py --rubric mt-bench</code>.</p>")
+    if note := _missing(result, "Stage 4 --rubric mt-bench", path):
+        return note
+    summary = result["summary"]
+    turns = sorted({t for s in summary.values() for t in s["turns"]}, key=int)
+    head = "".join(f"<th>turn {_e(t)}</th>" for t in turns)
+    rows = "".join(
+        f'<tr id="mt-{_e(model)}"><th>{_e(model)}</th><td class="num">{_fmt(s["mean"], 2)} <span class="meta">{_ci(s, 2)}</span></td>'
+        + "".join(f'<td class="num">{_fmt(s["turns"].get(t, {}).get("mean"), 2)}</td>' for t in turns)
+        + f'<td class="num">{s["n_scored"]}/{s["n_total"]}</td></tr>' for model, s in summary.items())
+    categories = sorted({c for s in summary.values() for c in s["categories"]})
+    category_rows = "".join(
+        f'<tr id="mt-category-{_e(c)}"><th>{_e(c)}</th>' + "".join(
+            f'<td class="num">{_fmt(s["categories"].get(c, {}).get("mean"), 2)} '
+            f'<span class="meta">{_ci(s["categories"].get(c, {}), 2)}</span></td>' for s in summary.values()) + "</tr>"
+        for c in categories)
+    chart = plot_category_means({m: s["categories"] for m, s in summary.items()}, output_dir / "mt_bench_categories.png", "1-10")
+    judge = result["judge"]
+    return (_stale(_stage_record(path), path, "stage 4 --rubric mt-bench")
+            + f'<p class="meta">Judge: {_e(judge["kind"])}:{_e(judge["model"])}; every answer of every turn rated 1-10 '
+            "([[rating]]), math, reasoning and coding against the reference answer; a reply without a readable rating "
+            "is counted, never averaged in.</p>"
+            + f'<table id="mt-bench"><tr><th>model</th><th>mean (95% CI)</th>{head}<th>rated</th></tr>{rows}</table>'
+            + "<h3>By category</h3>"
+            + f'<table id="mt-categories"><tr><th>category</th>{"".join(f"<th>{_e(m)}</th>" for m in summary)}</tr>'
+            + f"{category_rows}</table>" + _image(chart, "MT-Bench ratings per category")
+            + (_pairwise_table(result["pairwise"], "mt-") if result.get("pairwise") else ""))
+
+
 def _human_section(human: dict | None, scores: dict | None, path: Path) -> str:
     if note := _missing(human, "Human rating (part4_local_evaluation.py --human)", path):
         return note
@@ -340,7 +442,7 @@ def _human_section(human: dict | None, scores: dict | None, path: Path) -> str:
         stale = (f'<p class="stale">Out of date: {_e(responses)} changed since these ratings were given; '
                  "they rate other responses.</p>")
     rows = []
-    for model in RESPONSE_FIELDS:
+    for model in _models({r["model"] for r in ratings}):  # base and finetuned, then any compare model rated
         s = describe([r["rating"] for r in ratings if r["model"] == model], 0)
         rows.append(f'<tr><td>{model}</td><td class="num">{_fmt(s["mean"])}</td><td class="num">{_ci(s)}</td>'
                     f'<td class="num">{s["n_scored"]}</td></tr>')
@@ -424,7 +526,9 @@ def build_report(output_dir: str | Path) -> Path:
         ("Training (stage 1)", _training_section(output_dir)),
         ("Benchmark (stage 3)", _benchmark_section(output_dir)),
         ("Task metrics (stage 4, no judge)", _task_metrics_section(output_dir)),
+        ("By kind of task", _category_section(output_dir, scores if isinstance(scores, dict) and "_error" not in scores else None)),
         ("Judge scores (stage 4)", _judge_section(scores, scores_path, output_dir)),
+        ("Multi-turn questions, MT-Bench style (stage 4 --rubric mt-bench)", _mt_bench_section(output_dir)),
         ("Human ratings", _human_section(human, scores if isinstance(scores, dict) else None, human_path)),
         ("Every test record", _records_section(output_dir, scores if isinstance(scores, dict) and "_error" not in scores else None,
                                                human if isinstance(human, dict) and "_error" not in human else None)),

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -157,6 +157,38 @@ class JSONHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+
+    def reply_chat(self, content: str) -> None:
+        """One OpenAI chat completion whose message is `content`."""
+        self.reply(200, {"id": "x", "object": "chat.completion", "created": 0, "model": "local",
+                         "choices": [{"index": 0, "finish_reason": "stop",
+                                      "message": {"role": "assistant", "content": content}}]})
+
+    def chat_messages(self) -> list[dict]:
+        return json.loads(self.rfile.read(int(self.headers["Content-Length"])))["messages"]
+
+
+class EchoChat(JSONHandler):
+    """An OpenAI-compatible chat model that says how many messages it was sent and repeats the last:
+    what a served compare model was asked, turn by turn."""
+
+    def do_POST(self):
+        messages = self.chat_messages()
+        self.reply_chat(f"{len(messages)} messages; last: {messages[-1]['content']}")
+
+
+class LocalServer(ThreadingHTTPServer):
+    """A real HTTP server on a free port of 127.0.0.1, answering with `handler`."""
+
+    daemon_threads = True
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]):
+        super().__init__(("127.0.0.1", 0), handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
 
 
 @pytest.fixture

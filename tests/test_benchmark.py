@@ -175,3 +175,29 @@ def test_a_group_and_tasks_with_other_metrics(trained_run, tmp_path):
 
     page = build_report(tmp_path / "out").read_text()
     assert "exact_match" in page and "mmlu_philosophy" in page
+
+
+def test_scoring_only_continuations_matches_stock_hf_per_choice(trained_run, tmp_path):
+    """instructkit-hf (stage 3's model) against lm-eval's own hf on real questions, through the
+    finetuned adapter: every choice's log-likelihood within 1e-4, the same greedy flags and answers."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    from instructkit.lm_eval_model import ContinuationHFLM
+    from instructkit.models import base_reference, resolve_model
+
+    names, manager = resolve_tasks(BenchmarkConfig(), offline=True, workdir=tmp_path)
+    task = names["mmlu_philosophy"]
+    adapter = trained_run / "finetuned"
+    path = resolve_model(base_reference("", adapter)).path
+    responses = {}
+    for cls in (HFLM, ContinuationHFLM):
+        lm = cls(pretrained=path, peft=str(adapter), batch_size=4, device="cpu", dtype="float32")
+        raw = lm_eval.simple_evaluate(model=lm, tasks=[task], limit=12, task_manager=manager, log_samples=True,
+                                      random_seed=0, numpy_random_seed=0, torch_random_seed=0)
+        responses[cls] = {s["doc_id"]: [r[0] for r in s["resps"]] for s in raw["samples"][task]}
+    stock, fast = responses[HFLM], responses[ContinuationHFLM]
+    assert stock.keys() == fast.keys() and len(stock) == 12
+    for doc in stock:
+        assert [g for _, g in fast[doc]] == [g for _, g in stock[doc]]
+        assert [ll for ll, _ in fast[doc]] == pytest.approx([ll for ll, _ in stock[doc]], abs=1e-4)

@@ -10,26 +10,15 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import ThreadingHTTPServer
 
 import pytest
 
-from conftest import ROOT, JSONHandler, run_script
+from conftest import ROOT, EchoChat, LocalServer, run_script
 from instructkit.human import read_human_ratings
 
 MAX_NEW_TOKENS = "24"
 
 
-class EchoChatServer(JSONHandler):
-    """An OpenAI-compatible chat model that says how many messages it was sent and repeats the last."""
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        messages = body["messages"]
-        text = f"{len(messages)} messages; last: {messages[-1]['content']}"
-        self.reply(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                         "choices": [{"index": 0, "finish_reason": "stop",
-                                      "message": {"role": "assistant", "content": text}}]})
 
 
 def free_port() -> int:
@@ -41,20 +30,20 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def chat_app(trained_run, tmp_path_factory):
     """(url, run folder): stage 2 answered 2 test records one at a time (batch 1, as the app answers),
-    then the app serves that folder with a third column from the echo server."""
+    with a served chat model as a third column; the app serves that folder and finds all three."""
     run = tmp_path_factory.mktemp("chat")
+    echo = LocalServer(EchoChat)
+    threading.Thread(target=echo.serve_forever, daemon=True).start()
     stage2 = run_script("part2_generate_test_responses.py", "--test-file", str(trained_run / "data" / "test.json"),
                         "--adapter", str(trained_run / "finetuned"), "--output-dir", str(run), "--limit", "2",
-                        "--batch-size", "1", "--max-new-tokens", MAX_NEW_TOKENS)
+                        "--batch-size", "1", "--max-new-tokens", MAX_NEW_TOKENS,
+                        "--compare", "echo=openai:echo", "--compare-base-url", echo.url)
     assert stage2.returncode == 0, stage2.stderr[-3000:]
-    echo = ThreadingHTTPServer(("127.0.0.1", 0), EchoChatServer)
-    threading.Thread(target=echo.serve_forever, daemon=True).start()
-    port = free_port()
+    port, log = free_port(), run / "app.log"
     app = subprocess.Popen(
         [sys.executable, str(ROOT / "part5_chat_app.py"), "--output-dir", str(run), "--adapter",
-         str(trained_run / "finetuned"), "--port", str(port), "--max-new-tokens", MAX_NEW_TOKENS,
-         "--compare", "echo=openai:echo", "--compare-base-url", f"http://127.0.0.1:{echo.server_port}/v1"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+         str(trained_run / "finetuned"), "--port", str(port), "--max-new-tokens", MAX_NEW_TOKENS],
+        cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 300
     while time.time() < deadline and app.poll() is None:
@@ -63,7 +52,7 @@ def chat_app(trained_run, tmp_path_factory):
             break
         except OSError:
             time.sleep(0.5)
-    assert app.poll() is None, app.stdout.read()[-3000:]
+    assert app.poll() is None, log.read_text()[-3000:]
     yield url, run
     app.terminate()
     app.wait(timeout=30)
@@ -93,7 +82,7 @@ def test_page_streams_both_models_greedy_answers_and_saves_a_rating(chat_app):
         # Greedy, formatted and decoded as stage 2 does: its stored answers for the same record.
         assert answers["base"] == record["base_model_response"]
         assert answers["finetuned"] == record["finetuned_model_response"]
-        assert answers["echo"].startswith("1 messages; last: " + record["instruction"])
+        assert answers["echo"] == record["echo_model_response"]  # stage 2's third column, found by the app
         page.get_by_label("finetuned better").check()
         page.locator("#rating-finetuned textarea").fill("80")
         page.locator("#save-rating").click()
@@ -126,6 +115,11 @@ def test_api_chats_in_turns_refuses_bad_ratings_and_stops_on_request(chat_app):
     # A served chat model is sent the whole conversation; the alpaca-trained columns one instruction.
     assert text_of(echo[-1]) == "3 messages; last: Name another one." and status.startswith("Answered in")
     assert len(base) == 4 and text_of(base[2]) == "Name another one."
+    # Regenerate's first step takes the last turn back and puts its message in the box again.
+    base, _, echo, message, _ = client.predict(api_name="/undo_last")
+    assert len(base) == 2 and len(echo) == 2 and message == "Name another one."
+    *_, echo, status = client.predict("Name another one.", "", *greedy, api_name="/chat")
+    assert text_of(echo[-1]) == "3 messages; last: Name another one."
 
     with pytest.raises(Exception, match="not a whole number from 0 to 100"):
         client.predict("tie", "150", "", "", api_name="/rate")

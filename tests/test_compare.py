@@ -90,3 +90,12 @@ def test_a_third_model_answers_beside_base_and_finetuned_and_stage4_compares_all
     page = (out / "report.html").read_text()
     assert 'id="judge-smol"' in page and "<th>smol response</th>" in page and 'id="metrics-smol"' in page
     assert 'id="pair-finetuned:smol"' in page and "finetuned vs output" in page
+    # Two pairs judged: the matrix shows each model's win rate against each other, both ways.
+    from bs4 import BeautifulSoup
+
+    matrix = BeautifulSoup(page, "html.parser").find(id="pairwise-matrix")
+    header = [th.get_text() for th in matrix.find("tr").find_all("th")[1:]]
+    cells = {(tr.th.get_text(), model): td.get_text() for tr in matrix.find_all("tr")[1:]
+             for model, td in zip(header, tr.find_all("td"))}
+    assert cells[("finetuned", "smol")] == f"{pair['win_rate']:.3f}"
+    assert cells[("smol", "finetuned")] == f"{1 - pair['win_rate']:.3f}" and cells[("smol", "output")] == "·"

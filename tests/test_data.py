@@ -45,7 +45,8 @@ def test_csv(tmp_path):
 
 def test_dolly_json_and_csv_map_context_and_response(tmp_path):
     dolly = [{"instruction": "Who wrote it?", "context": "Orwell wrote 1984.", "response": "Orwell.", "category": "closed_qa"}]
-    expected = [{"instruction": "Who wrote it?", "input": "Orwell wrote 1984.", "output": "Orwell."}]
+    # Dolly's category is kept: the report breaks results down by it.
+    expected = [{"instruction": "Who wrote it?", "input": "Orwell wrote 1984.", "output": "Orwell.", "category": "closed_qa"}]
     assert load_records(str(write(tmp_path, "d.json", json.dumps(dolly)))) == expected
     path = tmp_path / "d.csv"
     with path.open("w", newline="", encoding="utf-8") as f:
@@ -53,6 +54,12 @@ def test_dolly_json_and_csv_map_context_and_response(tmp_path):
         writer.writeheader()
         writer.writerows(dolly)
     assert load_records(str(path)) == expected
+
+
+def test_a_category_that_is_not_text_is_named(tmp_path):
+    path = write(tmp_path, "a.json", json.dumps([{"instruction": "Hi.", "output": "Hello.", "category": 3}]))
+    with pytest.raises(UserError, match="record 0: field 'category' must be non-empty text"):
+        load_records(str(path))
 
 
 def test_missing_or_null_input_is_empty(tmp_path):

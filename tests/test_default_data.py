@@ -19,7 +19,8 @@ def _builder():
 def test_schema_size_and_inputs():
     records = load_records(str(DATA))  # the package's own validation
     raw = json.loads(DATA.read_text(encoding="utf-8"))
-    assert all(set(r) == {"instruction", "input", "output"} for r in raw)
+    assert all(set(r) == {"instruction", "input", "output", "category"} for r in raw)
+    assert all(r["category"] == raw_r["category"] for r, raw_r in zip(records, raw))  # kept for the report
     assert len(records) >= 400
     assert sum(bool(r["input"]) for r in records) / len(records) >= 0.30
     assert all(len(r["output"]) < 200 for r in records), "outputs should stay concise"

@@ -426,6 +426,23 @@ def test_report_opens_in_chromium_with_averages_and_one_row_per_record(stage4_di
              for tr in table.find_all("tr")[1:]] if table else []
     assert shown == [(pytest.approx(round(change, 1), abs=0.051), index) for change, index in losses]
 
+    # Error analysis by kind of task (our default data names each record's category), worst change first.
+    responses = json.loads((stage4_dir / "test_base_model.json").read_text())
+    by_category: dict[str, list[dict]] = {}
+    for row in metrics["records"]:
+        by_category.setdefault(responses[row["index"]]["category"], []).append(row)
+    shown_rows = page.find(id="categories").find_all("tr")[1:]
+    assert len(shown_rows) == len(by_category)
+    changes = []
+    for tr in shown_rows:
+        category = tr.th.get_text().split()[0]
+        cells = [td.get_text().split()[0] for td in tr.find_all("td")]
+        rows_of = by_category[category]
+        assert cells[0] == f"{sum(r['base']['rouge_l'] for r in rows_of) / len(rows_of):.1f}"
+        changes.append(sum(r["finetuned"]["rouge_l"] - r["base"]["rouge_l"] for r in rows_of) / len(rows_of))
+    assert [round(c, 3) for c in changes] == sorted(round(c, 3) for c in changes)
+    assert page.find("img", alt="finetuned minus base ROUGE-L per category")
+
     word = litgpt_scores["records"][0]["instruction"].split()[-1]
     expected = sum(word.lower() in r.get_text().lower() for r in rows)
     filtered = BeautifulSoup(chromium_dom(report.as_uri() + "#filter=" + word), "html.parser")

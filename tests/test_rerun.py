@@ -159,7 +159,7 @@ def _responses(path: Path) -> Path:
 
 @pytest.mark.parametrize("ratings, expected", [
     ({"ratings": [{"index": 0, "model": "finetuned"}]}, "rating 0: missing field 'rating'"),
-    ({"ratings": [{"index": 0, "model": "other", "rating": 50}]}, "rating 0: field 'model' is 'other'"),
+    ({"ratings": [{"index": 0, "model": "Other model", "rating": 50}]}, "rating 0: field 'model' is 'Other model'"),
     ({"ratings": [{"index": -1, "model": "base", "rating": 50}]}, "rating 0: field 'index' is -1"),
     ({"ratings": [{"index": 0, "model": "base", "rating": "good"}]}, "rating 0: field 'rating' is 'good'"),
     ({"ratings": [{"index": 0, "model": "base", "rating": 50}, "70"]}, "rating 1: expected an object, found str"),

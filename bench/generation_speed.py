@@ -1,0 +1,101 @@
+"""Stage 2's decode speed, today's path against the faster one, side by side in one process: the
+same test records, prompts, model and max_new_tokens through TransformersGenerator.generate, with
+
+- "stop_strings, batch 8": the path stage 2 took before (transformers' `stop_strings` check),
+- "own stop check, batch B": our StopAtStrings, for each batch size B asked for.
+
+    python bench/generation_speed.py                                   # 32 records, 128 new tokens, base model
+    python bench/generation_speed.py --adapter outputs/finetuned --batch-sizes 8 16 32
+
+Each configuration's greedy answers are compared with the baseline's (a larger batch pads prompts
+differently, which can change a floating-point sum and so, rarely, a token). Writes
+bench/results/generation_speed-<device>.json; the README quotes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from instructkit import generation  # noqa: E402
+from instructkit.artifacts import manifest, write_json_atomic  # noqa: E402
+from instructkit.data import load_records, split_records  # noqa: E402
+from instructkit.generation import TransformersGenerator, length_sorted_batches  # noqa: E402
+from instructkit.models import EMBEDDED_BASE, resolve_model  # noqa: E402
+from instructkit.prompts import get_style  # noqa: E402
+from instructkit.training import DEFAULT_DATA  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class TransformersStopStrings(TransformersGenerator):
+    """The baseline: transformers' own stop_strings check, as stage 2 generated before."""
+
+    def _greedy_kwargs(self, max_new_tokens, style, prompt_length):
+        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
+        if style.stop_strings:
+            kwargs.update(stop_strings=list(style.stop_strings), tokenizer=self.tokenizer)
+        return kwargs
+
+
+def answer(generator, model: str, prompts: list[str], batch_size: int, max_new_tokens: int, style) -> tuple[list[str], float, int]:
+    answers, steps = [""] * len(prompts), 0
+    started = time.perf_counter()
+    for batch in length_sorted_batches(generator.lengths(prompts), batch_size):
+        texts, _ = generator.generate(model, [prompts[i] for i in batch], max_new_tokens, style)
+        for i, text in zip(batch, texts):
+            answers[i] = text
+        steps += 1
+    return answers, time.perf_counter() - started, steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--adapter", default="", help="stage 1's adapter folder: time the finetuned model (default: the base)")
+    args = parser.parse_args()
+
+    style = get_style("alpaca")
+    records = split_records(load_records(DEFAULT_DATA), 0.05, 0.10, seed=123).test[:args.records]
+    base = resolve_model(EMBEDDED_BASE)
+    adapter = Path(args.adapter) if args.adapter else None
+    model = "finetuned" if adapter else "base"
+    baseline = TransformersStopStrings(base, adapter, "", False, [model])
+    faster = TransformersGenerator(base, adapter, "", False, [model])
+    faster.model, faster.tokenizer = baseline.model, baseline.tokenizer  # one copy of the weights
+    prompts = [baseline.render(style, r) for r in records]
+
+    reference, seconds, _ = answer(baseline, model, prompts, 8, args.max_new_tokens, style)
+    runs = {"stop_strings, batch 8": {"seconds": round(seconds, 2), "speedup": 1.0, "answers_equal_fraction": 1.0}}
+    for batch_size in args.batch_sizes:
+        answers, seconds_b, _ = answer(faster, model, prompts, batch_size, args.max_new_tokens, style)
+        equal = sum(a == b for a, b in zip(answers, reference))
+        runs[f"own stop check, batch {batch_size}"] = {
+            "seconds": round(seconds_b, 2), "speedup": round(seconds / seconds_b, 2),
+            "answers_equal_fraction": round(equal / len(prompts), 3),
+            "differing": [i for i, (a, b) in enumerate(zip(answers, reference)) if a != b]}
+        print(batch_size, runs[f"own stop check, batch {batch_size}"], flush=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    result = manifest(
+        benchmark="stage 2 decode: transformers' stop_strings at batch 8 (before) against our stop check at "
+                  "several batch sizes, same prompts and greedy settings",
+        command="python bench/generation_speed.py " + " ".join(sys.argv[1:]), device=device,
+        model=f"{EMBEDDED_BASE}{' + adapter' if adapter else ''}", records=len(prompts),
+        max_new_tokens=args.max_new_tokens, runs=runs, stopping=generation.StopAtStrings.__doc__.split(".")[0],
+    )
+    path = write_json_atomic(RESULTS / f"generation_speed-{device}.json", result)
+    print(json.dumps(runs, indent=2))
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()
