@@ -302,7 +302,7 @@ def build_app(session: ChatSession, max_new_tokens: int, max_queue: int):
         message.submit(respond, answer_inputs, answer_outputs, concurrency_id="model", concurrency_limit=1, api_name=False)
         regenerate.click(undo_last, [histories, last], [*chatbots, histories, message, extra], queue=False).then(
             respond, answer_inputs, answer_outputs, concurrency_id="model", concurrency_limit=1)
-        stop.click(stop_now, None, None, concurrency_limit=None, api_name="stop")
+        stop.click(stop_now, None, None, queue=False, api_name="stop")  # not behind the answer it stops
         clear.click(lambda: (*[[] for _ in names], {n: [] for n in names}, {}, ""), None, answer_outputs, queue=False)
         save.click(rate, [preference, last, *ratings], status, concurrency_limit=None, api_name="rate")
     app.queue(max_size=max_queue)

@@ -13,15 +13,17 @@ import pytest
 from conftest import ROOT, run_script, stage2_args
 from instructkit.generation import clean_response, length_sorted_batches
 
-KEYS = ["instruction", "input", "output", "base_model_response", "finetuned_model_response"]
+# The test record's own fields as the split has them (our default data names each record's category),
+# then the two responses.
+KEYS = ["instruction", "input", "output", "category", "base_model_response", "finetuned_model_response"]
 
 
 
-def test_one_record_per_test_record_in_order_with_five_keys(trained_run, responses_dir):
+def test_one_record_per_test_record_in_order_with_its_fields_and_both_responses(trained_run, responses_dir):
     rows = json.loads((responses_dir / "test_base_model.json").read_text())
     test = json.loads((trained_run / "data" / "test.json").read_text())[:6]
     assert [list(row) for row in rows] == [KEYS] * 6
-    assert [{k: row[k] for k in ("instruction", "input", "output")} for row in rows] == test
+    assert [{k: row[k] for k in KEYS[:4]} for row in rows] == test
     assert all(isinstance(row["base_model_response"], str) and isinstance(row["finetuned_model_response"], str) for row in rows)
 
 
