@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,7 +100,7 @@ class ChatSession:
                 print(f"warning: leaving out stage 2's compare model {model.name}: {exc}", flush=True)
                 continue
             self.columns.append(Column(model.name, its_generator, role, its_style))
-        self.stops: dict[str, threading.Event] = {}  # per browser session: its Stop button
+        self.stops: defaultdict[str, threading.Event] = defaultdict(threading.Event)  # per browser session
 
     def _examples(self, config: ChatConfig) -> tuple[list[dict], list[str]]:
         if self.responses.is_file():
@@ -107,9 +108,11 @@ class ChatSession:
         test_file = Path(config.test_file or self.output_dir / "data" / "test.json")
         return (validate_records(read_json(test_file), str(test_file)) if test_file.is_file() else []), []
 
-    def _scores(self) -> list[dict]:
+    def _scores(self) -> dict[int, dict]:
+        """Stage 4's scores of each example, by record index."""
         path = self.output_dir / SCORES_FILE
-        return read_json(path).get("records", []) if path.is_file() and self.stored_models else []
+        rows = read_json(path).get("records", []) if path.is_file() and self.stored_models else []
+        return {row["index"]: row.get("scores", {}) for row in rows}
 
     def _compare_models(self, config: ChatConfig) -> list[tuple[CompareModel, str]]:
         """The --compare models with --compare-base-url, else stage 2's, each with the server it used."""
@@ -140,9 +143,8 @@ class ChatSession:
     def describe_example(self, index: int) -> str:
         record = self.examples[index]
         lines = [f"**Expected output** (test record {index}):\n\n{record['output']}"]
-        score_row = next((row for row in self.scores if row.get("index") == index), {})
         for model in self.stored_models:
-            score = score_row.get("scores", {}).get(model, {}).get("score")
+            score = self.scores.get(index, {}).get(model, {}).get("score")
             judged = f" (judge score {score})" if score is not None else ""
             lines.append(f"**Stored {model} response** (stage 2){judged}:\n\n{record.get(model) or '(none)'}")
         return "\n\n".join(lines)
@@ -150,7 +152,7 @@ class ChatSession:
     def answer(self, histories: dict[str, list], record: Record, settings: dict, session: str) -> Iterator[dict[str, str]]:
         """Each column's answer to `record` after its own history, one column after the other, as
         {column: text so far}; the page's Stop button ends it after the current token."""
-        stop = self.stops.setdefault(session, threading.Event())
+        stop = self.stops[session]
         stop.clear()
         answers: dict[str, str] = {}
         for column in self.columns:
@@ -164,10 +166,10 @@ class ChatSession:
         yield answers
 
     def stopped(self, session: str) -> bool:
-        return self.stops.setdefault(session, threading.Event()).is_set()
+        return self.stops[session].is_set()
 
     def stop(self, session: str) -> None:
-        self.stops.setdefault(session, threading.Event()).set()
+        self.stops[session].set()
 
     def rate(self, last: dict, preference: str | None, ratings: dict[str, str]) -> str:
         """Save a rating of the last exchange; returns what the page says about it."""
@@ -183,7 +185,7 @@ class ChatSession:
         index = last["record_index"]
         # Only a rating of exactly what stage 2 stored is a rating of that stored response.
         indexed = {m: r for m, r in given.items()
-                   if self.stored_answer(m, index) is not None and self.stored_answer(m, index) == last["answers"].get(m)}
+                   if (stored := self.stored_answer(m, index)) is not None and stored == last["answers"].get(m)}
         notes = save_chat_rating(self.output_dir, self.responses, entry, indexed)
         where = self.output_dir / HUMAN_FILE
         if indexed and not notes:

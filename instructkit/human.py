@@ -33,9 +33,7 @@ def rate_in_terminal(config: JudgeConfig, ask: Callable[[str], str] = input) -> 
     path = output_dir / HUMAN_FILE
     digest = sha256_file(responses)
     with output_lock(output_dir, "human"):
-        saved = read_human_ratings(path) if path.is_file() else {"input": str(responses), "input_sha256": digest, "ratings": []}
-        if saved.get("input_sha256") is None and not saved["ratings"]:  # so far only free chats from stage 5
-            saved.update(input=str(responses), input_sha256=digest)
+        saved = _open_ratings(path, responses, digest)
         if saved.get("input_sha256") != digest:
             raise UserError(f"{path} holds ratings of another responses file ({saved.get('input')}); "
                             "move it away to rate this one")
@@ -78,10 +76,7 @@ def save_chat_rating(output_dir: Path, responses: Path, entry: dict, indexed: di
     digest = sha256_file(responses) if responses.is_file() else None
     notes = []
     with output_lock(output_dir, "human", timeout=10):
-        saved = read_human_ratings(path) if path.is_file() else {"input": str(responses) if digest else None,
-                                                                  "input_sha256": digest, "ratings": []}
-        if indexed and saved.get("input_sha256") is None and not saved["ratings"]:
-            saved.update(input=str(responses), input_sha256=digest)
+        saved = _open_ratings(path, responses, digest)
         if indexed and saved.get("input_sha256") != digest:
             notes.append(f"{path} rates another responses file ({saved.get('input')}): kept with the chat only")
         else:
@@ -91,6 +86,15 @@ def save_chat_rating(output_dir: Path, responses: Path, entry: dict, indexed: di
         saved.setdefault("chat_ratings", []).append(entry)
         write_json_atomic(path, saved)
     return notes
+
+
+def _open_ratings(path: Path, responses: Path, digest: str | None) -> dict:
+    """The ratings file, new or as saved; one that holds only free chats (stage 5) so far takes on
+    the responses file that record-indexed ratings are of."""
+    saved = read_human_ratings(path) if path.is_file() else {"input": None, "input_sha256": None, "ratings": []}
+    if saved.get("input_sha256") is None and not saved["ratings"]:
+        saved.update(input=str(responses) if digest else None, input_sha256=digest)
+    return saved
 
 
 def read_human_ratings(path: str | Path) -> dict:

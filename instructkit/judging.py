@@ -139,9 +139,9 @@ def judge_responses(config: JudgeConfig) -> Path:
         chunk = config.concurrency * 4 if config.judge.startswith("openai:") else config.batch_size
         calls = sum(item not in progress.done for item in score_items + pair_items)
         try:
-            _run(score_items, progress, chunk, "scoring", lambda items: _score_batch(judge, config, records, items))
+            run_items(score_items, progress, chunk, "scoring", lambda items: _score_batch(judge, config, records, items))
             if pair_items:
-                _run(pair_items, progress, chunk, "pairwise", lambda items: _pair_batch(judge, config, records, items))
+                run_items(pair_items, progress, chunk, "pairwise", lambda items: _pair_batch(judge, config, records, items))
         except UserError:
             if not progress.done:  # stopped before any judgement (a refused key): leave nothing behind
                 progress.remove()
@@ -247,7 +247,7 @@ def _length(record: dict, *models: str) -> int:
     return sum(len(column(record, key) or "") for key in ("instruction", "input", "output", *models))
 
 
-def _run(items: list[tuple], progress: ProgressLog, chunk: int, label: str,
+def run_items(items: list[tuple], progress: ProgressLog, chunk: int, label: str,
          work: Callable[[list[tuple]], list[tuple[tuple, Any]]]) -> None:
     """Do the items the progress log lacks, `chunk` at a time, logging each chunk as it finishes."""
     todo = [item for item in items if item not in progress.done]
@@ -256,7 +256,7 @@ def _run(items: list[tuple], progress: ProgressLog, chunk: int, label: str,
         print(f"[{label}] {len(items) - len(todo) + min(start + chunk, len(todo))}/{len(items)}", flush=True)
 
 
-def _read_with_retry(judge, prompts: list[str], retry_suffix: str, parse, max_new_tokens: int,
+def read_with_retry(judge, prompts: list[str], retry_suffix: str, parse, max_new_tokens: int,
                      prefill: str) -> Iterator[dict]:
     """Ask, parse strictly, and ask once more with a stricter instruction where the reply was unreadable."""
     replies = judge.replies(prompts, max_new_tokens, prefill)
@@ -282,7 +282,7 @@ def _score_batch(judge, config: JudgeConfig, records: list[dict], items: list[tu
         scores = judge.expected_scores(prompts, SCORE_PREFILL)
         return [(item, {"value": round(expected, 2) if expected is not None else None, "parse": "probability",
                         "coverage": round(coverage, 4)}) for item, (expected, coverage) in zip(items, scores)]
-    return list(zip(items, _read_with_retry(judge, prompts, SCORE_RETRY, parse_score, config.max_new_tokens,
+    return list(zip(items, read_with_retry(judge, prompts, SCORE_RETRY, parse_score, config.max_new_tokens,
                                                    SCORE_PREFILL)))
 
 
@@ -296,7 +296,7 @@ def _pair_batch(judge, config: JudgeConfig, records: list[dict], items: list[tup
         second = b if first == a else a
         prompts.append(pairwise_prompt(records[i], column(records[i], first), column(records[i], second),
                                        with_reference=REFERENCE not in (a, b)))
-    return list(zip(items, _read_with_retry(judge, prompts, PAIRWISE_RETRY, parse_verdict, config.max_new_tokens,
+    return list(zip(items, read_with_retry(judge, prompts, PAIRWISE_RETRY, parse_verdict, config.max_new_tokens,
                                                    VERDICT_PREFILL)))
 
 

@@ -28,10 +28,10 @@ from .judging import (
     REFERENCE,
     RUN_SETTINGS,
     JudgeConfig,
-    _read_with_retry,
-    _run,
     pairwise_outcome,
     parse_pairs,
+    read_with_retry,
+    run_items,
     summarize_pairwise,
 )
 from .mt_bench import MT_RESPONSES_FILE, uses_reference
@@ -108,7 +108,7 @@ def judge_mt_bench(config: JudgeConfig) -> Path:
         def grade(items: list[tuple]) -> list[tuple[tuple, Any]]:
             prompts = [mt_single_prompt(rows[i]["turns"], answers_of(rows[i], m), t, _reference(rows[i]))
                        for _, m, i, t in items]
-            return list(zip(items, _read_with_retry(judge, prompts, MT_RATING_RETRY, parse_mt_rating, max_new_tokens,
+            return list(zip(items, read_with_retry(judge, prompts, MT_RATING_RETRY, parse_mt_rating, max_new_tokens,
                                                     "" if api else MT_RATING_PREFILL)))
 
         def compare(items: list[tuple]) -> list[tuple[tuple, Any]]:
@@ -118,13 +118,13 @@ def judge_mt_bench(config: JudgeConfig) -> Path:
                 first, second = (a, b) if order == f"{a}_first" else (b, a)
                 prompts.append(mt_pairwise_prompt(rows[i]["turns"], answers_of(rows[i], first), answers_of(rows[i], second),
                                                   t, _reference(rows[i])))
-            return list(zip(items, _read_with_retry(judge, prompts, MT_VERDICT_RETRY, parse_mt_verdict, max_new_tokens,
+            return list(zip(items, read_with_retry(judge, prompts, MT_VERDICT_RETRY, parse_mt_verdict, max_new_tokens,
                                                     "" if api else MT_VERDICT_PREFILL)))
 
         try:
-            _run(score_items, progress, chunk, "MT-Bench grading", grade)
+            run_items(score_items, progress, chunk, "MT-Bench grading", grade)
             if pair_items:
-                _run(pair_items, progress, chunk, "MT-Bench pairwise", compare)
+                run_items(pair_items, progress, chunk, "MT-Bench pairwise", compare)
         except UserError:
             if not progress.done:
                 progress.remove()
