@@ -1,12 +1,14 @@
 """Stage 4: a judge model scores each response 0-100 against the expected output; the report.
 
-After stage 2, with no arguments (the embedded SmolLM2-135M-Instruct judge through LitGPT):
+After stage 2, with no arguments (the embedded SmolLM2-135M-Instruct judge through transformers,
+each score the expected value of its probabilities over 0-100):
     python part4_local_evaluation.py
 
-The reference setup, a local transformers judge scored by its token probabilities, an API judge:
+The reference setup (LitGPT), an API judge, a local judge's written replies:
     python part4_local_evaluation.py --judge litgpt:meta-llama/Meta-Llama-3-8B-Instruct --pairwise
     python part4_local_evaluation.py --judge openai:gpt-4o-mini --pairwise finetuned:base,finetuned:output
-    python part4_local_evaluation.py --judge hf:smollm2-135m-instruct --scoring probability
+    python part4_local_evaluation.py --judge litgpt:smollm2-135m-instruct      # LitGPT, the reply parsed
+    python part4_local_evaluation.py --scoring generate                        # transformers, the reply parsed
     OPENAI_API_KEY=... python part4_local_evaluation.py --judge openai:gpt-4o-mini --concurrency 8
     python part4_local_evaluation.py --judge openai:llama3 --judge-base-url http://localhost:11434/v1
 
@@ -21,8 +23,8 @@ Writes outputs/task_metrics.json first (exact match, ROUGE-L, chrF, BLEU against
 no judge needed), then outputs/judge_scores.json (every score with the judge's raw reply; per-model
 mean, median and 95% bootstrap interval; finetuned - base; pairwise win rates, raw and
 length-controlled), judge_scores.meta.json, and
-outputs/report.html with every stage's results on one page. A reply that is not a clear score is
-retried once, then kept as null with its text: counted, never averaged in as 0.
+outputs/report.html with every stage's results on one page. A written reply that is not a clear
+score is retried once, then kept as null with its text: counted, never averaged in as 0.
 Killed halfway? Rerun the same command: finished judgements are kept. A rerun with new responses
 judges again; one with a new --pairwise, --limit or --compare-with asks only what is new.
 """

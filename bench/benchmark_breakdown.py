@@ -20,24 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.child import offline_philosophy  # noqa: E402
+from bench.child import Stopwatch, offline_philosophy  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-
-
-class Stopwatch:
-    """Seconds spent between a module's forward pre-hook and its forward hook, summed over calls."""
-
-    def __init__(self, module):
-        self.seconds = 0.0
-        module.register_forward_pre_hook(self._start)
-        module.register_forward_hook(self._stop)
-
-    def _start(self, module, args):
-        self.started = time.perf_counter()
-
-    def _stop(self, module, args, output):
-        self.seconds += time.perf_counter() - self.started
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Shared by the bench scripts: one trial in a child process of its own, so peak memory and
 warmed-up state are the trial's alone (the child prints its result as one `RESULT {json}` line);
-a timer; stage 3's offline task; and the result file, written with the machine it was measured on."""
+timers (a function's, a module's forwards); stage 3's offline task; and the result file, written with the machine it was measured on."""
 
 from __future__ import annotations
 
@@ -28,6 +28,22 @@ def run_child(script: str, *args: str) -> dict:
     if child.returncode != 0 or not lines:
         return {"failed": child.stderr[-2000:]}
     return json.loads(lines[-1])
+
+
+class Stopwatch:
+    """Seconds spent between a module's forward pre-hook and its forward hook, summed over calls."""
+
+    def __init__(self, module):
+        self.seconds, self.calls = 0.0, 0
+        module.register_forward_pre_hook(self._start)
+        module.register_forward_hook(self._stop)
+
+    def _start(self, module, args):
+        self.started = time.perf_counter()
+
+    def _stop(self, module, args, output):
+        self.seconds += time.perf_counter() - self.started
+        self.calls += 1
 
 
 def timed(fn):

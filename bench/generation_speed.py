@@ -1,15 +1,19 @@
-"""Stage 2's decode speed, today's path against the faster one, side by side in one process: the
-same test records, prompts, model and max_new_tokens through TransformersGenerator.generate, with
+"""Stage 2's decode speed, the earlier paths against today's, side by side in one process: the same
+test records, prompts, model and max_new_tokens through TransformersGenerator.generate, with
 
-- "stop_strings, batch 8": the path stage 2 took before (transformers' `stop_strings` check),
-- "own stop check, batch B": our StopAtStrings, for each batch size B asked for.
+- "stop_strings, batch 8": stage 2 as it was (transformers' `stop_strings` check, one `generate`
+  call per batch of 8),
+- "one call, batch B": our StopAtStrings, one `generate` call per batch, for each batch size B,
+- "spans of S, batch 32": today's stage 2: decoding S steps at a time, the finished rows leaving
+  the batch (and the KV cache) between spans, for each S asked for.
 
     python bench/generation_speed.py                                   # 32 records, 128 new tokens, base model
-    python bench/generation_speed.py --adapter outputs/finetuned --batch-sizes 8 16 32
+    python bench/generation_speed.py --adapter outputs/finetuned --batch-sizes 8 32 --spans 16
 
 Each configuration's greedy answers are compared with the baseline's (a larger batch pads prompts
-differently, which can change a floating-point sum and so, rarely, a token). Writes
-bench/results/generation_speed-<device>.json; the README quotes it.
+differently, and a smaller one after a span multiplies other shapes, which can change a
+floating-point sum and so, rarely, a token). Writes bench/results/generation_speed-[finetuned-]<device>.json;
+the README quotes it.
 """
 
 from __future__ import annotations
@@ -35,7 +39,15 @@ from instructkit.training import DEFAULT_DATA  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-class TransformersStopStrings(TransformersGenerator):
+class OneCall(TransformersGenerator):
+    """One `generate` call per batch: every row stays until the batch's longest answer ends."""
+
+    def _new_tokens(self, model, inputs, max_new_tokens, style):
+        output = model.generate(**inputs, **self._greedy_kwargs(max_new_tokens, style, inputs["input_ids"].shape[1]))
+        return list(output[:, inputs["input_ids"].shape[1]:])
+
+
+class TransformersStopStrings(OneCall):
     """The baseline: transformers' own stop_strings check, as stage 2 generated before."""
 
     def _greedy_kwargs(self, max_new_tokens, style, prompt_length):
@@ -60,7 +72,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--spans", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--adapter", default="", help="stage 1's adapter folder: time the finetuned model (default: the base)")
     args = parser.parse_args()
 
@@ -70,29 +83,35 @@ def main() -> None:
     adapter = Path(args.adapter) if args.adapter else None
     model = "finetuned" if adapter else "base"
     baseline = TransformersStopStrings(base, adapter, "", False, [model])
-    faster = TransformersGenerator(base, adapter, "", False, [model])
-    faster.model, faster.tokenizer = baseline.model, baseline.tokenizer  # one copy of the weights
     prompts = [baseline.render(style, r) for r in records]
+
+    def sharing_weights(cls, **attributes):
+        generator = cls.__new__(cls)  # one copy of the weights for all
+        generator.model, generator.tokenizer, generator.merged = baseline.model, baseline.tokenizer, None
+        generator.__dict__.update(attributes)
+        return generator
 
     reference, seconds, _ = answer(baseline, model, prompts, 8, args.max_new_tokens, style)
     runs = {"stop_strings, batch 8": {"seconds": round(seconds, 2), "speedup": 1.0, "answers_equal_fraction": 1.0}}
-    for batch_size in args.batch_sizes:
-        answers, seconds_b, _ = answer(faster, model, prompts, batch_size, args.max_new_tokens, style)
+    variants = [(f"one call, batch {b}", sharing_weights(OneCall), b) for b in args.batch_sizes]
+    variants += [(f"spans of {s}, batch 32", sharing_weights(TransformersGenerator, span=s), 32) for s in args.spans]
+    for name, generator, batch_size in variants:
+        answers, seconds_b, _ = answer(generator, model, prompts, batch_size, args.max_new_tokens, style)
         equal = sum(a == b for a, b in zip(answers, reference))
-        runs[f"own stop check, batch {batch_size}"] = {
+        runs[name] = {
             "seconds": round(seconds_b, 2), "speedup": round(seconds / seconds_b, 2),
             "answers_equal_fraction": round(equal / len(prompts), 3),
             "differing": [i for i, (a, b) in enumerate(zip(answers, reference)) if a != b]}
-        print(batch_size, runs[f"own stop check, batch {batch_size}"], flush=True)
+        print(name, runs[name], flush=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     result = manifest(
-        benchmark="stage 2 decode: transformers' stop_strings at batch 8 (before) against our stop check at "
-                  "several batch sizes, same prompts and greedy settings",
+        benchmark="stage 2 decode: transformers' stop_strings at batch 8 (before) against our stop check in one "
+                  "generate call per batch, and in spans with finished rows leaving the batch; same prompts, greedy",
         command="python bench/generation_speed.py " + " ".join(sys.argv[1:]), device=device,
         model=f"{EMBEDDED_BASE}{' + adapter' if adapter else ''}", records=len(prompts),
         max_new_tokens=args.max_new_tokens, runs=runs, stopping=generation.StopAtStrings.__doc__.split(".")[0],
     )
-    path = write_json_atomic(RESULTS / f"generation_speed-{device}.json", result)
+    path = write_json_atomic(RESULTS / f"generation_speed-{'finetuned-' if adapter else ''}{device}.json", result)
     print(json.dumps(runs, indent=2))
     print(f"written to {path}")
 

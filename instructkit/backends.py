@@ -51,11 +51,13 @@ def user_header(tokenizer, name: str) -> str:
 class HFBackend:
     """A local transformers model answering through its chat template, a batch at a time."""
 
-    def __init__(self, model: str, trust_remote_code: bool = False, attention: str | None = None):
+    def __init__(self, model: str, trust_remote_code: bool = False, attention: str | None = None,
+                 dtype: torch.dtype | None = None):
         self.resolved = resolve_model(model)
         self.tokenizer = load_tokenizer(self.resolved, trust_remote_code)
         self.tokenizer.padding_side = "left"
-        self.model = load_causal_lm(self.resolved, trust_remote_code=trust_remote_code, attention=attention).eval()
+        self.model = load_causal_lm(self.resolved, trust_remote_code=trust_remote_code, attention=attention,
+                                    dtype=dtype).eval()
 
     def describe(self) -> dict:
         return {"kind": "hf", "model": self.resolved.reference, "path": self.resolved.path, "source": self.resolved.source}

@@ -20,6 +20,8 @@ import torch
 from .artifacts import library_versions, manifest, output_lock
 from .errors import UserError
 from .models import ResolvedModel, base_reference, cache_dir, require_adapter, resolve_model, run_adapter
+from .precision import CHOICES as PRECISIONS
+from .precision import precision_setting, resolve_precision
 from .progress import base_part_holds, open_work
 from .provenance import finetuned_input, model_input, path_input
 
@@ -49,6 +51,7 @@ class BenchmarkConfig:
     overwrite: bool = field(default=False, metadata={"help": "evaluate again although the finished results match their inputs (a model already evaluated by such a run is kept)"})
     restart: bool = field(default=False, metadata={"help": "discard the models already evaluated by an interrupted run"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub (only for models you trust)"})
+    precision: str = field(default="auto", metadata={"help": "fp32 or bf16 weights; auto: bf16 on a GPU that has it, and on a CPU whatever bench/precision.py measured faster there (recorded with the reason in the results)", "choices": list(PRECISIONS)})
 
 
 def mmlu_questions_dir() -> Path:
@@ -212,8 +215,8 @@ def mcnemar(base_correct: dict, tuned_correct: dict) -> dict:
 
 
 def _model_args(config: BenchmarkConfig, base: ResolvedModel, model: str, adapter: Path) -> dict:
-    args = {"pretrained": base.path, "dtype": "bfloat16" if torch.cuda.is_available() else "float32",
-            "trust_remote_code": config.trust_remote_code}
+    dtype = resolve_precision(config.precision, "inference").dtype
+    args = {"pretrained": base.path, "dtype": str(dtype).removeprefix("torch."), "trust_remote_code": config.trust_remote_code}
     if model == "finetuned":
         if config.merged:
             args["pretrained"] = resolve_model(config.merged).path
@@ -240,6 +243,8 @@ def evaluate(config: BenchmarkConfig) -> Path:
         inputs["finetuned"] = finetuned_input(config.merged, adapter)
     settings = {k: v for k, v in asdict(config).items() if k in BENCHMARK_SETTINGS}
     settings["lm_eval_version"] = library_versions()["lm_eval"]
+    precision = resolve_precision(config.precision, "inference")
+    settings |= precision_setting(precision)
     with output_lock(output_dir, "benchmark"):
         work = open_work(final_path, settings, inputs, overwrite=config.overwrite, restart=config.restart,
                          stage="stage 3", verb="evaluating")
@@ -267,6 +272,7 @@ def evaluate(config: BenchmarkConfig) -> Path:
             stage="part3_benchmark_evaluation",
             base_model=base.reference,
             smoke_run=config.limit > 0,
+            **precision.describe(),
             models=per_model,
             finetuned_minus_base=comparison,
         )

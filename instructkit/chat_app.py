@@ -23,6 +23,8 @@ from .generation import TransformersGenerator
 from .human import HUMAN_FILE, save_chat_rating
 from .judging import SCORES_FILE, read_responses
 from .models import base_reference, require_adapter, resolve_model, run_adapter
+from .precision import CHOICES as PRECISIONS
+from .precision import resolve_precision
 from .prompts import PromptStyle, get_style, load_style
 
 TIE = "tie"
@@ -43,6 +45,7 @@ class ChatConfig:
     max_new_tokens: int = field(default=128, metadata={"help": "the answer length the page starts with"})
     max_queue: int = field(default=16, metadata={"help": "messages that may wait for the model at once; more are turned away"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub (only for models you trust)"})
+    precision: str = field(default="auto", metadata={"help": "fp32 or bf16 weights, as stage 2 --precision (auto picks what stage 2 picks on this machine, so that live answers can match its stored ones)", "choices": list(PRECISIONS)})
     screenshot: str = field(default="", metadata={"help": "instead of serving: open the page in headless Chromium, send the first example, save a PNG here and exit"})
 
 
@@ -85,15 +88,16 @@ class ChatSession:
         self.scores = self._scores()
         base = resolve_model(base_reference(config.base_model, adapter))
         print(f"loading {base.reference} and its finetune ({'merged' if config.merged else adapter})", flush=True)
+        dtype = resolve_precision(config.precision, "inference").dtype
         generator = TransformersGenerator(base, None if config.merged else adapter, config.merged,
-                                          config.trust_remote_code, ["base", "finetuned"])
+                                          config.trust_remote_code, ["base", "finetuned"], dtype)
         self.columns = [Column("base", generator, "base", self.style), Column("finetuned", generator, "finetuned", self.style)]
         for model, base_url in self._compare_models(config):
             print(f"loading compare model {model.name} ({model.reference})", flush=True)
             try:
                 its_generator, role, its_style = load_compare(
                     model, self.style, TransformersGenerator, base_url=base_url, concurrency=1,
-                    max_retries=2, timeout=120.0, trust_remote_code=config.trust_remote_code)
+                    max_retries=2, timeout=120.0, trust_remote_code=config.trust_remote_code, dtype=dtype)
             except UserError as exc:
                 if config.compare:  # asked for: a reason to stop
                     raise

@@ -82,8 +82,8 @@ class OpenAIGenerator:
 
 
 def load_compare(model: CompareModel, run_style: PromptStyle, generator_cls, *, base_url: str, concurrency: int,
-                 max_retries: int, timeout: float, trust_remote_code: bool):
-    """(generator, the role it answers in, its prompt style): one load per model."""
+                 max_retries: int, timeout: float, trust_remote_code: bool, dtype=None):
+    """(generator, the role it answers in, its prompt style): one load per model, local ones in `dtype`."""
     if model.kind == "openai":
         if not model.reference.removeprefix("openai:"):
             raise UserError(f"--compare {model.name}={model.reference}: write openai:<model>")
@@ -93,6 +93,6 @@ def load_compare(model: CompareModel, run_style: PromptStyle, generator_cls, *, 
         folder = Path(model.reference).expanduser()
         style = load_style(folder) if (folder / STYLE_FILE).is_file() else run_style
         base = resolve_model(base_reference("", folder))
-        return generator_cls(base, folder, "", trust_remote_code, ["finetuned"]), "finetuned", style
-    generator = generator_cls(resolve_model(model.reference), None, "", trust_remote_code, ["base"])
+        return generator_cls(base, folder, "", trust_remote_code, ["finetuned"], dtype), "finetuned", style
+    generator = generator_cls(resolve_model(model.reference), None, "", trust_remote_code, ["base"], dtype)
     return generator, "base", get_style("chat") if generator.tokenizer.chat_template else run_style

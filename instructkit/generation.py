@@ -26,6 +26,8 @@ from .models import (
     run_adapter,
 )
 from .mt_bench import MT_RESPONSES_FILE, read_questions
+from .precision import CHOICES as PRECISIONS
+from .precision import precision_setting, resolve_precision
 from .progress import ProgressLog, open_work
 from .prompts import PromptStyle, load_style
 from .provenance import finetuned_input, model_input, path_input
@@ -54,6 +56,7 @@ class GenerationConfig:
     compare: list[str] = field(default_factory=list, metadata={"help": "more models that answer too, NAME=MODEL each: an embedded name, hub id, model folder, merged finetune, .gguf file, another run's adapter folder, or openai:<model> (with --compare-base-url); writes <NAME>_model_response"})
     compare_base_url: str = field(default="", metadata={"help": "the OpenAI-compatible server of openai: compare models (the key comes from OPENAI_API_KEY)"})
     concurrency: int = field(default=4, metadata={"help": "requests in flight at once for openai: compare models"})
+    precision: str = field(default="auto", metadata={"help": "fp32 or bf16 weights; auto: bf16 on a GPU that has it, and on a CPU whatever bench/precision.py measured faster there (recorded with the reason in the .meta.json)", "choices": list(PRECISIONS)})
     questions: str = field(default="", metadata={"help": f"a FastChat question.jsonl (question_id, category, turns, optional reference): answer its conversations turn by turn, each model seeing its own earlier answers, into <output-dir>/{MT_RESPONSES_FILE} (MT-Bench; grade with stage 4 --rubric mt-bench)"})
 
 
@@ -86,6 +89,11 @@ class StopAtStrings(StoppingCriteria):
         return torch.tensor([any(s in tail for s in self.stop_strings) for tail in tails], device=input_ids.device)
 
 
+def _eos_ids(model) -> list[int]:
+    eos = model.generation_config.eos_token_id
+    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+
 class TransformersGenerator:
     """Batched greedy decoding with one model load: the base answers with the adapter disabled."""
 
@@ -97,13 +105,14 @@ class TransformersGenerator:
         return [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
 
     def __init__(self, base: ResolvedModel, adapter: Path | None, merged: str, trust_remote_code: bool,
-                 models: list[str]):
+                 models: list[str], dtype: torch.dtype | None = None):
         self.tokenizer = load_tokenizer(base, trust_remote_code)
         self.tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
-        self.merged = load_causal_lm(resolve_model(merged), trust_remote_code=trust_remote_code).eval() if merged else None
+        self.merged = (load_causal_lm(resolve_model(merged), trust_remote_code=trust_remote_code, dtype=dtype).eval()
+                       if merged else None)
         self.model = None  # the base, with the adapter unless a merged model answers for it
         if "base" in models or not merged:
-            self.model = load_causal_lm(base, trust_remote_code=trust_remote_code).eval()
+            self.model = load_causal_lm(base, trust_remote_code=trust_remote_code, dtype=dtype).eval()
             if adapter is not None and not merged:
                 from peft import PeftModel
 
@@ -135,11 +144,46 @@ class TransformersGenerator:
         """Responses to `prompts`, and how many tokens were generated for them."""
         inputs = self._inputs(prompts, style)
         with torch.inference_mode(), self._answering(model) as answering:
-            output = answering.generate(**inputs, **self._greedy_kwargs(max_new_tokens, style, inputs["input_ids"].shape[1]))
-        new_tokens = output[:, inputs["input_ids"].shape[1]:]
-        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        generated = int((new_tokens != self.tokenizer.pad_token_id).sum())
+            new_tokens = self._new_tokens(answering, inputs, max_new_tokens, style)
+        texts = self.tokenizer.batch_decode([t.tolist() for t in new_tokens], skip_special_tokens=True)
+        generated = sum(int((t != self.tokenizer.pad_token_id).sum()) for t in new_tokens)
         return [clean_response(t, style.stop_strings) for t in texts], generated
+
+    # Steps a batch decodes before its finished rows leave it (bench/generation_speed.py).
+    span = 16
+
+    def _new_tokens(self, model, inputs, max_new_tokens: int, style: PromptStyle) -> list[torch.Tensor]:
+        """Each row's new tokens. Decoding goes `span` steps at a time; between spans the rows that
+        have finished leave the batch, with their rows of the KV cache, and the rest continue from
+        the cache (transformers' documented way to continue a generation). A batch otherwise costs
+        its longest answer times all of its rows: at batch 32, most rows had long finished."""
+        prompt_length = inputs["input_ids"].shape[1]
+        ids, mask, cache = inputs["input_ids"], inputs["attention_mask"], None
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        new: list[list[torch.Tensor]] = [[] for _ in range(ids.shape[0])]
+        eos = torch.tensor(_eos_ids(model), device=ids.device)
+        while True:
+            steps = min(self.span, prompt_length + max_new_tokens - ids.shape[1])
+            out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, return_dict_in_generate=True,
+                                 **self._greedy_kwargs(steps, style, prompt_length))
+            added = out.sequences[:, ids.shape[1]:]
+            for row, tokens in zip(rows.tolist(), added):
+                new[row].append(tokens)
+            if added.shape[1] < steps or out.sequences.shape[1] >= prompt_length + max_new_tokens:
+                break  # every row stopped, or the length limit is reached
+            answer = out.sequences[:, prompt_length:]
+            texts = self.tokenizer.batch_decode(answer, skip_special_tokens=True)
+            live = ~(torch.isin(answer, eos).any(1) |
+                     torch.tensor([any(s in t for s in style.stop_strings) for t in texts], device=ids.device))
+            keep = live.nonzero().squeeze(1)
+            if len(keep) == 0:
+                break
+            cache = out.past_key_values
+            if len(keep) < len(rows):
+                cache.batch_select_indices(keep)
+            ids, rows = out.sequences[keep], rows[keep]
+            mask = torch.cat([mask, torch.ones_like(added)], dim=1)[keep]
+        return [torch.cat(tokens) for tokens in new]
 
     def stream(self, model: str, prompt: str, max_new_tokens: int, style: PromptStyle, *, temperature: float = 0.0,
                top_p: float = 1.0, seed: int = 0, stop: threading.Event | None = None) -> Iterator[str]:
@@ -196,18 +240,19 @@ class VllmGenerator:
     lengths = TransformersGenerator.lengths
 
     def __init__(self, base: ResolvedModel, adapter: Path | None, merged: str, trust_remote_code: bool,
-                 models: list[str]):
+                 models: list[str], dtype: torch.dtype | None = None):
         try:
             from vllm import LLM
         except ImportError as exc:
             raise UserError("--engine vllm needs vLLM on a CUDA GPU (pip install vllm); "
                             "the default --engine transformers needs nothing more") from exc
         self.adapter = adapter
-        self.merged_llm = LLM(model=resolve_model(merged).path) if merged else None
+        vllm_dtype = str(dtype).removeprefix("torch.") if dtype is not None else "auto"
+        self.merged_llm = LLM(model=resolve_model(merged).path, dtype=vllm_dtype) if merged else None
         self.llm = None
         if "base" in models or not merged:
             self.llm = LLM(model=base.path, enable_lora=adapter is not None and not merged,
-                           trust_remote_code=trust_remote_code)
+                           trust_remote_code=trust_remote_code, dtype=vllm_dtype)
         self.tokenizer = (self.llm or self.merged_llm).get_tokenizer()
 
     def generate(self, model: str, prompts: list[str], max_new_tokens: int, style: PromptStyle) -> tuple[list[str], int]:
@@ -262,6 +307,8 @@ def generate_responses(config: GenerationConfig) -> Path:
         settings["questions"] = True
     settings["prompt_style"] = style.name
     settings["compare"] = [m.name for m in compared]
+    precision = resolve_precision(config.precision, "inference")
+    settings |= precision_setting(precision)
     with output_lock(output_dir, "generate"):
         work = open_work(final_path, settings, inputs, overwrite=config.overwrite, restart=config.restart,
                          stage="stage 2", verb="generating")
@@ -276,7 +323,7 @@ def generate_responses(config: GenerationConfig) -> Path:
         timings: dict[str, dict] = {}
         if any(not turns.finished(m, progress) for m in models):
             generator = engine_cls(base, adapter if "finetuned" in models else None, config.merged,
-                                   config.trust_remote_code, models)
+                                   config.trust_remote_code, models, precision.dtype)
             timings = {m: _answer_all(generator, m, turns, style, config, progress) for m in models}
         styles = {m: style.name for m in models}
         for model in compared:  # one model in memory at a time
@@ -285,7 +332,7 @@ def generate_responses(config: GenerationConfig) -> Path:
                 continue
             generator, role, its_style = load_compare(
                 model, style, engine_cls, base_url=config.compare_base_url, concurrency=config.concurrency,
-                max_retries=4, timeout=120.0, trust_remote_code=config.trust_remote_code)
+                max_retries=4, timeout=120.0, trust_remote_code=config.trust_remote_code, dtype=precision.dtype)
             styles[model.name] = its_style.name
             timings[model.name] = _answer_all(generator, model.name, turns, its_style, config, progress, role)
             del generator
@@ -300,6 +347,7 @@ def generate_responses(config: GenerationConfig) -> Path:
             n_records=len(items),
             models=columns,
             compare={m.name: m.reference for m in compared},
+            **precision.describe(),
             timings=timings,
         ))
     print(f"\n== stage 2 done: {len(rows)} {'questions' if config.questions else 'records'}, models "

@@ -44,8 +44,9 @@ def _with_prefill(prefill: str, continuation: str) -> str:
 class HFJudge(HFBackend):
     """A local transformers model: batched greedy replies, or expected scores from its token probabilities."""
 
-    def __init__(self, model: str, trust_remote_code: bool = False, attention: str | None = None):
-        super().__init__(model, trust_remote_code, attention)
+    def __init__(self, model: str, trust_remote_code: bool = False, attention: str | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__(model, trust_remote_code, attention, dtype)
         self._score_tree: ScoreTree | None = None
 
     def replies(self, prompts: list[str], max_new_tokens: int, prefill: str = "") -> list[Reply]:
@@ -187,18 +188,19 @@ class LitGPTJudge:
     """LitGPT's `LLM` API: a hub id it downloads and converts, a LitGPT checkpoint folder, or the
     embedded judge converted once into the cache."""
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, dtype: torch.dtype | None = None):
         from litgpt import LLM
         from litgpt.prompts import Default
 
         self.reference = model
         self.checkpoint = litgpt_checkpoint(model)
         try:
-            if torch.cuda.is_available():
+            if torch.cuda.is_available() and dtype is None:
                 self.llm = LLM.load(str(self.checkpoint))
-            else:  # LitGPT picks bf16 everywhere; on a CPU float32 runs about 3x faster
+            else:  # LitGPT picks bf16 everywhere; on a CPU without native bf16 float32 ran about 3x faster
                 self.llm = LLM.load(str(self.checkpoint), distribute=None)
-                self.llm.distribute(accelerator="cpu", precision="32-true")
+                self.llm.distribute(accelerator="cuda" if torch.cuda.is_available() else "cpu",
+                                    precision="bf16-true" if dtype == torch.bfloat16 else "32-true")
         except (OSError, ValueError) as exc:  # offline hub download, unknown model name
             raise UserError(f"LitGPT could not load {model!r} ({type(exc).__name__}: {exc}); offline, use "
                             f"litgpt:{EMBEDDED_JUDGE} or a LitGPT checkpoint folder") from exc
@@ -259,13 +261,15 @@ class OpenAIJudge(OpenAIBackend):
 
 
 def load_judge(reference: str, *, base_url: str = "", concurrency: int = 4, seed: int = 0,
-               max_retries: int = 4, timeout: float = 60.0, trust_remote_code: bool = False, scoring: str = "generate"):
+               max_retries: int = 4, timeout: float = 60.0, trust_remote_code: bool = False, scoring: str = "generate",
+               dtype: torch.dtype | None = None):
+    """A judge for `reference`; local ones (litgpt:, hf:) hold their weights in `dtype`."""
     kind, model = parse_judge_reference(reference)
     if base_url and kind != "openai":
         raise UserError("--judge-base-url is for openai: judges (any OpenAI-compatible server)")
     if kind == "litgpt":
-        return LitGPTJudge(model)
+        return LitGPTJudge(model, dtype)
     if kind == "hf":
         # Probability scoring runs a tree-shaped 4D mask, which FlashAttention 2 would ignore.
-        return HFJudge(model, trust_remote_code, attention="sdpa" if scoring == "probability" else None)
+        return HFJudge(model, trust_remote_code, attention="sdpa" if scoring == "probability" else None, dtype=dtype)
     return OpenAIJudge(model, base_url, concurrency, seed, max_retries, timeout)

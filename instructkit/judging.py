@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ from .judge_prompts import (
 )
 from .judges import load_judge
 from .models import EMBEDDED_JUDGE
+from .precision import CHOICES as PRECISIONS
+from .precision import Precision, precision_setting, resolve_precision
 from .progress import ProgressLog, open_work
 from .provenance import path_input
 from .stats import agreement, describe, length_controlled_win_rate, paired_difference, win_rate
@@ -43,9 +45,9 @@ LOW_COVERAGE = 0.5
 @dataclass
 class JudgeConfig:
     input: str = field(default="", metadata={"help": f"stage 2's responses to score (default: <output-dir>/{RESPONSES_FILE})"})
-    judge: str = field(default=f"litgpt:{EMBEDDED_JUDGE}", metadata={"help": "litgpt:<model>, hf:<model> or openai:<model>"})
+    judge: str = field(default=f"hf:{EMBEDDED_JUDGE}", metadata={"help": "hf:<model> (transformers), litgpt:<model> or openai:<model>"})
     judge_base_url: str = field(default="", metadata={"help": "an OpenAI-compatible server for openai: judges (vLLM, Ollama, litgpt serve); the key comes from OPENAI_API_KEY"})
-    scoring: str = field(default="generate", metadata={"help": "generate: parse the judge's reply; probability: expected score from its token probabilities (hf: judges)", "choices": ["generate", "probability"]})
+    scoring: str = field(default="auto", metadata={"help": "generate: parse the judge's reply; probability: expected score from its token probabilities (hf: judges; always a number, no retries); auto: probability for hf: judges, generate for the others (bench/judge_scoring.py)", "choices": ["auto", "generate", "probability"]})
     pairwise: str = field(default="", metadata={"nargs": "?", "const": DEFAULT_PAIR, "help": f"also ask which of two answers is better, in both orders (MT-Bench style): --pairwise alone compares finetuned with base; --pairwise A:B[,C:D] any response columns, or {REFERENCE} (the expected answer, as AlpacaEval's reference); the win rate is A's"})
     rubric: str = field(default="default", metadata={"help": "default: 0-100 against the expected output of stage 2's test records; mt-bench: stage 2 --questions answers graded per turn 1-10 ([[rating]], against the reference answer for math, reasoning and coding), --pairwise as [[A]]/[[B]]/[[C]], into mt_bench_scores.json", "choices": ["default", "mt-bench"]})
     compare_with: str = field(default="", metadata={"help": "another judge_scores.json or human_ratings.json to measure agreement with"})
@@ -61,6 +63,7 @@ class JudgeConfig:
     overwrite: bool = field(default=False, metadata={"help": "judge again although the finished scores match their inputs (partial results of such a run are kept and resumed)"})
     restart: bool = field(default=False, metadata={"help": "discard partial results of an interrupted run instead of resuming them"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub for hf: judges"})
+    precision: str = field(default="auto", metadata={"help": "fp32 or bf16 weights for hf: and litgpt: judges; auto: bf16 on a GPU that has it, and on a CPU whatever bench/precision.py measured faster there", "choices": list(PRECISIONS)})
 
 
 def read_responses(path: str | Path) -> tuple[list[dict], list[str]]:
@@ -90,8 +93,28 @@ def read_responses(path: str | Path) -> tuple[list[dict], list[str]]:
     return records, models
 
 
+def resolve_scoring(config: JudgeConfig) -> str:
+    """--scoring auto: probability for hf: judges (a number for every response from one forward
+    pass, where a small judge's reply often is no number), generate for the others."""
+    if config.scoring != "auto":
+        return config.scoring
+    return "probability" if config.judge.startswith("hf:") else "generate"
+
+
+def judge_precision(config: JudgeConfig) -> Precision | None:
+    """The precision a local judge runs in; None for an API judge (the server decides)."""
+    return None if config.judge.startswith("openai:") else resolve_precision(config.precision, "inference")
+
+
+def judgement_settings(config: JudgeConfig, precision: Precision | None) -> dict:
+    """What the finished scores are fingerprinted with (scoring already resolved)."""
+    settings = {k: v for k, v in asdict(config).items() if k in JUDGEMENT_SETTINGS + RUN_SETTINGS}
+    return settings | (precision_setting(precision) if precision else {})
+
+
 def judge_responses(config: JudgeConfig) -> Path:
     """Run stage 4's judging and return the path of `judge_scores.json`."""
+    config = replace(config, scoring=resolve_scoring(config))
     if config.scoring == "probability" and not config.judge.startswith("hf:"):
         raise UserError("--scoring probability reads the judge's token probabilities: use an hf: judge "
                         f"(for example --judge hf:{EMBEDDED_JUDGE})")
@@ -109,7 +132,8 @@ def judge_responses(config: JudgeConfig) -> Path:
     inputs = {"responses": path_input(responses_path)}
     if config.compare_with:
         inputs["compare_with"] = path_input(config.compare_with)
-    settings = {k: v for k, v in asdict(config).items() if k in JUDGEMENT_SETTINGS + RUN_SETTINGS}
+    precision = judge_precision(config)
+    settings = judgement_settings(config, precision)
     settings["pairwise"] = ",".join(f"{a}:{b}" for a, b in pairs)  # however written (a YAML's `true` is finetuned:base)
     with output_lock(output_dir, "judge"):
         write_task_metrics(config, records, models, {"responses": inputs["responses"]})
@@ -134,7 +158,8 @@ def judge_responses(config: JudgeConfig) -> Path:
                       "same record and response text)")
         judge = load_judge(config.judge, base_url=config.judge_base_url, concurrency=config.concurrency,
                            seed=config.seed, max_retries=config.max_retries, timeout=config.request_timeout,
-                           trust_remote_code=config.trust_remote_code, scoring=config.scoring)
+                           trust_remote_code=config.trust_remote_code, scoring=config.scoring,
+                           dtype=precision.dtype if precision else None)
         started = time.perf_counter()
         chunk = config.concurrency * 4 if config.judge.startswith("openai:") else config.batch_size
         calls = sum(item not in progress.done for item in score_items + pair_items)
@@ -150,7 +175,8 @@ def judge_responses(config: JudgeConfig) -> Path:
 
         result = summarize(records, models, pairs, progress.done, config, judge.describe(), other_scores)
         work.finish(result, manifest(
-            stage="part4_local_evaluation", judge=judge.describe(), input=str(responses_path),
+            stage="part4_local_evaluation", judge=judge.describe(), **(precision.describe() if precision else {}),
+            input=str(responses_path),
             n_records=len(records), models=models, seconds_this_run=seconds, items_judged_this_run=calls,
         ))
     print_summary(result, final_path)

@@ -163,13 +163,13 @@ def load_tokenizer(model: ResolvedModel, trust_remote_code: bool = False):
 
 
 def load_causal_lm(model: ResolvedModel, *, qlora: bool = False, trust_remote_code: bool = False,
-                   attention: str | None = None):
-    """The base model in the device's training precision, 4-bit when `qlora`; `attention` overrides
-    the device's default attention kernel."""
+                   attention: str | None = None, dtype: torch.dtype | None = None):
+    """The model's weights in `dtype` (default: bf16 on a GPU that has it, else fp32), 4-bit when
+    `qlora`; `attention` overrides the device's default attention kernel."""
     from transformers import AutoModelForCausalLM
 
     kwargs: dict = {
-        "dtype": default_dtype(),
+        "dtype": dtype or default_dtype(),
         "attn_implementation": attention or attention_implementation(),
         "trust_remote_code": trust_remote_code,
     }

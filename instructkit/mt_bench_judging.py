@@ -6,7 +6,7 @@ verdicts; per model, per turn and per category means with 95% intervals (`mt_ben
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,10 @@ from .judge_prompts import (
 )
 from .judges import load_judge
 from .judging import (
-    JUDGEMENT_SETTINGS,
     REFERENCE,
-    RUN_SETTINGS,
     JudgeConfig,
+    judge_precision,
+    judgement_settings,
     pairwise_outcome,
     parse_pairs,
     read_with_retry,
@@ -82,8 +82,13 @@ def judge_mt_bench(config: JudgeConfig) -> Path:
                         "column here: MT-Bench's reference answers guide the grading instead")
     if config.limit > 0:
         rows = rows[:config.limit]
+    if config.scoring == "probability":
+        raise UserError("--rubric mt-bench reads the judge's written [[rating]]; --scoring probability is for the "
+                        "default rubric")
+    config = replace(config, scoring="generate")
     final_path = output_dir / MT_SCORES_FILE
-    settings = {k: v for k, v in asdict(config).items() if k in JUDGEMENT_SETTINGS + RUN_SETTINGS}
+    precision = judge_precision(config)
+    settings = judgement_settings(config, precision)
     settings.update(pairwise=",".join(f"{a}:{b}" for a, b in pairs), rubric="mt-bench")
     with output_lock(output_dir, "judge"):
         work = open_work(final_path, settings, {"responses": path_input(source)}, overwrite=config.overwrite,
@@ -99,7 +104,7 @@ def judge_mt_bench(config: JudgeConfig) -> Path:
                       if answers_of(row, a)[t] is not None and answers_of(row, b)[t] is not None for first in (a, b)]
         judge = load_judge(config.judge, base_url=config.judge_base_url, concurrency=config.concurrency,
                            seed=config.seed, max_retries=config.max_retries, timeout=config.request_timeout,
-                           trust_remote_code=config.trust_remote_code)
+                           trust_remote_code=config.trust_remote_code, dtype=precision.dtype if precision else None)
         api = config.judge.startswith("openai:")
         max_new_tokens = max(config.max_new_tokens, API_JUDGE_MIN_TOKENS) if api else config.max_new_tokens
         chunk = config.concurrency * 4 if api else config.batch_size
@@ -132,6 +137,7 @@ def judge_mt_bench(config: JudgeConfig) -> Path:
         result = summarize_mt(rows, models, pairs, progress.done, config.seed, {**judge.describe(), "seed": config.seed})
         result["input"] = str(source)
         work.finish(result, manifest(stage="part4_local_evaluation", rubric="mt-bench", judge=judge.describe(),
+                                     **(precision.describe() if precision else {}),
                                      input=str(source), n_questions=len(rows), models=models,
                                      seconds_this_run=round(time.perf_counter() - started, 2)))
     print_mt_summary(result, final_path)

@@ -30,6 +30,8 @@ from .models import (
 )
 from .padding_free import padding_free_collator, records_stay_apart
 from .plots import plot_loss
+from .precision import CHOICES as PRECISIONS
+from .precision import precision_setting, resolve_precision
 from .progress import why_redo
 from .prompts import STYLES, PromptStyle, get_style
 from .provenance import changed, reference_input, settings_changes
@@ -41,7 +43,9 @@ RUN_CONFIG_FILE = "run_config.json"
 STAGING_DIR = ".stage1.partial"
 STAGED = ("data", "finetuned")
 # Settings that do not change what is learned: a run may resume, or be reused, under another value.
-NOT_RUN_SETTINGS = ("overwrite", "restart", "merge", "compact_loss_head", "padding_free", "output_dir", "report_to")
+# `precision` is recorded as what it resolved to on this machine (precision_setting), not as asked.
+NOT_RUN_SETTINGS = ("overwrite", "restart", "merge", "compact_loss_head", "padding_free", "output_dir", "report_to",
+                    "precision")
 # --report-to: where TRL also sends the training metrics, and the package each needs.
 TRACKERS = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
 
@@ -76,6 +80,7 @@ class TrainingConfig:
     restart: bool = field(default=False, metadata={"help": "discard the checkpoints of an interrupted run instead of resuming from them"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub (only for models you trust)"})
     report_to: str = field(default="none", metadata={"help": "also send the training metrics to a tracker TRL supports (they are always in training_summary.json)", "choices": list(TRACKERS)})
+    precision: str = field(default="auto", metadata={"help": "base weights in fp32 or bf16 (the LoRA weights stay fp32); auto: bf16 on a GPU that has it, and on a CPU whatever bench/precision.py measured faster there (recorded with the reason in training_summary.json)", "choices": list(PRECISIONS)})
 
 
 def _planned_steps(config: TrainingConfig, n_train: int) -> int:
@@ -157,7 +162,8 @@ def _write_split(split: Split, data_dir: Path) -> None:
 
 
 def run_settings(config: TrainingConfig) -> dict:
-    return {k: v for k, v in asdict(config).items() if k not in NOT_RUN_SETTINGS}
+    settings = {k: v for k, v in asdict(config).items() if k not in NOT_RUN_SETTINGS}
+    return settings | precision_setting(resolve_precision(config.precision, "training"))
 
 
 def _check_resumable(checkpoints: Path, record: dict, restart: bool) -> bool:
@@ -262,7 +268,8 @@ def train(config: TrainingConfig) -> Path:
 def sft_arguments(config: TrainingConfig, checkpoints: Path, n_train: int, has_val: bool,
                   resuming: bool = False) -> SFTConfig:
     """Stage 1's SFTConfig. Unlike TRL's defaults: no gradient checkpointing unless asked (always
-    with QLoRA), and no bf16 autocast on a CPU; bench/train_throughput.py measures the difference."""
+    with QLoRA), and no bf16 autocast on a CPU, where it casts the weights at every step (bf16 there
+    means bf16 base weights instead); bench/train_throughput.py and bench/precision.py measure it."""
     total_steps = _planned_steps(config, n_train)
     eval_steps = config.eval_steps or max(1, total_steps // 10)
     on_gpu = torch.cuda.is_available()
@@ -299,7 +306,7 @@ def sft_arguments(config: TrainingConfig, checkpoints: Path, n_train: int, has_v
         # tests/test_multiprocess.py; upstream fix huggingface/transformers#48162). The buffers are
         # functions of the config, identical on every rank, so there is nothing to broadcast.
         ddp_broadcast_buffers=False,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        bf16=on_gpu and resolve_precision(config.precision, "training").name == "bf16",
         use_cpu=not on_gpu,
         gradient_checkpointing=config.qlora or config.gradient_checkpointing,
         report_to=config.report_to,
@@ -320,7 +327,8 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
               f"{config.max_length} tokens and are truncated (their end and EOS are not learned)")
 
     # Loaded before anything is written: a model that cannot keep packed records apart stops --packing here.
-    model = load_causal_lm(base, qlora=config.qlora, trust_remote_code=config.trust_remote_code)
+    precision = resolve_precision(config.precision, "training")
+    model = load_causal_lm(base, qlora=config.qlora, trust_remote_code=config.trust_remote_code, dtype=precision.dtype)
     padding_free = _padding_free(config, model, tokenizer)
 
     adapter_dir = staging / "finetuned"
@@ -405,6 +413,7 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
         peak_memory=_peak_memory_mb(),
         device="cuda:" + torch.cuda.get_device_name() if on_gpu else "cpu",
         attention=model.config._attn_implementation,
+        **precision.describe(),
         padding_free=padding_free,
         n_processes=trainer.args.world_size,  # >1 under accelerate launch / torchrun
         merged_model=str(final_dir / "merged") if config.merge else None,

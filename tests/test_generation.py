@@ -122,18 +122,50 @@ def test_clean_response_and_batching():
     assert length_sorted_batches([5, 1, 4, 2, 3], 2) == [[1, 3], [4, 2], [0]]
 
 
-def test_merged_model_answers_alone_without_loading_the_base(trained_run, responses_dir, tmp_path, base_model):
+def test_merged_model_answers_alone_without_loading_the_base(trained_run, tmp_path, base_model):
     from instructkit.generation import TransformersGenerator
 
     merged = trained_run / "finetuned" / "merged"
     assert TransformersGenerator(base_model, None, str(merged), False, ["finetuned"]).model is None
 
-    result = run_script("part2_generate_test_responses.py", *stage2_args(trained_run, tmp_path),
-                        "--merged", str(merged), "--models", "finetuned")
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads((tmp_path / "test_base_model.json").read_text())
-    adapter_rows = json.loads((responses_dir / "test_base_model.json").read_text())
+    # In fp32 both: bf16 weights would round W + BA and W apart before any answer is compared.
+    for folder, extra in (("merged", ["--merged", str(merged)]), ("adapter", [])):
+        result = run_script("part2_generate_test_responses.py", *stage2_args(trained_run, tmp_path / folder),
+                            *extra, "--models", "finetuned", "--precision", "fp32")
+        assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "merged" / "test_base_model.json").read_text())
+    adapter_rows = json.loads((tmp_path / "adapter" / "test_base_model.json").read_text())
     assert all(row["base_model_response"] is None for row in rows)
     # Greedy decoding from W + BA merged rounds differently from W x + B(A x); a near-tie may flip one answer.
     same = sum(row["finetuned_model_response"] == a["finetuned_model_response"] for row, a in zip(rows, adapter_rows))
     assert same >= len(rows) - 1, (rows, adapter_rows)
+
+
+def test_finished_rows_leave_the_batch_and_the_answers_stay_the_same(trained_run, base_model):
+    """Decoding in spans, the finished rows dropped between them with their KV-cache rows, gives
+    the answers of one `generate` call over the whole batch (span longer than the answers)."""
+    from instructkit.generation import TransformersGenerator
+    from instructkit.prompts import load_style
+
+    style = load_style(trained_run / "finetuned")
+    records = json.loads((trained_run / "data" / "test.json").read_text())[:6]
+    generator = TransformersGenerator(base_model, trained_run / "finetuned", "", False, ["base", "finetuned"])
+    prompts = [generator.render(style, r) for r in records]
+    rows_per_call = []
+    generate = generator.model.generate
+
+    def counting_generate(*args, **kwargs):  # the real generate; only the batch sizes are noted
+        rows_per_call.append(kwargs["input_ids"].shape[0])
+        return generate(*args, **kwargs)
+
+    generator.model.generate = counting_generate
+    for model in ("finetuned", "base"):
+        generator.span, rows_per_call[:] = 1000, []
+        whole, whole_tokens = generator.generate(model, prompts, 40, style)
+        assert rows_per_call == [6]
+        generator.span, rows_per_call[:] = 4, []
+        spans, span_tokens = generator.generate(model, prompts, 40, style)
+        assert spans == whole and span_tokens == whole_tokens
+        assert rows_per_call[0] == 6 and len(rows_per_call) > 1
+        assert rows_per_call == sorted(rows_per_call, reverse=True)
+    assert rows_per_call[-1] < 6  # the base model's answers end at different steps: rows left early

@@ -220,7 +220,7 @@ def stage4(output_dir: Path, *args: str, **kwargs) -> subprocess.CompletedProces
 
 @pytest.fixture(scope="module")
 def litgpt_scores(stage4_dir) -> dict:
-    result = stage4(stage4_dir, "--pairwise")
+    result = stage4(stage4_dir, "--judge", f"litgpt:{EMBEDDED_JUDGE}", "--pairwise")
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"== stage 4: judge litgpt:{EMBEDDED_JUDGE} (generate)" in result.stdout
     assert f"report: {stage4_dir / 'report.html'}" in result.stdout
@@ -260,17 +260,20 @@ def test_pairwise_asks_both_orders_and_counts_flips(litgpt_scores):
 
 
 def test_rerun_keeps_the_finished_scores(stage4_dir, litgpt_scores):
-    result = stage4(stage4_dir, "--pairwise")
+    result = stage4(stage4_dir, "--judge", f"litgpt:{EMBEDDED_JUDGE}", "--pairwise")
     assert result.returncode == 0 and "stage 4 judging already finished" in result.stdout
     assert json.loads((stage4_dir / "judge_scores.json").read_text()) == litgpt_scores
 
 
-def test_hf_judge_probability_scoring_and_agreement(stage4_dir, litgpt_scores, tmp_path):
+def test_default_judge_scores_by_probability_and_agrees(stage4_dir, litgpt_scores, tmp_path):
+    """No judge flags: the embedded judge through transformers, every response an expected score."""
     shutil.copy(stage4_dir / "test_base_model.json", tmp_path)
-    result = stage4(tmp_path, "--judge", f"hf:{EMBEDDED_JUDGE}", "--scoring", "probability",
-                    "--compare-with", str(stage4_dir / "judge_scores.json"))
+    result = stage4(tmp_path, "--compare-with", str(stage4_dir / "judge_scores.json"))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert f"== stage 4: judge hf:{EMBEDDED_JUDGE} (probability)" in result.stdout
     scores = json.loads((tmp_path / "judge_scores.json").read_text())
+    meta = json.loads((tmp_path / "judge_scores.meta.json").read_text())
+    assert meta["precision"] in ("fp32", "bf16") and meta["precision_reason"]
     for row in scores["records"]:
         for entry in row["scores"].values():
             assert 0 <= entry["score"] <= 100 and 0 < entry["coverage"] <= 1
@@ -282,14 +285,15 @@ def test_hf_judge_probability_scoring_and_agreement(stage4_dir, litgpt_scores, t
 
 def test_hf_judge_generates_replies(stage4_dir, tmp_path):
     shutil.copy(stage4_dir / "test_base_model.json", tmp_path)
-    result = stage4(tmp_path, "--judge", f"hf:{EMBEDDED_JUDGE}", "--limit", "2")
+    result = stage4(tmp_path, "--scoring", "generate", "--limit", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads((tmp_path / "judge_scores.json").read_text())["records"]
     assert len(rows) == 2 and all(r["scores"][m]["reply"].startswith(SCORE_PREFILL) for r in rows for m in r["scores"])
 
 
 def test_probability_scoring_needs_a_transformers_judge(stage4_dir, tmp_path):
-    result = stage4(stage4_dir, "--scoring", "probability", "--output-dir", str(tmp_path))
+    result = stage4(stage4_dir, "--judge", f"litgpt:{EMBEDDED_JUDGE}", "--scoring", "probability",
+                    "--output-dir", str(tmp_path))
     assert result.returncode == 2 and "--scoring probability reads the judge's token probabilities" in result.stderr
 
 
