@@ -19,12 +19,19 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
+from .models import contiguous_head_input
+
 MODEL_NAME = "instructkit-hf"
 
 
 @register_model(MODEL_NAME)
 class ContinuationHFLM(HFLM):
     _longest_continuation: int | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        contiguous_head_input(model)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
         # Every batch of this call needs logits for at most this many positions past its padding.

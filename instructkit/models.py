@@ -177,9 +177,21 @@ def load_causal_lm(model: ResolvedModel, *, qlora: bool = False, trust_remote_co
         kwargs["quantization_config"] = qlora_quantization()
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     try:
-        return AutoModelForCausalLM.from_pretrained(model.path, **kwargs)
+        loaded = AutoModelForCausalLM.from_pretrained(model.path, **kwargs)
     except OSError as exc:
         raise hub_error(model.reference, exc) from exc
+    contiguous_head_input(loaded)
+    return loaded
+
+
+def contiguous_head_input(model) -> None:
+    """Hand the output layer a contiguous input. With `logits_to_keep` transformers passes it a
+    slice of the last positions; for a frozen weight (PEFT freezes it) PyTorch's matmul then cannot
+    fold the batch into one matrix product, and in bf16 on a CPU it copies the whole weight once per
+    batch row instead (8 x 262k x 640 for Gemma: 5 s of a 6 s forward pass, bench/precision.py)."""
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
 
 
 def base_reference(explicit: str, adapter: Path) -> str:
