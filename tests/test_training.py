@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from conftest import SHARED_DATA, TRAIN_ARGS, needs_shared_data, run_script
 from instructkit.models import load_causal_lm
+from instructkit.precision import earlier_default
 from instructkit.prompts import load_style
 
 SUMMARY_KEYS = {
@@ -18,7 +19,7 @@ SUMMARY_KEYS = {
     "n_records", "n_train_truncated", "n_duplicates_dropped", "steps", "epochs_done", "resumed", "train_loss", "val_loss",
     "val_loss_before", "val_loss_after", "final_train_loss", "train_tokens", "tokens_per_second",
     "wall_time_s", "peak_memory", "device", "attention", "padding_free", "n_processes", "merged_model", "created_at", "python", "platform", "cpu", "versions",
-    "settings", "inputs",
+    "settings", "inputs", "precision", "precision_reason",
 }
 
 
@@ -115,11 +116,14 @@ def test_a_run_finished_by_the_previous_version_is_not_trained_again(trained_run
     shutil.copytree(trained_run / "finetuned", tmp_path / "finetuned", ignore=shutil.ignore_patterns("merged"))
     summary_path = tmp_path / "finetuned" / "training_summary.json"
     summary = json.loads(summary_path.read_text())
-    for key in ("settings", "inputs"):
+    for key in ("settings", "inputs", "precision", "precision_reason"):
         del summary[key]
-    summary["hyperparameters"] = {**{k: v for k, v in summary["hyperparameters"].items() if k != "restart"}, "resume": True}
+    summary["hyperparameters"] = {**{k: v for k, v in summary["hyperparameters"].items() if k not in ("restart", "precision")},
+                                  "resume": True}
     summary_path.write_text(json.dumps(summary))
-    result = run_script("part1_instruction_finetuning.py", "--output-dir", str(tmp_path), *TRAIN_ARGS[:-1])
+    # That version trained in what earlier_default() names; auto may now pick otherwise on this machine.
+    result = run_script("part1_instruction_finetuning.py", "--output-dir", str(tmp_path), *TRAIN_ARGS[:-1],
+                        "--precision", earlier_default())
     assert result.returncode == 0, result.stderr[-2000:]
     assert "written by an older version that did not fingerprint its data" in result.stdout
     assert "stage 1 already finished" in result.stdout
@@ -129,7 +133,8 @@ def test_a_run_finished_by_the_previous_version_is_not_trained_again(trained_run
     from instructkit.progress import why_redo
     from instructkit.training import TrainingConfig, _with_record, run_settings
 
-    config = TrainingConfig(**{k: v for k, v in summary["hyperparameters"].items() if k != "resume"})
+    config = TrainingConfig(**{k: v for k, v in summary["hyperparameters"].items() if k != "resume"},
+                            precision=earlier_default())
     record = _with_record(summary, summary_path)
     assert why_redo(record, run_settings(config), record["inputs"], "it was trained") is None
     reason = why_redo(record, run_settings(replace(config, seed=7)), record["inputs"], "it was trained")
