@@ -26,7 +26,7 @@ Killed halfway? Rerun the same command: logged replies are reused and the run en
 import sys
 
 from instructkit.cli import build_parser, print_config, run_stage
-from instructkit.synthesis import SynthesisConfig, generate_data
+from instructkit.data.synthesis import SynthesisConfig, generate_data
 
 
 def main(config: SynthesisConfig) -> None:

@@ -23,7 +23,7 @@ the same, and trained again, saying why, when they changed.
 import sys
 
 from instructkit.cli import build_parser, print_config, run_stage
-from instructkit.training import TrainingConfig, train
+from instructkit.train.sft import TrainingConfig, train
 
 
 def main(config: TrainingConfig) -> None:

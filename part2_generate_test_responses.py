@@ -27,7 +27,7 @@ manifest holds the fingerprints of the test split, the adapter and the base mode
 import sys
 
 from instructkit.cli import build_parser, print_config, run_stage
-from instructkit.generation import GenerationConfig, generate_responses
+from instructkit.generate.generator import GenerationConfig, generate_responses
 
 
 def main(config: GenerationConfig) -> None:

@@ -22,8 +22,8 @@ Results are reused while the adapter, base model, task data and settings are unc
 
 import sys
 
-from instructkit.benchmark import BenchmarkConfig, evaluate
 from instructkit.cli import build_parser, print_config, run_stage
+from instructkit.evaluate.benchmark import BenchmarkConfig, evaluate
 
 
 def main(config: BenchmarkConfig) -> None:

@@ -32,10 +32,10 @@ judges again; one with a new --pairwise, --limit or --compare-with asks only wha
 import sys
 
 from instructkit.cli import build_parser, print_config, run_stage
-from instructkit.human import rate_in_terminal
-from instructkit.judging import JudgeConfig, judge_responses
-from instructkit.mt_bench_judging import judge_mt_bench
-from instructkit.report import build_report
+from instructkit.judge.human import rate_in_terminal
+from instructkit.judge.mt_bench import judge_mt_bench
+from instructkit.judge.scoring import JudgeConfig, judge_responses
+from instructkit.report.build import build_report
 
 
 def main(config: JudgeConfig) -> None:

@@ -26,7 +26,7 @@ import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine unasked
 
-from instructkit.chat_app import ChatConfig, serve  # noqa: E402
+from instructkit.app.chat import ChatConfig, serve  # noqa: E402
 from instructkit.cli import build_parser, print_config, run_stage  # noqa: E402
 
 

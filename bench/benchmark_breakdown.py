@@ -17,10 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from child import Stopwatch, offline_philosophy
 
-from bench.child import Stopwatch, offline_philosophy  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -35,8 +35,8 @@ def main() -> None:
     import torch.nn.functional as F
     from lm_eval.models.huggingface import HFLM
 
-    from instructkit.artifacts import manifest, write_json_atomic
-    from instructkit.models import EMBEDDED_BASE, resolve_model
+    from instructkit.models.references import EMBEDDED_BASE, resolve_model
+    from instructkit.runs.artifacts import manifest, write_json_atomic
 
     device, task_names, task_manager = offline_philosophy()
     started = time.perf_counter()

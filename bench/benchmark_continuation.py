@@ -16,10 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from child import offline_philosophy
 
-from bench.child import offline_philosophy  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -49,9 +49,9 @@ def main() -> None:
 
     from lm_eval.models.huggingface import HFLM
 
-    from instructkit.artifacts import manifest, write_json_atomic
-    from instructkit.lm_eval_model import ContinuationHFLM
-    from instructkit.models import EMBEDDED_BASE, resolve_model
+    from instructkit.evaluate.lm_eval_model import ContinuationHFLM
+    from instructkit.models.references import EMBEDDED_BASE, resolve_model
+    from instructkit.runs.artifacts import manifest, write_json_atomic
 
     device, task_names, task_manager = offline_philosophy()
     task = next(iter(task_names.values()))

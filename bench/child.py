@@ -57,8 +57,8 @@ def offline_philosophy() -> tuple[str, dict, object]:
     """(device, task names, task manager): offline mmlu_philosophy exactly as stage 3 runs it."""
     import torch
 
-    from instructkit.benchmark import BenchmarkConfig, resolve_tasks
-    from instructkit.models import cache_dir
+    from instructkit.evaluate.benchmark import BenchmarkConfig, resolve_tasks
+    from instructkit.models.references import cache_dir
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return device, *resolve_tasks(BenchmarkConfig(), offline=True, workdir=cache_dir() / "lm_eval_tasks")
@@ -66,7 +66,7 @@ def offline_philosophy() -> tuple[str, dict, object]:
 
 def save_results(name: str, doc: str, results: dict) -> Path:
     """bench/results/<name>.json: the results, the command that made them, versions, CPU model and flags."""
-    from instructkit.artifacts import manifest
+    from instructkit.runs.artifacts import manifest
 
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -21,14 +21,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from instructkit.artifacts import manifest, write_json_atomic  # noqa: E402
-from instructkit.data import load_records, split_records  # noqa: E402
-from instructkit.generation import TransformersGenerator, clean_response, length_sorted_batches  # noqa: E402
-from instructkit.models import EMBEDDED_BASE, resolve_model  # noqa: E402
-from instructkit.prompts import get_style  # noqa: E402
-from instructkit.training import DEFAULT_DATA  # noqa: E402
+from instructkit.data.prompts import get_style
+from instructkit.data.records import load_records, split_records
+from instructkit.generate.generator import TransformersGenerator, clean_response, length_sorted_batches
+from instructkit.models.references import EMBEDDED_BASE, resolve_model
+from instructkit.runs.artifacts import manifest, write_json_atomic
+from instructkit.train.sft import DEFAULT_DATA
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

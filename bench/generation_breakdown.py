@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.child import Stopwatch, save_results  # noqa: E402
+from child import Stopwatch, save_results
 
 
 class PhaseStopwatch:
@@ -44,8 +41,8 @@ class PhaseStopwatch:
 
 
 def breakdown(generator, model: str, prompts: list[str], batch_size: int, max_new_tokens: int, style) -> dict:
-    from instructkit import generation
-    from instructkit.generation import length_sorted_batches
+    from instructkit.generate import generator as generation
+    from instructkit.generate.generator import length_sorted_batches
 
     with generator._answering(model) as answering:
         inner = answering.get_base_model() if hasattr(answering, "get_base_model") else answering
@@ -101,11 +98,11 @@ def main() -> None:
 
     import torch
 
-    from instructkit.data import load_records, split_records
-    from instructkit.generation import TransformersGenerator
-    from instructkit.models import EMBEDDED_BASE, resolve_model
-    from instructkit.prompts import get_style
-    from instructkit.training import DEFAULT_DATA
+    from instructkit.data.prompts import get_style
+    from instructkit.data.records import load_records, split_records
+    from instructkit.generate.generator import TransformersGenerator
+    from instructkit.models.references import EMBEDDED_BASE, resolve_model
+    from instructkit.train.sft import DEFAULT_DATA
 
     style = get_style("alpaca")
     records = split_records(load_records(DEFAULT_DATA), 0.05, 0.10, seed=123).test[:args.records]

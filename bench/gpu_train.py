@@ -21,10 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from child import report, run_child
 
-from bench.child import report, run_child  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
 
 RESULTS = ROOT / "bench" / "results"
 VARIANTS = ("plain_trl_lora", "ours_lora_bf16", "ours_qlora_nf4")
@@ -68,9 +68,10 @@ def one_trial(variant: str, model_dir: str, seq: int, steps: int, batch_size: in
     from trl import SFTConfig, SFTTrainer
     from trl.trainer.utils import compute_flops_per_token
 
-    from instructkit.loss_head import use_compact_head
-    from instructkit.models import EMBEDDED_BASE, ResolvedModel, load_causal_lm, load_tokenizer, resolve_model
-    from instructkit.training import ThroughputCallback, TrainingConfig, sft_arguments
+    from instructkit.models.loading import load_causal_lm, load_tokenizer
+    from instructkit.models.references import EMBEDDED_BASE, ResolvedModel, resolve_model
+    from instructkit.train.loss_head import use_compact_head
+    from instructkit.train.sft import ThroughputCallback, TrainingConfig, sft_arguments
 
     on_gpu = torch.cuda.is_available()
     qlora = variant == "ours_qlora_nf4"
@@ -131,7 +132,7 @@ def main() -> None:
 
     import torch
 
-    from instructkit.artifacts import manifest, write_json_atomic
+    from instructkit.runs.artifacts import manifest, write_json_atomic
 
     seq = 256 if args.tiny else args.seq
     model_dir = Path(tempfile.mkdtemp(prefix="llama-random-"))

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -52,7 +51,7 @@ def main() -> None:
     if not (ROOT / args.adapter / "adapter_config.json").is_file():
         sys.exit(f"error: {args.adapter} holds no adapter: run stage 1 first (python part1_instruction_finetuning.py)")
 
-    from instructkit.artifacts import manifest, read_json, write_json_atomic
+    from instructkit.runs.artifacts import manifest, read_json, write_json_atomic
 
     work = Path(tempfile.mkdtemp(prefix="growth-"))
     stage2, stage4 = {}, {}

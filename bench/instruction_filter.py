@@ -24,14 +24,15 @@ import csv
 import importlib.util
 import json
 import random
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from child import save_results, timed
 
-from child import save_results, timed  # noqa: E402
+from instructkit.data import packaged
+
+ROOT = Path(__file__).resolve().parent.parent
+
 
 ROUND = 40  # candidates per round: 8 requests of about 5 new tasks each
 
@@ -43,7 +44,7 @@ def candidates(n: int) -> list[str]:
         with path.open(encoding="utf-8") as f:
             texts += [row[0].strip() for row in csv.reader(f) if row and 3 < len(row[0].split()) <= 150]
     random.Random(0).shuffle(texts)
-    ours = [r["instruction"] for r in json.loads((ROOT / "data" / "instruction-data.json").read_text())]
+    ours = [r["instruction"] for r in json.loads(Path(packaged("instruction-data.json")).read_text())]
     return (texts + ours)[:n]
 
 
@@ -53,8 +54,8 @@ def main() -> None:
     parser.add_argument("--generation-rounds", type=int, default=4, help="self-instruct rounds of 8 requests (0: skip)")
     args = parser.parse_args()
 
-    from instructkit.similarity import RougeLFilter, near_duplicates
-    from instructkit.synthesis import SynthesisConfig, generate_data
+    from instructkit.data.similarity import RougeLFilter, near_duplicates
+    from instructkit.data.synthesis import SynthesisConfig, generate_data
 
     texts = candidates(args.candidates)
     rounds = [texts[i:i + ROUND] for i in range(0, len(texts), ROUND)]

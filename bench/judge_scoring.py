@@ -22,12 +22,8 @@ README quotes it.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from child import save_results, timed  # noqa: E402
+from child import save_results, timed
 
 
 def main() -> None:
@@ -41,10 +37,11 @@ def main() -> None:
 
     import torch
 
-    from instructkit.backends import user_turn
-    from instructkit.judge_prompts import SCORE_PREFILL, SCORE_RETRY, SYSTEM, parse_score, score_prompt
-    from instructkit.judges import HFJudge, LitGPTJudge
-    from instructkit.judging import read_responses, read_with_retry
+    from instructkit.data.responses import read_responses
+    from instructkit.judge.judges import HFJudge, LitGPTJudge
+    from instructkit.judge.prompts import SCORE_PREFILL, SCORE_RETRY, SYSTEM, parse_score, score_prompt
+    from instructkit.judge.scoring import read_with_retry
+    from instructkit.models.backends import user_turn
 
     records, models = read_responses(args.input)
     records = records[:args.records]

@@ -25,9 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.child import offline_philosophy, report, run_child, save_results  # noqa: E402
+from child import offline_philosophy, report, run_child, save_results
 
 USES = ("training", "generation", "loglikelihood")
 PRECISIONS = ("fp32", "bf16")
@@ -37,8 +35,8 @@ def train_trial(precision: str, steps: int, seed: int) -> dict:
     """Stage 1's own training path with the given --precision, in a fresh folder."""
     import tempfile
 
-    from instructkit.artifacts import read_json
-    from instructkit.training import SUMMARY_FILE, TrainingConfig, train
+    from instructkit.runs.artifacts import read_json
+    from instructkit.train.sft import SUMMARY_FILE, TrainingConfig, train
 
     out = Path(tempfile.mkdtemp())
     train(TrainingConfig(output_dir=str(out), max_steps=steps, eval_steps=steps, seed=seed, precision=precision))
@@ -48,12 +46,12 @@ def train_trial(precision: str, steps: int, seed: int) -> dict:
 
 
 def generation_trial(precision: str, records: int, max_new_tokens: int, batch_size: int) -> dict:
-    from instructkit.data import load_records, split_records
-    from instructkit.generation import TransformersGenerator, length_sorted_batches
-    from instructkit.models import EMBEDDED_BASE, resolve_model
-    from instructkit.precision import DTYPES
-    from instructkit.prompts import get_style
-    from instructkit.training import DEFAULT_DATA
+    from instructkit.data.prompts import get_style
+    from instructkit.data.records import load_records, split_records
+    from instructkit.generate.generator import TransformersGenerator, length_sorted_batches
+    from instructkit.models.precision import DTYPES
+    from instructkit.models.references import EMBEDDED_BASE, resolve_model
+    from instructkit.train.sft import DEFAULT_DATA
 
     style = get_style("alpaca")
     test = split_records(load_records(DEFAULT_DATA), 0.05, 0.10, seed=123).test[:records]
@@ -71,8 +69,8 @@ def generation_trial(precision: str, records: int, max_new_tokens: int, batch_si
 def loglikelihood_trial(precision: str, questions: int, batch_size: int) -> dict:
     import lm_eval
 
-    from instructkit.lm_eval_model import ContinuationHFLM
-    from instructkit.models import EMBEDDED_BASE, resolve_model
+    from instructkit.evaluate.lm_eval_model import ContinuationHFLM
+    from instructkit.models.references import EMBEDDED_BASE, resolve_model
 
     device, task_names, task_manager = offline_philosophy()
     task = next(iter(task_names.values()))

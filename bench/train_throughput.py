@@ -32,9 +32,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.child import report, run_child  # noqa: E402
+from child import report, run_child
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("plain_trl", "ours_trl_head", "ours_padded", "ours_grouped", "ours")
@@ -46,12 +44,13 @@ def one_trial(variant: str, steps: int, batch_size: int, lr: float, seed: int) -
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from instructkit.data import load_records, split_records
-    from instructkit.loss_head import use_compact_head
-    from instructkit.models import EMBEDDED_BASE, load_causal_lm, load_tokenizer, resolve_model
-    from instructkit.padding_free import padding_free_collator
-    from instructkit.prompts import get_style
-    from instructkit.training import DEFAULT_DATA, ThroughputCallback, TrainingConfig, sft_arguments
+    from instructkit.data.prompts import get_style
+    from instructkit.data.records import load_records, split_records
+    from instructkit.models.loading import load_causal_lm, load_tokenizer
+    from instructkit.models.references import EMBEDDED_BASE, resolve_model
+    from instructkit.train.loss_head import use_compact_head
+    from instructkit.train.padding_free import padding_free_collator
+    from instructkit.train.sft import DEFAULT_DATA, ThroughputCallback, TrainingConfig, sft_arguments
 
     torch.manual_seed(seed)
     split = split_records(load_records(DEFAULT_DATA), 0.05, 0.10, seed=123)
@@ -112,7 +111,7 @@ def main() -> None:
         report(one_trial(args.one, args.steps, args.batch_size, args.lr, args.seed))
         return
 
-    from instructkit.artifacts import manifest, write_json_atomic
+    from instructkit.runs.artifacts import manifest, write_json_atomic
 
     trials = []
     for trial in range(args.trials):

@@ -12,8 +12,8 @@ from typing import TypeVar
 
 from trl import TrlParser
 
-from .artifacts import is_main_process
-from .errors import UserError
+from instructkit.errors import UserError
+from instructkit.runs.artifacts import is_main_process
 
 ConfigT = TypeVar("ConfigT")
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data" / "instruction-data.json"
 needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_file(),
                                        reason=f"the public dataset {SHARED_DATA} is not beside this checkout")
-PROJECT_DATA = ROOT / "data" / "instruction-data.json"
+PROJECT_DATA = ROOT / "instructkit" / "data" / "default" / "instruction-data.json"
 
 # Small but real: enough steps for the validation loss to move, short enough for CI. No LoRA
 # dropout, so runs that split the same batches differently (test_multiprocess) must agree exactly.
@@ -49,10 +49,10 @@ def lora_sft_trainer(base_model, tokenizer, output_dir: Path, n_records: int, ba
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from instructkit.data import load_records
-    from instructkit.models import load_causal_lm
-    from instructkit.prompts import get_style
-    from instructkit.training import DEFAULT_DATA
+    from instructkit.data.prompts import get_style
+    from instructkit.data.records import load_records
+    from instructkit.models.loading import load_causal_lm
+    from instructkit.train.sft import DEFAULT_DATA
 
     style = get_style("alpaca")
     examples = [style.training_example(r) for r in load_records(DEFAULT_DATA)[:n_records]]
@@ -80,21 +80,21 @@ def loss_grads_metrics(trainer, batch) -> tuple[float, dict, dict]:
 
 @pytest.fixture(scope="session")
 def base_model():
-    from instructkit.models import EMBEDDED_BASE, resolve_model
+    from instructkit.models.references import EMBEDDED_BASE, resolve_model
 
     return resolve_model(EMBEDDED_BASE)
 
 
 @pytest.fixture(scope="session")
 def base_tokenizer(base_model):
-    from instructkit.models import load_tokenizer
+    from instructkit.models.loading import load_tokenizer
 
     return load_tokenizer(base_model)
 
 
 @pytest.fixture(scope="session")
 def judge_model():
-    from instructkit.models import EMBEDDED_JUDGE, resolve_model
+    from instructkit.models.references import EMBEDDED_JUDGE, resolve_model
 
     return resolve_model(EMBEDDED_JUDGE)
 

@@ -6,7 +6,7 @@ import datasets
 import pytest
 
 from conftest import run_script
-from instructkit.benchmark import BenchmarkConfig, mcnemar, resolve_tasks
+from instructkit.evaluate.benchmark import BenchmarkConfig, mcnemar, resolve_tasks
 
 
 def _load_task(task_manager, name):
@@ -171,7 +171,7 @@ def test_a_group_and_tasks_with_other_metrics(trained_run, tmp_path):
     assert comparison["instructkit_test_gen"]["mcnemar"]["n_paired"] == 1
     assert "instructkit_test_gen" in result.stdout and "n/a" in result.stdout
 
-    from instructkit.report import build_report
+    from instructkit.report.build import build_report
 
     page = build_report(tmp_path / "out").read_text()
     assert "exact_match" in page and "mmlu_philosophy" in page
@@ -183,8 +183,8 @@ def test_scoring_only_continuations_matches_stock_hf_per_choice(trained_run, tmp
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    from instructkit.lm_eval_model import ContinuationHFLM
-    from instructkit.models import base_reference, resolve_model
+    from instructkit.evaluate.lm_eval_model import ContinuationHFLM
+    from instructkit.models.references import base_reference, resolve_model
 
     names, manager = resolve_tasks(BenchmarkConfig(), offline=True, workdir=tmp_path)
     task = names["mmlu_philosophy"]

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from conftest import ROOT, EchoChat, LocalServer, run_script
-from instructkit.human import read_human_ratings
+from instructkit.judge.human import read_human_ratings
 
 MAX_NEW_TOKENS = "24"
 
@@ -65,8 +65,8 @@ def stored(run) -> list[dict]:
 
 
 def test_page_streams_both_models_greedy_answers_and_saves_a_rating(chat_app):
-    from instructkit.browser import open_page
-    from instructkit.chat_app import wait_for_answers
+    from instructkit.app.browser import open_page
+    from instructkit.app.chat import wait_for_answers
 
     url, run = chat_app
     record = stored(run)[0]
@@ -96,7 +96,7 @@ def test_page_streams_both_models_greedy_answers_and_saves_a_rating(chat_app):
     assert {"index": 0, "model": "finetuned", "rating": 80} in [
         {k: r[k] for k in ("index", "model", "rating")} for r in saved["ratings"]]
     # The report counts the chat app's preferences beside the ratings.
-    from instructkit.report import build_report
+    from instructkit.report.build import build_report
 
     assert "finetuned 1" in build_report(run).read_text().split('id="chat-preferences"')[1].split("</p>")[0]
 

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import run_script
 from instructkit.cli import build_parser, parse_config, run_stage
-from instructkit.training import TrainingConfig
+from instructkit.train.sft import TrainingConfig
 
 
 def test_help_lists_every_flag():

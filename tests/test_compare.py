@@ -11,8 +11,8 @@ from http.server import ThreadingHTTPServer
 import pytest
 
 from conftest import JSONHandler, run_script, stage2_args
-from instructkit.compare_models import parse_compare
 from instructkit.errors import UserError
+from instructkit.generate.compare import parse_compare
 
 
 class PlainJudgeServer(ThreadingHTTPServer):

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import SHARED_DATA, needs_shared_data
-from instructkit.data import drop_duplicates, load_records, split_records, validate_records
+from instructkit.data.records import drop_duplicates, load_records, split_records, validate_records
 from instructkit.errors import UserError
 
 ALPACA = [

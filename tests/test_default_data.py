@@ -3,14 +3,14 @@
 import importlib.util
 import json
 
-from conftest import ROOT
-from instructkit.data import load_records
+from conftest import PROJECT_DATA, ROOT
+from instructkit.data.records import load_records
 
-DATA = ROOT / "data" / "instruction-data.json"
+DATA = PROJECT_DATA
 
 
 def _builder():
-    spec = importlib.util.spec_from_file_location("build_default_data", ROOT / "data" / "build_default_data.py")
+    spec = importlib.util.spec_from_file_location("build_default_data", ROOT / "instructkit" / "data" / "build_default_data.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -42,7 +42,7 @@ def test_committed_file_matches_builder():
     builder = _builder()
     expected = sorted(json.dumps(r, sort_keys=True) for group in builder.build().values() for r in group)
     actual = sorted(json.dumps(r, sort_keys=True) for r in json.loads(DATA.read_text(encoding="utf-8")))
-    assert actual == expected, "run `python data/build_default_data.py` and commit the result"
+    assert actual == expected, "run `python -m instructkit.data.build_default_data` and commit the result"
 
 
 def test_computed_answers_are_right():

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import ROOT, run_script, stage2_args
-from instructkit.generation import clean_response, length_sorted_batches
+from instructkit.generate.generator import clean_response, length_sorted_batches
 
 # The test record's own fields as the split has them (our default data names each record's category),
 # then the two responses.
@@ -123,7 +123,7 @@ def test_clean_response_and_batching():
 
 
 def test_merged_model_answers_alone_without_loading_the_base(trained_run, tmp_path, base_model):
-    from instructkit.generation import TransformersGenerator
+    from instructkit.generate.generator import TransformersGenerator
 
     merged = trained_run / "finetuned" / "merged"
     assert TransformersGenerator(base_model, None, str(merged), False, ["finetuned"]).model is None
@@ -144,8 +144,8 @@ def test_merged_model_answers_alone_without_loading_the_base(trained_run, tmp_pa
 def test_finished_rows_leave_the_batch_and_the_answers_stay_the_same(trained_run, base_model):
     """Decoding in spans, the finished rows dropped between them with their KV-cache rows, gives
     the answers of one `generate` call over the whole batch (span longer than the answers)."""
-    from instructkit.generation import TransformersGenerator
-    from instructkit.prompts import load_style
+    from instructkit.data.prompts import load_style
+    from instructkit.generate.generator import TransformersGenerator
 
     style = load_style(trained_run / "finetuned")
     records = json.loads((trained_run / "data" / "test.json").read_text())[:6]

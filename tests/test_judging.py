@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from conftest import run_script
-from instructkit.judge_prompts import SCORE_PREFILL, parse_score, parse_verdict
-from instructkit.judging import pairwise_outcome
-from instructkit.models import EMBEDDED_JUDGE
-from instructkit.stats import bootstrap_ci, describe, length_controlled_win_rate, win_rate
+from instructkit.evaluate.stats import bootstrap_ci, describe, length_controlled_win_rate, win_rate
+from instructkit.judge.prompts import SCORE_PREFILL, parse_score, parse_verdict
+from instructkit.judge.scoring import pairwise_outcome
+from instructkit.models.references import EMBEDDED_JUDGE
 
 LIMIT = 3
 SECRET = "sk-instructkit-test-6f1d2c9a0b7e4f3d"
@@ -90,7 +90,7 @@ def test_identical_values_give_no_interval_and_small_win_rates_a_wilson_one():
 
 @pytest.fixture(scope="module")
 def hf_judge():
-    from instructkit.judges import HFJudge
+    from instructkit.judge.judges import HFJudge
 
     return HFJudge(EMBEDDED_JUDGE)
 
@@ -116,8 +116,8 @@ def score_mass_one_at_a_time(model, tokenizer, prompt: str, score: int, tree) ->
 
 
 def _score_prompts(judge, responses_dir, n: int) -> list[str]:
-    from instructkit.backends import user_turn
-    from instructkit.judge_prompts import SYSTEM, score_prompt
+    from instructkit.judge.prompts import SYSTEM, score_prompt
+    from instructkit.models.backends import user_turn
 
     records = json.loads((responses_dir / "test_base_model.json").read_text())[:n]
     return [judge.chat_text(user_turn(score_prompt(r, r["finetuned_model_response"]), SYSTEM), SCORE_PREFILL)
@@ -125,7 +125,7 @@ def _score_prompts(judge, responses_dir, n: int) -> list[str]:
 
 
 def test_one_pass_score_tree_matches_one_score_at_a_time_on_a_left_padded_batch(hf_judge, responses_dir):
-    from instructkit.judges import ScoreTree
+    from instructkit.judge.judges import ScoreTree
 
     prompts = _score_prompts(hf_judge, responses_dir, 3)
     ids = [hf_judge.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -140,7 +140,7 @@ def test_one_pass_score_tree_matches_one_score_at_a_time_on_a_left_padded_batch(
 
 
 def test_a_decimal_is_no_score_in_either_path(hf_judge):
-    from instructkit.judges import ScoreTree
+    from instructkit.judge.judges import ScoreTree
 
     tree = ScoreTree(hf_judge.tokenizer, SCORE_PREFILL)
     for text in ("5", ".5", ",5"):  # what follows "8" in "85", "8.5", "8,5": the number goes on
@@ -151,8 +151,8 @@ def test_a_decimal_is_no_score_in_either_path(hf_judge):
 def test_probability_scoring_with_an_output_layer_wider_than_the_tokenizer(judge_model, responses_dir, hf_judge):
     """Qwen2.5 and Phi-3 pad their vocabulary: a real model widened the same way still scores, and
     still matches one-at-a-time scoring."""
-    from instructkit.judges import ScoreTree
-    from instructkit.models import load_causal_lm
+    from instructkit.judge.judges import ScoreTree
+    from instructkit.models.loading import load_causal_lm
 
     wide = load_causal_lm(judge_model).eval()
     wide.resize_token_embeddings(len(hf_judge.tokenizer) + 64, mean_resizing=False)
@@ -171,7 +171,7 @@ def test_probability_scoring_refuses_flash_attention_and_loads_sdpa(hf_judge):
     from types import SimpleNamespace
 
     from instructkit.errors import UserError
-    from instructkit.judges import ScoreTree, load_judge
+    from instructkit.judge.judges import ScoreTree, load_judge
 
     fa2_model = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2"))
     with pytest.raises(UserError, match="needs attention that takes a custom mask"):
@@ -319,7 +319,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def litgpt_server(tmp_path_factory):
     """`litgpt serve` with its OpenAI spec, on the embedded judge's LitGPT checkpoint."""
-    from instructkit.judges import litgpt_checkpoint
+    from instructkit.judge.judges import litgpt_checkpoint
 
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "litgpt_serve.log"
@@ -455,7 +455,7 @@ def test_report_opens_in_chromium_with_averages_and_one_row_per_record(stage4_di
 
 
 def test_report_shows_absent_stages_instead_of_failing(tmp_path):
-    from instructkit.report import build_report
+    from instructkit.report.build import build_report
 
     page = build_report(tmp_path).read_text()
     for stage in ("Stage 1 (finetuning)", "Stage 3 (benchmark)", "Stage 2 (test responses)"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import instructkit.loss_head as loss_head
+import instructkit.train.loss_head as loss_head
 from conftest import lora_sft_trainer, loss_grads_metrics
 
 

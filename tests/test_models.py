@@ -10,7 +10,8 @@ import torch
 
 from conftest import ROOT
 from instructkit.errors import UserError
-from instructkit.models import CONVERSION_VERSION, ResolvedModel, load_causal_lm, load_tokenizer, resolve_model
+from instructkit.models.loading import load_causal_lm, load_tokenizer
+from instructkit.models.references import CONVERSION_VERSION, ResolvedModel, resolve_model
 
 
 def test_embedded_base_tokenizes_like_gemma(base_model, base_tokenizer):
@@ -67,7 +68,7 @@ def test_unreachable_hub_model_is_a_clear_error():
 def test_two_processes_converting_at_once_share_one_conversion(tmp_path):
     """Two first runs on an empty cache: one converts, the other waits and reuses it."""
     script = textwrap.dedent("""
-        from instructkit.models import EMBEDDED_JUDGE, resolve_model
+        from instructkit.models.references import EMBEDDED_JUDGE, resolve_model
         print(resolve_model(EMBEDDED_JUDGE).path)
     """)
     env = {**os.environ, "INSTRUCTKIT_CACHE": str(tmp_path / "cache")}

@@ -6,16 +6,18 @@ per-turn and per-category means in mt_bench_scores.json and the report."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, EchoChat, JSONHandler, LocalServer, run_script
+from conftest import EchoChat, JSONHandler, LocalServer, run_script
+from instructkit.data import packaged
+from instructkit.data.prompts import get_style
+from instructkit.data.questions import read_questions
 from instructkit.errors import UserError
-from instructkit.judge_prompts import mt_single_prompt, parse_mt_rating, parse_mt_verdict
-from instructkit.mt_bench import read_questions
-from instructkit.prompts import get_style
+from instructkit.judge.prompts import mt_single_prompt, parse_mt_rating, parse_mt_verdict
 
-SAMPLE = ROOT / "data" / "mt_bench_sample.jsonl"
+SAMPLE = Path(packaged("mt_bench_sample.jsonl"))
 
 
 @pytest.mark.parametrize("reply, rating", [
@@ -45,7 +47,7 @@ def test_questions_file_is_checked_line_by_line(tmp_path):
 
 
 def test_second_turn_prompt_carries_the_first_exchange_in_each_style(base_tokenizer, judge_model):
-    from instructkit.models import load_tokenizer
+    from instructkit.models.loading import load_tokenizer
 
     history = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4."}]
     record = {"instruction": "And times 3?", "input": ""}

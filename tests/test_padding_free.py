@@ -13,10 +13,10 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from conftest import lora_sft_trainer, loss_grads_metrics, run_script
 from instructkit.errors import UserError
-from instructkit.loss_head import use_compact_head
-from instructkit.models import load_causal_lm
-from instructkit.padding_free import padding_free_collator, records_stay_apart
-from instructkit.training import TrainingConfig, _padding_free
+from instructkit.models.loading import load_causal_lm
+from instructkit.train.loss_head import use_compact_head
+from instructkit.train.padding_free import padding_free_collator, records_stay_apart
+from instructkit.train.sft import TrainingConfig, _padding_free
 
 # An attention kernel with no mask support of its own: transformers hands it no mask, so it runs plain
 # causal attention over the whole row, as custom kernels that ignore packing do.

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_script, stage2_args
-from instructkit.artifacts import cpu_description
 from instructkit.errors import UserError
-from instructkit.precision import earlier_default, precision_setting, resolve_precision
-from instructkit.training import SUMMARY_FILE, TrainingConfig, run_settings, train
+from instructkit.models.precision import earlier_default, precision_setting, resolve_precision
+from instructkit.runs.artifacts import cpu_description
+from instructkit.train.sft import SUMMARY_FILE, TrainingConfig, run_settings, train
 
 
 def test_auto_follows_the_device_and_the_measurements_and_says_why():

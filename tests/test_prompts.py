@@ -3,9 +3,9 @@
 import pytest
 from datasets import Dataset
 
+from instructkit.data.prompts import get_style, load_style
 from instructkit.errors import UserError
-from instructkit.models import load_causal_lm, load_tokenizer
-from instructkit.prompts import get_style, load_style
+from instructkit.models.loading import load_causal_lm, load_tokenizer
 
 WITH_INPUT = {"instruction": "Add the numbers.", "input": "2, 3", "output": "5"}
 NO_INPUT = {"instruction": "Name a colour.", "input": "", "output": "Blue."}

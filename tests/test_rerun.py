@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ROOT, kill_at_checkpoint, run_script
 from instructkit.errors import UserError
-from instructkit.models import EMBEDDED_JUDGE
+from instructkit.models.references import EMBEDDED_JUDGE
 
 STAGE1 = ["--max-steps", "2", "--batch-size", "2", "--eval-steps", "1", "--val-fraction", "0.02", "--lora-dropout", "0"]
 STAGES = {  # script, arguments beyond --output-dir: small but real
@@ -91,7 +91,7 @@ def test_one_folder_is_one_run_reused_while_unchanged_and_redone_after_retrainin
     assert sha(adapter) == old_adapter and (run / "finetuned" / "training_summary.json").read_text() == old_summary
     from peft import PeftModel
 
-    from instructkit.models import load_causal_lm
+    from instructkit.models.loading import load_causal_lm
 
     PeftModel.from_pretrained(load_causal_lm(base_model), run / "finetuned")  # the previous adapter still loads
     assert "already finished" in stage(workdir, run, 2).stdout  # and later stages still stand on it
@@ -103,7 +103,7 @@ def test_one_folder_is_one_run_reused_while_unchanged_and_redone_after_retrainin
     assert summary["resumed"] is True and summary["settings"]["lr"] == 1e-5 and summary["steps"] == 2
     assert sha(adapter) != old_adapter and not (run / ".stage1.partial").exists()
     assert not (run / "finetuned" / "checkpoints").exists()
-    from instructkit.report import build_report
+    from instructkit.report.build import build_report
 
     page = build_report(run).read_text()
     assert page.count('class="stale"') == 4  # stage 2's records, stage 3, stage 4's task metrics and judge (on stage 2)
@@ -133,8 +133,8 @@ def test_one_folder_is_one_run_reused_while_unchanged_and_redone_after_retrainin
 
 def test_stage1_refusing_to_resume_writes_nothing(tmp_path):
     """Checkpoints of an interrupted run with other settings: refused before the split is written."""
-    from instructkit.provenance import reference_input
-    from instructkit.training import DEFAULT_DATA, TrainingConfig, run_settings
+    from instructkit.runs.fingerprints import reference_input
+    from instructkit.train.sft import DEFAULT_DATA, TrainingConfig, run_settings
 
     checkpoints = tmp_path / ".stage1.partial" / "finetuned" / "checkpoints"
     (checkpoints / "checkpoint-1").mkdir(parents=True)
@@ -166,8 +166,8 @@ def _responses(path: Path) -> Path:
     ({"scores": []}, "expected an object with a 'ratings' list"),
 ])
 def test_malformed_human_ratings_name_the_file_the_entry_and_the_field(tmp_path, ratings, expected):
-    from instructkit.human import read_human_ratings
-    from instructkit.report import build_report
+    from instructkit.judge.human import read_human_ratings
+    from instructkit.report.build import build_report
 
     bad = tmp_path / "human_ratings.json"
     bad.write_text(json.dumps(ratings))
@@ -188,7 +188,7 @@ def test_malformed_human_ratings_stop_stage4_before_any_work(tmp_path):
 
 
 def test_offline_mmlu_row_without_four_choices_names_file_and_row(tmp_path, monkeypatch):
-    from instructkit import benchmark
+    from instructkit.evaluate import benchmark
 
     questions = tmp_path / "questions"
     questions.mkdir()
@@ -201,7 +201,7 @@ def test_offline_mmlu_row_without_four_choices_names_file_and_row(tmp_path, monk
 def test_hub_failure_keeps_the_underlying_error(monkeypatch):
     import datasets
 
-    from instructkit.data import load_records
+    from instructkit.data.records import load_records
 
     def unreachable(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'someone/some-data' on the Hub (LocalEntryNotFoundError)")

@@ -15,9 +15,9 @@ from http.server import ThreadingHTTPServer
 import pytest
 
 from conftest import PROJECT_DATA, ROOT, JSONHandler, run_script
-from instructkit.similarity import RougeLFilter, contaminated, near_duplicates
-from instructkit.synthesis import DEFAULT_SEEDS, SynthesisConfig, instruction_problem, load_seed_tasks
-from instructkit.synthesis_prompts import read_instance, read_new_tasks, read_reflection
+from instructkit.data.similarity import RougeLFilter, contaminated, near_duplicates
+from instructkit.data.synthesis import DEFAULT_SEEDS, SynthesisConfig, instruction_problem, load_seed_tasks
+from instructkit.data.synthesis_prompts import read_instance, read_new_tasks, read_reflection
 
 SECRET = "sk-instructkit-generator-test-5b1f0c9e7a"
 RECORDS = json.loads(PROJECT_DATA.read_text())
@@ -202,7 +202,7 @@ def test_self_instruct_through_an_openai_server_then_killed_run_resumes_to_the_s
     assert all(r["output"] == BY_INSTRUCTION[r["instruction"]]["output"] for r in classified)
     assert SECRET not in result.stdout + result.stderr + data_path.read_text() + json.dumps(meta)
     # Stage 1 reads it as it is.
-    from instructkit.data import load_records
+    from instructkit.data.records import load_records
     assert load_records(str(data_path)) == data
 
     # The same run, SIGKILLed once some rounds are logged, then rerun: the same file, and the rerun

@@ -3,7 +3,7 @@ exact match, and the per-model summary with its paired difference."""
 
 import pytest
 
-from instructkit.task_metrics import normalize, record_metrics, task_metrics
+from instructkit.evaluate.task_metrics import normalize, record_metrics, task_metrics
 
 
 def test_rouge_l_is_rouge_scores_documented_value():

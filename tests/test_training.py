@@ -10,9 +10,9 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from conftest import SHARED_DATA, TRAIN_ARGS, needs_shared_data, run_script
-from instructkit.models import load_causal_lm
-from instructkit.precision import earlier_default
-from instructkit.prompts import load_style
+from instructkit.data.prompts import load_style
+from instructkit.models.loading import load_causal_lm
+from instructkit.models.precision import earlier_default
 
 SUMMARY_KEYS = {
     "stage", "base_model", "base_model_path", "base_model_source", "prompt_style", "data", "hyperparameters",
@@ -130,8 +130,8 @@ def test_a_run_finished_by_the_previous_version_is_not_trained_again(trained_run
     # The comparison is not vacuous: another seed would train again.
     from dataclasses import replace
 
-    from instructkit.progress import why_redo
-    from instructkit.training import TrainingConfig, _with_record, run_settings
+    from instructkit.runs.reuse import why_redo
+    from instructkit.train.sft import TrainingConfig, _with_record, run_settings
 
     config = TrainingConfig(**{k: v for k, v in summary["hyperparameters"].items() if k != "resume"},
                             precision=earlier_default())

@@ -1,0 +1,367 @@
+"""Stage 5: a local web app (Gradio) where one message goes to the base model and its finetune, and
+to any model stage 2 compared them with, and the answers stream in side by side, each formatted as
+stage 2 formats it. Test records can be picked as examples, with their expected output, stored
+responses and judge scores; ratings go to `human_ratings.json`, where stage 4 reads them."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+
+from instructkit.data.prompts import PromptStyle, get_style, load_style
+from instructkit.data.records import Record, validate_records
+from instructkit.data.responses import RESPONSES_FILE, read_responses
+from instructkit.errors import UserError
+from instructkit.generate.compare import CompareModel, load_compare, parse_compare
+from instructkit.generate.generator import TransformersGenerator
+from instructkit.judge.human import HUMAN_FILE, save_chat_rating
+from instructkit.judge.scoring import SCORES_FILE
+from instructkit.models.precision import CHOICES as PRECISIONS
+from instructkit.models.precision import resolve_precision
+from instructkit.models.references import base_reference, require_adapter, resolve_model, run_adapter
+from instructkit.runs.artifacts import read_json
+
+TIE = "tie"
+
+
+@dataclass
+class ChatConfig:
+    output_dir: str = field(default="outputs", metadata={"help": f"the run folder: stage 1's adapter and split, stage 2's responses and stage 4's scores are read from it, {HUMAN_FILE} written to it"})
+    adapter: str = field(default="", metadata={"help": "stage 1's adapter folder (default: <output-dir>/finetuned)"})
+    base_model: str = field(default="", metadata={"help": "base model reference (default: the one stage 1 trained on)"})
+    merged: str = field(default="", metadata={"help": "a merged finetuned model folder to use instead of base + adapter"})
+    test_file: str = field(default="", metadata={"help": f"records offered as examples when there is no {RESPONSES_FILE} (default: <output-dir>/data/test.json)"})
+    compare: list[str] = field(default_factory=list, metadata={"help": "more models in more columns, NAME=MODEL as in stage 2 (default: the ones stage 2 compared, from its .meta.json)"})
+    compare_base_url: str = field(default="", metadata={"help": "the OpenAI-compatible server of openai: compare models (the key comes from OPENAI_API_KEY)"})
+    host: str = field(default="127.0.0.1", metadata={"help": "address to serve on; 0.0.0.0 lets other machines in (there is no login)"})
+    port: int = field(default=7860, metadata={"help": "port to serve on"})
+    share: bool = field(default=False, metadata={"help": "also open a public gradio.live link (needs the internet; anyone with the link can use your models)"})
+    max_new_tokens: int = field(default=128, metadata={"help": "the answer length the page starts with"})
+    max_queue: int = field(default=16, metadata={"help": "messages that may wait for the model at once; more are turned away"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub (only for models you trust)"})
+    precision: str = field(default="auto", metadata={"help": "fp32 or bf16 weights, as stage 2 --precision (auto picks what stage 2 picks on this machine, so that live answers can match its stored ones)", "choices": list(PRECISIONS)})
+    screenshot: str = field(default="", metadata={"help": "instead of serving: open the page in headless Chromium, send the first example, save a PNG here and exit"})
+
+
+@dataclass
+class Column:
+    """One model on the page: how it renders a prompt and streams an answer."""
+
+    name: str
+    generator: object  # a TransformersGenerator, or stage 2's OpenAIGenerator for openai: models
+    role: str  # which of the generator's models answers: base (adapter off) or finetuned
+    style: PromptStyle
+
+    def prompt(self, history: list[dict[str, str]], record: Record):
+        # Earlier turns only where the format has a place for them: the page is a conversation for
+        # chat-template styles and one instruction per message for Alpaca and Phi-3.
+        return self.generator.render(self.style, record, history if self.style.multi_turn else [])
+
+    def stream(self, prompt, settings: dict, stop: threading.Event) -> Iterator[str]:
+        if hasattr(self.generator, "stream"):
+            yield from self.generator.stream(self.role, prompt, settings["max_new_tokens"], self.style,
+                                             temperature=settings["temperature"], top_p=settings["top_p"],
+                                             seed=settings["seed"], stop=stop)
+        else:  # a served model answers whole
+            texts, _ = self.generator.generate(self.role, [prompt], settings["max_new_tokens"], self.style)
+            yield texts[0] or "(no answer: see the app's log)"
+
+
+class ChatSession:
+    """Everything the page needs, loaded once: the models, the examples and what stages 2 and 4
+    stored about them. One answer is generated at a time (the page's queue sees to that)."""
+
+    def __init__(self, config: ChatConfig):
+        self.output_dir = Path(config.output_dir)
+        adapter = run_adapter(self.output_dir, config.adapter)
+        if not config.merged:
+            require_adapter(adapter)
+        self.style = load_style(adapter)
+        self.responses = self.output_dir / RESPONSES_FILE
+        self.examples, self.stored_models = self._examples(config)
+        self.scores = self._scores()
+        base = resolve_model(base_reference(config.base_model, adapter))
+        print(f"loading {base.reference} and its finetune ({'merged' if config.merged else adapter})", flush=True)
+        dtype = resolve_precision(config.precision, "inference").dtype
+        generator = TransformersGenerator(base, None if config.merged else adapter, config.merged,
+                                          config.trust_remote_code, ["base", "finetuned"], dtype)
+        self.columns = [Column("base", generator, "base", self.style), Column("finetuned", generator, "finetuned", self.style)]
+        for model, base_url in self._compare_models(config):
+            print(f"loading compare model {model.name} ({model.reference})", flush=True)
+            try:
+                its_generator, role, its_style = load_compare(
+                    model, self.style, TransformersGenerator, base_url=base_url, concurrency=1,
+                    max_retries=2, timeout=120.0, trust_remote_code=config.trust_remote_code, dtype=dtype)
+            except UserError as exc:
+                if config.compare:  # asked for: a reason to stop
+                    raise
+                print(f"warning: leaving out stage 2's compare model {model.name}: {exc}", flush=True)
+                continue
+            self.columns.append(Column(model.name, its_generator, role, its_style))
+        self.stops: defaultdict[str, threading.Event] = defaultdict(threading.Event)  # per browser session
+
+    def _examples(self, config: ChatConfig) -> tuple[list[dict], list[str]]:
+        if self.responses.is_file():
+            return read_responses(self.responses)
+        test_file = Path(config.test_file or self.output_dir / "data" / "test.json")
+        return (validate_records(read_json(test_file), str(test_file)) if test_file.is_file() else []), []
+
+    def _scores(self) -> dict[int, dict]:
+        """Stage 4's scores of each example, by record index."""
+        path = self.output_dir / SCORES_FILE
+        rows = read_json(path).get("records", []) if path.is_file() and self.stored_models else []
+        return {row["index"]: row.get("scores", {}) for row in rows}
+
+    def _compare_models(self, config: ChatConfig) -> list[tuple[CompareModel, str]]:
+        """The --compare models with --compare-base-url, else stage 2's, each with the server it used."""
+        if config.compare:
+            return [(model, config.compare_base_url) for model in parse_compare(config.compare)]
+        meta = self.responses.with_suffix(".meta.json")
+        if not meta.is_file():
+            return []
+        meta = read_json(meta)
+        models = parse_compare([f"{name}={ref}" for name, ref in meta.get("compare", {}).items()])
+        servers = {m.name: meta.get("inputs", {}).get(f"compare_{m.name}", {}).get("base_url", "") for m in models}
+        return [(m, "" if servers[m.name] == "https://api.openai.com/v1" else servers[m.name]) for m in models]
+
+    @property
+    def names(self) -> list[str]:
+        return [column.name for column in self.columns]
+
+    def example_index(self, message: str, extra: str, picked: int | None) -> int | None:
+        """The test record this message is, if it is one picked from the examples and left unedited."""
+        if picked is None or picked >= len(self.examples):
+            return None
+        record = self.examples[picked]
+        return picked if (record["instruction"], record["input"]) == (message.strip(), extra.strip()) else None
+
+    def stored_answer(self, model: str, index: int | None) -> str | None:
+        return self.examples[index].get(model) if index is not None and model in self.stored_models else None
+
+    def describe_example(self, index: int) -> str:
+        record = self.examples[index]
+        lines = [f"**Expected output** (test record {index}):\n\n{record['output']}"]
+        for model in self.stored_models:
+            score = self.scores.get(index, {}).get(model, {}).get("score")
+            judged = f" (judge score {score})" if score is not None else ""
+            lines.append(f"**Stored {model} response** (stage 2){judged}:\n\n{record.get(model) or '(none)'}")
+        return "\n\n".join(lines)
+
+    def answer(self, histories: dict[str, list], record: Record, settings: dict, session: str) -> Iterator[dict[str, str]]:
+        """Each column's answer to `record` after its own history, one column after the other, as
+        {column: text so far}; the page's Stop button ends it after the current token."""
+        stop = self.stops[session]
+        stop.clear()
+        answers: dict[str, str] = {}
+        for column in self.columns:
+            if stop.is_set():
+                answers[column.name] = "(stopped)"
+                continue
+            prompt = column.prompt(histories.get(column.name, []), record)
+            for text in column.stream(prompt, settings, stop):
+                answers[column.name] = text
+                yield answers
+        yield answers
+
+    def stopped(self, session: str) -> bool:
+        return self.stops[session].is_set()
+
+    def stop(self, session: str) -> None:
+        self.stops[session].set()
+
+    def rate(self, last: dict, preference: str | None, ratings: dict[str, str]) -> str:
+        """Save a rating of the last exchange; returns what the page says about it."""
+        if not last:
+            raise UserError("send a message first: a rating is of the answers on the page")
+        given = {m: r.strip() for m, r in ratings.items() if r and r.strip()}
+        if bad := [m for m, r in given.items() if not (r.isdigit() and 0 <= int(r) <= 100)]:
+            raise UserError(f"the rating of {', '.join(bad)} is not a whole number from 0 to 100")
+        given = {m: int(r) for m, r in given.items()}
+        if preference is None and not given:
+            raise UserError("choose which answer is better, or give a 0-100 rating")
+        entry = {**last, "preference": preference, "ratings": given, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        index = last["record_index"]
+        # Only a rating of exactly what stage 2 stored is a rating of that stored response.
+        indexed = {m: r for m, r in given.items()
+                   if (stored := self.stored_answer(m, index)) is not None and stored == last["answers"].get(m)}
+        notes = save_chat_rating(self.output_dir, self.responses, entry, indexed)
+        where = self.output_dir / HUMAN_FILE
+        if indexed and not notes:
+            return f"Saved to {where}, with the stored responses of test record {index} (stage 4 reads them)."
+        reason = notes[0] if notes else (
+            "not a test record's stored answer, so kept with the chat only" if given else "a preference")
+        return f"Saved to {where} ({reason})."
+
+
+def settings_of(temperature: float, top_p: float, max_new_tokens: float, seed: float) -> dict:
+    return {"temperature": float(temperature), "top_p": float(top_p), "max_new_tokens": int(max_new_tokens), "seed": int(seed)}
+
+
+def user_text(record: Record) -> str:
+    """The user's turn as a chat model is sent it (and as the page shows it)."""
+    return get_style("chat").prompt(record)[0]["content"]
+
+
+def build_app(session: ChatSession, max_new_tokens: int, max_queue: int):
+    """The page: a column per model, the message box, settings, examples and the rating row."""
+    names = session.names
+    one_instruction = not session.style.multi_turn
+    mode = ("Each message is one instruction (with an optional input): the "
+            f"**{session.style.name}** format was trained on single instructions, so earlier turns are not sent."
+            if one_instruction else "A conversation: every earlier turn is sent, through the chat template.")
+    theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])  # no web fonts: offline
+    with gr.Blocks(title="instructkit chat") as app:
+        gr.Markdown(f"## Base and finetune, side by side\n{mode} Answers are greedy unless the temperature is above 0; "
+                    f"the models answer one after the other, one message at a time.")
+        histories = gr.State({name: [] for name in names})
+        last = gr.State({})
+        picked = gr.State(None)
+        with gr.Row():
+            chatbots = [gr.Chatbot(label=name, elem_id=f"chat-{name}", height=420) for name in names]
+        with gr.Row():
+            message = gr.Textbox(label="Instruction" if one_instruction else "Message", elem_id="message", scale=4,
+                                 placeholder="Ask both models something", lines=2)
+            extra = gr.Textbox(label="Input (optional)", elem_id="input", scale=2, lines=2, visible=one_instruction)
+        with gr.Row():
+            send = gr.Button("Send", variant="primary", elem_id="send")
+            stop = gr.Button("Stop", elem_id="stop")
+            regenerate = gr.Button("Regenerate", elem_id="regenerate")
+            clear = gr.Button("Clear", elem_id="clear")
+        with gr.Accordion("Generation settings", open=False):
+            with gr.Row():
+                temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0: greedy, as stage 2)")
+                top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p")
+                length = gr.Slider(8, 1024, value=max_new_tokens, step=8, label="Max new tokens")
+                seed = gr.Number(0, precision=0, label="Seed (sampling)")
+            gr.Markdown(f"Answers stop at the **{session.style.name}** style's markers: "
+                        f"{', '.join(f'`{s}`' for s in session.style.stop_strings) or 'the chat template end'}.")
+        with gr.Accordion(f"Test records ({len(session.examples)})", open=bool(session.examples)):
+            choices = [(f"{i}: {r['instruction'][:90]}", i) for i, r in enumerate(session.examples)]
+            example = gr.Dropdown(choices, value=None, label="Pick one: it fills the message; Send asks the models",
+                                  elem_id="example")
+            details = gr.Markdown(elem_id="example-details")
+        with gr.Row():
+            preference = gr.Radio([f"{name} better" for name in names] + [TIE], label="Which answer is better?",
+                                  elem_id="preference")
+            ratings = [gr.Textbox(label=f"{name}: your rating 0-100", placeholder="optional", elem_id=f"rating-{name}")
+                       for name in names]
+            save = gr.Button("Save rating", elem_id="save-rating")
+        status = gr.Markdown(elem_id="status")
+
+        def pick(index):
+            if index is None:
+                return gr.update(), gr.update(), "", None
+            record = session.examples[index]
+            return record["instruction"], record["input"], session.describe_example(index), index
+
+        def shown(history: list, current: str | None = None, answer: str | None = None) -> list:
+            turns = list(history) + ([{"role": "user", "content": current}] if current else [])
+            return turns + ([{"role": "assistant", "content": answer}] if answer is not None else [])
+
+        def respond(text, extra_text, index, state, temperature, top_p, length, seed, request: gr.Request):
+            text, extra_text = (text or "").strip(), (extra_text or "").strip()
+            if not text:
+                raise gr.Error("Type a message first.")
+            record = {"instruction": text, "input": extra_text if one_instruction else ""}
+            settings = settings_of(temperature, top_p, length, seed)
+            shown_user = user_text(record)
+            answers: dict[str, str] = {}
+            started = time.perf_counter()
+            for answers in session.answer(state, record, settings, request.session_hash):
+                yield *[shown(state[n], shown_user, answers.get(n)) for n in names], state, {}, "Answering…"
+            state = {n: state[n] + [{"role": "user", "content": shown_user},
+                                    {"role": "assistant", "content": answers.get(n, "")}] for n in names}
+            exchange = {"message": text, "input": record["input"], "record_index": session.example_index(text, extra_text, index),
+                        "prompt_style": session.style.name, "settings": settings, "answers": answers,
+                        "history_turns": len(state[names[0]]) // 2 - 1}
+            done = "Stopped after" if session.stopped(request.session_hash) else "Answered in"
+            yield *[shown(state[n]) for n in names], state, exchange, f"{done} {time.perf_counter() - started:.1f} s."
+
+        def undo_last(state, exchange):
+            """Regenerate: drop the last turn and ask its message again (with the settings now set)."""
+            if not exchange:
+                raise gr.Error("Nothing to regenerate yet.")
+            state = {n: state[n][:-2] for n in names}
+            return *[shown(state[n]) for n in names], state, exchange["message"], exchange["input"]
+
+        def rate(choice, exchange, *values):
+            try:
+                return session.rate(exchange, choice.removesuffix(" better") if choice else None,
+                                    dict(zip(names, values)))
+            except UserError as exc:
+                raise gr.Error(str(exc)) from exc
+
+        def stop_now(request: gr.Request):
+            session.stop(request.session_hash)
+
+        answer_inputs = [message, extra, picked, histories, temperature, top_p, length, seed]
+        answer_outputs = [*chatbots, histories, last, status]
+        example.change(pick, example, [message, extra, details, picked], queue=False, api_name="pick")
+        # One generation at a time across every browser: a 2-core CPU runs one well, two badly.
+        send.click(respond, answer_inputs, answer_outputs, concurrency_id="model", concurrency_limit=1, api_name="chat")
+        message.submit(respond, answer_inputs, answer_outputs, concurrency_id="model", concurrency_limit=1, api_name=False)
+        regenerate.click(undo_last, [histories, last], [*chatbots, histories, message, extra], queue=False).then(
+            respond, answer_inputs, answer_outputs, concurrency_id="model", concurrency_limit=1)
+        stop.click(stop_now, None, None, queue=False, api_name="stop")  # not behind the answer it stops
+        clear.click(lambda: (*[[] for _ in names], {n: [] for n in names}, {}, ""), None, answer_outputs, queue=False)
+        save.click(rate, [preference, last, *ratings], status, concurrency_limit=None, api_name="rate")
+    app.queue(max_size=max_queue)
+    return app, theme
+
+
+def require_free_port(host: str, port: int) -> None:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"cannot serve on {host}:{port}: {exc.strerror} (is the app already running? "
+                            "choose another with --port)") from exc
+
+
+def serve(config: ChatConfig) -> None:
+    """Load the models, then serve the page until Ctrl-C (or take the screenshot and exit)."""
+    require_free_port(config.host, config.port)
+    session = ChatSession(config)
+    app, theme = build_app(session, config.max_new_tokens, config.max_queue)
+    launch = dict(server_name=config.host, server_port=config.port, share=config.share, theme=theme,
+                  footer_links=["api"], quiet=True)
+    if config.screenshot:
+        app.launch(prevent_thread_lock=True, **launch)
+        try:
+            take_screenshot(f"http://{config.host}:{config.port}/", Path(config.screenshot), session)
+        finally:
+            app.close()
+        return
+    print(f"chat app on http://{config.host}:{config.port}/ (Ctrl-C stops it; ratings go to "
+          f"{session.output_dir / HUMAN_FILE})", flush=True)
+    app.launch(**launch)
+
+
+def wait_for_answers(page, timeout_s: float = 300) -> None:
+    """Until the page says every model has answered."""
+    page.locator("#status").get_by_text("Answered in").wait_for(timeout=timeout_s * 1000)
+
+
+def take_screenshot(url: str, path: Path, session: ChatSession) -> None:
+    """The page after the first example is answered, as a PNG (headless Chromium, as the tests drive it)."""
+    from instructkit.app.browser import open_page
+
+    with open_page(url) as page:
+        if session.examples:
+            page.locator("#example input").click()
+            page.get_by_role("option").first.click()
+            page.wait_for_function("() => document.querySelector('#message textarea').value !== ''")
+        else:
+            page.locator("#message textarea").fill("Give three tips for staying healthy.")
+        page.locator("#send").click()
+        wait_for_answers(page)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(path), full_page=True)
+    print(f"screenshot: {path}")

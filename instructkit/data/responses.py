@@ -1,0 +1,59 @@
+"""Stage 2's responses file, the one place that reads and names it: one object per test record
+(`instruction`, `input`, `output`, optional `category`) with a `<model>_model_response` field per
+model that answered. Stage 4, the human rater, the chat app and the report read it through here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from instructkit.data.records import validate_records
+from instructkit.errors import UserError, problems_error
+from instructkit.runs.artifacts import read_json
+
+RESPONSES_FILE = "test_base_model.json"  # the name LLMs-from-scratch gave it; it holds every model's responses
+RESPONSE_FIELDS = {"base": "base_model_response", "finetuned": "finetuned_model_response"}
+SUFFIX = "_model_response"
+
+
+def response_field(model: str) -> str:
+    """The field of a model's response in a record: base, finetuned, or a --compare model's name."""
+    return RESPONSE_FIELDS.get(model, f"{model}{SUFFIX}")
+
+
+def response_columns(keys: Iterable[str]) -> list[str]:
+    """The models whose responses `keys` (a record's fields, or model names) hold: base and
+    finetuned first, then the --compare models in the order given."""
+    names = [key.removesuffix(SUFFIX) for key in keys]
+    return list(RESPONSE_FIELDS) + [n for n in dict.fromkeys(names) if n not in RESPONSE_FIELDS]
+
+
+def responses_path(output_dir: str | Path, given: str = "") -> Path:
+    """Stage 2's responses: the file given (stage 4's --input), else the run folder's."""
+    return Path(given or Path(output_dir) / RESPONSES_FILE)
+
+
+def read_responses(path: str | Path) -> tuple[list[dict], list[str]]:
+    """Stage 2's records, each with its responses under the model's name, and the models that
+    have responses in them."""
+    raw = read_json(path)
+    if not isinstance(raw, list):
+        raise UserError(f"{path}: expected a JSON list of records, found a {type(raw).__name__}")
+    records = validate_records(raw, path)
+    problems = []
+    columns = response_columns(key for item in raw if isinstance(item, dict) for key in item if key.endswith(SUFFIX))
+    for index, item in enumerate(raw):
+        for model in columns:
+            key = response_field(model)
+            if key not in item:
+                problems.append(f"{path}: record {index}: missing field '{key}' (rerun stage 2)")
+            elif item[key] is not None and not isinstance(item[key], str):
+                problems.append(f"{path}: record {index}: field '{key}' must be text or null, found {type(item[key]).__name__}")
+            else:
+                records[index][model] = item[key]
+    if problems:
+        raise problems_error(problems)
+    models = [m for m in columns if any(r[m] is not None for r in records)]
+    if not models:
+        raise UserError(f"{path}: no record has a response to score")
+    return records, models

@@ -1,0 +1,465 @@
+"""Stage 1: supervised finetuning with TRL's SFTTrainer and a PEFT LoRA/QLoRA adapter."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import resource
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import EarlyStoppingCallback, ProgressCallback, TrainerCallback, set_seed
+from trl import SFTConfig, SFTTrainer
+
+from instructkit.data import packaged
+from instructkit.data.prompts import STYLES, PromptStyle, get_style
+from instructkit.data.records import Split, drop_duplicates, load_records, split_records
+from instructkit.errors import UserError
+from instructkit.models.loading import load_causal_lm, load_tokenizer, qlora_quantization
+from instructkit.models.precision import CHOICES as PRECISIONS
+from instructkit.models.precision import precision_setting, resolve_precision
+from instructkit.models.references import EMBEDDED_BASE, ResolvedModel, resolve_model
+from instructkit.report.plots import plot_loss
+from instructkit.runs.artifacts import is_main_process, manifest, output_lock, read_json, write_json_atomic
+from instructkit.runs.fingerprints import changed, reference_input, settings_changes
+from instructkit.runs.reuse import why_redo
+from instructkit.train.loss_head import use_compact_head
+from instructkit.train.padding_free import padding_free_collator, records_stay_apart
+
+DEFAULT_DATA = packaged("instruction-data.json")
+SUMMARY_FILE = "training_summary.json"
+RUN_CONFIG_FILE = "run_config.json"
+# A run in progress trains here, beside the finished one, and is swapped in only when it finishes.
+STAGING_DIR = ".stage1.partial"
+STAGED = ("data", "finetuned")
+# Settings that do not change what is learned: a run may resume, or be reused, under another value.
+# `precision` is recorded as what it resolved to on this machine (precision_setting), not as asked.
+NOT_RUN_SETTINGS = ("overwrite", "restart", "merge", "compact_loss_head", "padding_free", "output_dir", "report_to",
+                    "precision")
+# --report-to: where TRL also sends the training metrics, and the package each needs.
+TRACKERS = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
+
+
+@dataclass
+class TrainingConfig:
+    base_model: str = field(default=EMBEDDED_BASE, metadata={"help": f"embedded name ({EMBEDDED_BASE}), .gguf file, model folder or hub id"})
+    data: str = field(default=DEFAULT_DATA, metadata={"help": "Alpaca/Dolly .json, .jsonl or .csv file, or a hub dataset: alpaca, dolly, owner/name"})
+    prompt_style: str = field(default="alpaca", metadata={"help": "prompt format", "choices": list(STYLES)})
+    output_dir: str = field(default="outputs", metadata={"help": "where data/ and finetuned/ are written"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the training split (ignored when --max-steps > 0)"})
+    max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (-1: use --epochs)"})
+    batch_size: int = field(default=8, metadata={"help": "records per device per step"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    lr: float = field(default=5e-4, metadata={"help": "peak learning rate (cosine decay, 3%% warm-up)"})
+    max_length: int = field(default=512, metadata={"help": "tokens per training sequence; longer records are truncated (counted in the summary)"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
+    qlora: bool = field(default=False, metadata={"help": "load the base model in 4-bit NF4 (bitsandbytes; CUDA GPU only)"})
+    packing: bool = field(default=False, metadata={"help": "pack several records into each sequence of --max-length (TRL best-fit decreasing); needs attention that keeps packed records apart (checked)"})
+    padding_free: bool = field(default=True, metadata={"help": "lay each batch's records end to end instead of padding them (same records, same loss, less memory); off by itself where the model's attention would mix records"})
+    val_fraction: float = field(default=0.05, metadata={"help": "share of records held out for validation loss"})
+    test_fraction: float = field(default=0.10, metadata={"help": "share of records held out for stages 2-4"})
+    seed: int = field(default=123, metadata={"help": "seed of the split, the LoRA initialisation and the data order"})
+    eval_steps: int = field(default=0, metadata={"help": "evaluate validation loss every N steps (0: about 10 times per run)"})
+    early_stopping_patience: int = field(default=0, metadata={"help": "stop after N evaluations without a better validation loss (0: off)"})
+    compact_loss_head: bool = field(default=True, metadata={"help": "off CUDA, run the LM head only at response tokens (TRL's Triton path does so on CUDA); same loss, ~3x faster CPU steps"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory (always on with --qlora)"})
+    merge: bool = field(default=False, metadata={"help": "also write finetuned/merged/: base + adapter, loadable by plain transformers"})
+    overwrite: bool = field(default=False, metadata={"help": "train again although the finished run has the same data and settings (the old adapter stays until the new one is finished)"})
+    restart: bool = field(default=False, metadata={"help": "discard the checkpoints of an interrupted run instead of resuming from them"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub (only for models you trust)"})
+    report_to: str = field(default="none", metadata={"help": "also send the training metrics to a tracker TRL supports (they are always in training_summary.json)", "choices": list(TRACKERS)})
+    precision: str = field(default="auto", metadata={"help": "base weights in fp32 or bf16 (the LoRA weights stay fp32); auto: bf16 on a GPU that has it, and on a CPU whatever bench/precision.py measured faster there (recorded with the reason in training_summary.json)", "choices": list(PRECISIONS)})
+
+
+def _planned_steps(config: TrainingConfig, n_train: int) -> int:
+    if config.max_steps > 0:
+        return config.max_steps
+    per_epoch = math.ceil(n_train / (config.batch_size * config.grad_accum))
+    return max(1, math.ceil(config.epochs * per_epoch))
+
+
+def _count_truncated(examples: list[dict], style: PromptStyle, tokenizer, max_length: int) -> int:
+    """Records whose prompt + response exceed max_length: TRL keeps their start, so their end is lost."""
+    count = 0
+    for example in examples:
+        if style.name == "chat":
+            ids = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=True)
+            ids = ids["input_ids"] if isinstance(ids, dict) else ids
+        else:
+            ids = tokenizer(example["prompt"] + example["completion"])["input_ids"]
+        count += len(ids) + 1 > max_length  # +1: the EOS TRL appends
+    return count
+
+
+class QuietProgressCallback(ProgressCallback):
+    """transformers' progress bar, with the latest loss on the bar instead of a printed dict per
+    step and per evaluation (the full log is kept in training_summary.json)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shown: dict[str, str] = {}  # the latest training and validation loss
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            self.shown.update({key: f"{logs[key]:.4f}" for key in ("loss", "eval_loss") if isinstance(logs.get(key), float)})
+            if self.shown:
+                self.training_bar.set_postfix(self.shown, refresh=False)
+
+
+class ThroughputCallback(TrainerCallback):
+    """Tokens per second over the training steps (evaluations left out), counting real tokens of
+    every process, not padding."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.seconds = 0.0
+        self.start_tokens = _last_logged(state.log_history, "num_tokens") or 0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.step_started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds += time.perf_counter() - self.step_started
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.tokens = (_last_logged(state.log_history, "num_tokens") or 0) - self.start_tokens
+
+
+def _last_logged(history: list[dict], key: str):
+    values = [entry[key] for entry in history if key in entry]
+    return values[-1] if values else None
+
+
+def _final_val_loss(trainer: SFTTrainer) -> float:
+    """The validation loss at the last step: reuse the evaluation made there, else run one."""
+    last = [e for e in trainer.state.log_history if "eval_loss" in e and e["step"] == trainer.state.global_step]
+    if last and not trainer.args.load_best_model_at_end:  # early stopping reloads the best model
+        return last[-1]["eval_loss"]
+    return trainer.evaluate()["eval_loss"]
+
+
+def _peak_memory_mb() -> dict[str, float]:
+    peak = {"cpu_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available():
+        peak["gpu_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peak
+
+
+def _write_split(split: Split, data_dir: Path) -> None:
+    for name in ("train", "val", "test"):
+        write_json_atomic(data_dir / f"{name}.json", getattr(split, name))
+
+
+def run_settings(config: TrainingConfig) -> dict:
+    settings = {k: v for k, v in asdict(config).items() if k not in NOT_RUN_SETTINGS}
+    return settings | precision_setting(resolve_precision(config.precision, "training"))
+
+
+def _check_resumable(checkpoints: Path, record: dict, restart: bool) -> bool:
+    """Resume only a run made from the same data with the same settings; anything else would mix
+    two experiments. Checkpoints from data that has changed since are discarded, saying so."""
+    for partial in checkpoints.glob("checkpoint-*"):
+        if not (partial / "trainer_state.json").is_file():  # killed while saving: unusable
+            shutil.rmtree(partial, ignore_errors=True)  # every rank of a DDP job may get here
+    if not any(checkpoints.glob("checkpoint-*")):
+        return False
+    saved_path = checkpoints / RUN_CONFIG_FILE
+    saved = read_json(saved_path) if saved_path.is_file() else {}
+    discard = None
+    if restart:
+        discard = "--restart"
+    elif saved.get("inputs") != record["inputs"]:
+        discard = f"{', '.join(changed(saved.get('inputs'), record['inputs']))} changed since they were made"
+    elif saved.get("settings") != record["settings"]:
+        raise UserError(
+            f"{checkpoints} holds checkpoints of an interrupted run with other settings "
+            f"({'; '.join(settings_changes(saved.get('settings'), record['settings']))}); "
+            "rerun with the same settings to resume, or pass --restart to discard them"
+        )
+    if discard is None:
+        return True
+    if is_main_process():
+        print(f"note: discarding the checkpoints in {checkpoints}: {discard}")
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    return False
+
+
+def _swap_in(output_dir: Path, staging: Path) -> None:
+    """Replace data/ and finetuned/ with the finished run from `staging`. Each folder is replaced by
+    two renames; a run killed in between finds the finished run still staged and completes the swap."""
+    for name in STAGED:
+        new, current, old = staging / name, output_dir / name, output_dir / f".{name}.old"
+        if not new.exists():
+            continue
+        shutil.rmtree(old, ignore_errors=True)
+        if current.exists():
+            current.rename(old)
+        new.rename(current)
+        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _with_record(summary: dict, path: Path) -> dict:
+    """A summary written before runs recorded their inputs holds only `hyperparameters`: a retraining
+    can cost GPU hours, so such a run stands when its settings and its data path are this run's."""
+    if "inputs" in summary:
+        return summary
+    old = {k: v for k, v in summary.get("hyperparameters", {}).items() if k not in NOT_RUN_SETTINGS + ("resume",)}
+    if is_main_process():
+        print(f"note: {path} was written by an older version that did not fingerprint its data; "
+              "comparing the data's path and the settings only")
+    return {"settings": old, "inputs": {"data": reference_input(old.get("data", ""))}}
+
+
+def train(config: TrainingConfig) -> Path:
+    """Run stage 1 and return the adapter folder (`<output_dir>/finetuned`)."""
+    style = get_style(config.prompt_style)
+    records, repeats = drop_duplicates(load_records(config.data))  # validates before anything is written
+    if repeats and is_main_process():
+        shown = ", ".join(f"{dropped} repeats {kept}" for dropped, kept in repeats[:5])
+        print(f"warning: {config.data}: {len(repeats)} records repeat an earlier one and are dropped "
+              f"(record {shown}{', ...' if len(repeats) > 5 else ''}), so none is both trained on and tested")
+    split = split_records(records, config.val_fraction, config.test_fraction, config.seed)
+    if config.qlora:
+        qlora_quantization()  # fails fast without a GPU, before anything is converted or written
+    package = TRACKERS[config.report_to]
+    if package and importlib.util.find_spec(package) is None:
+        raise UserError(f"--report-to {config.report_to} needs the {package} package: pip install {package}")
+    base = resolve_model(config.base_model)
+    output_dir = Path(config.output_dir)
+    adapter_dir = output_dir / "finetuned"
+    summary_path = adapter_dir / SUMMARY_FILE
+    staging = output_dir / STAGING_DIR
+    record = {"settings": run_settings(config), "inputs": {"data": reference_input(config.data)}}
+
+    with output_lock(output_dir, "train"):
+        if is_main_process() and (staging / "finetuned" / SUMMARY_FILE).is_file():
+            print(f"note: completing the swap-in of the run finished in {staging}")
+            _swap_in(output_dir, staging)
+        if summary_path.is_file() and not config.overwrite:
+            summary = read_json(summary_path)
+            reason = why_redo(_with_record(summary, summary_path), record["settings"], record["inputs"],
+                              "the adapter was trained")
+            if reason is None:
+                if config.merge and not (adapter_dir / "merged").is_dir():
+                    summary = read_json(summary_path)
+                    summary["merged_model"] = str(merge_adapter(base, adapter_dir, config.trust_remote_code))
+                    write_json_atomic(summary_path, summary)
+                print(f"stage 1 already finished: {summary_path} (same data and settings; --overwrite trains again)")
+                return adapter_dir
+            if is_main_process():
+                print(f"{reason}: training again")
+        if is_main_process() and adapter_dir.exists():
+            print(f"training into {staging}; {adapter_dir} stays as it is until the new run finishes")
+        return _train(config, style, split, base, output_dir, staging, record, n_repeats=len(repeats))
+
+
+def sft_arguments(config: TrainingConfig, checkpoints: Path, n_train: int, has_val: bool,
+                  resuming: bool = False) -> SFTConfig:
+    """Stage 1's SFTConfig. Unlike TRL's defaults: no gradient checkpointing unless asked (always
+    with QLoRA), and no bf16 autocast on a CPU, where it casts the weights at every step (bf16 there
+    means bf16 base weights instead); bench/train_throughput.py and bench/precision.py measure it."""
+    total_steps = _planned_steps(config, n_train)
+    eval_steps = config.eval_steps or max(1, total_steps // 10)
+    on_gpu = torch.cuda.is_available()
+    return SFTConfig(
+        output_dir=str(checkpoints),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.lr,
+        lr_scheduler_type="cosine",
+        warmup_ratio=0.03,
+        max_length=config.max_length,
+        packing=config.packing,
+        completion_only_loss=True,
+        logging_steps=1,
+        eval_strategy="steps" if has_val else "no",
+        # The base model's validation loss (LoRA B starts at 0), logged as step 0 and kept in every
+        # checkpoint's log. Evaluated inside train(): a trainer.evaluate() before train() leaves the
+        # model unwrapped by DDP, and each rank then trains its own copy without syncing gradients.
+        eval_on_start=has_val and not resuming,
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=eval_steps,
+        save_total_limit=2,
+        load_best_model_at_end=has_val and config.early_stopping_patience > 0,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        seed=config.seed,
+        data_seed=config.seed,
+        # DDP broadcasts buffers by position, and transformers 5.3 (our pin) registers Gemma 3's two RoPE
+        # tables in `set` order, which differs per process: rank 1 got the wrong table (found by
+        # tests/test_multiprocess.py; upstream fix huggingface/transformers#48162). The buffers are
+        # functions of the config, identical on every rank, so there is nothing to broadcast.
+        ddp_broadcast_buffers=False,
+        bf16=on_gpu and resolve_precision(config.precision, "training").name == "bf16",
+        use_cpu=not on_gpu,
+        gradient_checkpointing=config.qlora or config.gradient_checkpointing,
+        report_to=config.report_to,
+        disable_tqdm=False,
+    )
+
+
+def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: ResolvedModel,
+           output_dir: Path, staging: Path, record: dict, n_repeats: int) -> Path:
+    set_seed(config.seed)
+    tokenizer = load_tokenizer(base, config.trust_remote_code)
+    style.check_tokenizer(tokenizer)
+    train_examples = [style.training_example(r) for r in split.train]
+    val_examples = [style.training_example(r) for r in split.val]
+    n_truncated = _count_truncated(train_examples, style, tokenizer, config.max_length)
+    if n_truncated and is_main_process():
+        print(f"warning: {n_truncated} of {len(train_examples)} training records exceed --max-length "
+              f"{config.max_length} tokens and are truncated (their end and EOS are not learned)")
+
+    # Loaded before anything is written: a model that cannot keep packed records apart stops --packing here.
+    precision = resolve_precision(config.precision, "training")
+    model = load_causal_lm(base, qlora=config.qlora, trust_remote_code=config.trust_remote_code, dtype=precision.dtype)
+    padding_free = _padding_free(config, model, tokenizer)
+
+    adapter_dir = staging / "finetuned"
+    checkpoints = adapter_dir / "checkpoints"
+    resuming = _check_resumable(checkpoints, record, config.restart)  # may refuse: nothing is written before
+    if is_main_process():
+        _write_split(split, staging / "data")
+        write_json_atomic(checkpoints / RUN_CONFIG_FILE, record)
+
+    has_val = bool(val_examples)
+    on_gpu = torch.cuda.is_available()
+    args = sft_arguments(config, checkpoints, len(train_examples), has_val, resuming)
+    callbacks: list[TrainerCallback] = [throughput := ThroughputCallback()]
+    if config.early_stopping_patience > 0 and has_val:
+        callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
+
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        # Packing is padding-free in TRL already; unpacked records get its padding-free collator.
+        data_collator=padding_free_collator(tokenizer) if padding_free and not config.packing else None,
+        train_dataset=Dataset.from_list(train_examples),
+        eval_dataset=Dataset.from_list(val_examples) if has_val else None,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        ),
+        callbacks=callbacks,
+    )
+    if config.compact_loss_head:
+        use_compact_head(trainer)
+    trainer.remove_callback(ProgressCallback)  # it prints a dict per step; ours shows them on the bar
+    trainer.add_callback(QuietProgressCallback())
+
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=True if resuming else None)
+    val_loss_after = _final_val_loss(trainer) if has_val else None
+    wall_time = time.perf_counter() - started
+
+    final_dir = output_dir / "finetuned"
+    if not trainer.is_world_process_zero():
+        return final_dir
+    trainer.save_model(str(adapter_dir))  # the PEFT adapter and the tokenizer
+    style.save(adapter_dir)
+    history = trainer.state.log_history
+    train_curve = [{"step": e["step"], "loss": e["loss"]} for e in history if "loss" in e]
+    evals = {e["step"]: e["eval_loss"] for e in history if "eval_loss" in e}  # the final evaluate repeats the last step
+    val_loss_before = evals.get(0)
+    val_curve = [{"step": step, "loss": loss} for step, loss in sorted(evals.items())]
+    plot_loss(train_curve, val_curve, adapter_dir / "loss.png", f"LoRA on {base.reference}")
+    if config.merge:
+        merge_adapter(base, adapter_dir, config.trust_remote_code)
+
+    summary = manifest(
+        stage="part1_instruction_finetuning",
+        base_model=base.reference,
+        base_model_path=base.path,
+        base_model_source=base.source,
+        prompt_style=style.name,
+        data=config.data,
+        hyperparameters=asdict(config),
+        settings=record["settings"],
+        inputs=record["inputs"],
+        n_records={"train": len(split.train), "val": len(split.val), "test": len(split.test)},
+        n_train_truncated=n_truncated,
+        n_duplicates_dropped=n_repeats,
+        steps=trainer.state.global_step,
+        epochs_done=round(trainer.state.epoch or 0, 3),
+        resumed=resuming,
+        train_loss=train_curve,
+        val_loss=val_curve,
+        val_loss_before=val_loss_before,
+        val_loss_after=val_loss_after,
+        final_train_loss=result.training_loss,
+        train_tokens=throughput.tokens,
+        tokens_per_second=round(throughput.tokens / throughput.seconds, 2) if throughput.seconds else None,
+        wall_time_s=round(wall_time, 1),
+        peak_memory=_peak_memory_mb(),
+        device="cuda:" + torch.cuda.get_device_name() if on_gpu else "cpu",
+        attention=model.config._attn_implementation,
+        **precision.describe(),
+        padding_free=padding_free,
+        n_processes=trainer.args.world_size,  # >1 under accelerate launch / torchrun
+        merged_model=str(final_dir / "merged") if config.merge else None,
+    )
+    write_json_atomic(adapter_dir / SUMMARY_FILE, summary)  # it marks the run finished
+    shutil.rmtree(checkpoints, ignore_errors=True)  # a finished run is never resumed; its curves are in the summary
+    _swap_in(output_dir, staging)
+    _print_summary(summary, final_dir)
+    return final_dir
+
+
+def _padding_free(config: TrainingConfig, model: torch.nn.Module, tokenizer) -> bool:
+    """Whether batches go padding-free: asked for (--packing always is) and the model's attention
+    keeps records in one row apart. Without that, --packing is refused and --padding-free falls back."""
+    if not (config.padding_free or config.packing):
+        return False
+    if records_stay_apart(model, tokenizer):
+        return True
+    attention = model.config._attn_implementation
+    if config.packing:
+        raise UserError(f"--packing: under this model's attention ({attention}) records packed into one sequence "
+                        "attend to each other; use FlashAttention 2 (a CUDA GPU and `pip install -r "
+                        "requirements-gpu.txt`) or train without --packing")
+    if is_main_process():
+        print(f"note: padded batches: under this model's attention ({attention}) records laid end to end "
+              "would attend to each other")
+    return False
+
+
+def merge_adapter(base: ResolvedModel, adapter_dir: Path, trust_remote_code: bool = False) -> Path:
+    """Base weights + LoRA update in one model folder that plain transformers loads.
+
+    The base is reloaded unquantized so a QLoRA adapter merges into full-precision weights.
+    """
+    from peft import PeftModel
+
+    target = adapter_dir / "merged"
+    staging = adapter_dir / ".merged.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    model = PeftModel.from_pretrained(load_causal_lm(base, trust_remote_code=trust_remote_code), adapter_dir)
+    model.merge_and_unload().save_pretrained(staging)
+    load_tokenizer(base, trust_remote_code).save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.replace(target)
+    return target
+
+
+def _print_summary(summary: dict, adapter_dir: Path) -> None:
+    before, after = summary["val_loss_before"], summary["val_loss_after"]
+    print(f"\n== stage 1 done in {summary['wall_time_s']} s, {summary['steps']} steps, "
+          f"{summary['tokens_per_second']} tokens/s")
+    if before is not None:
+        print(f"validation loss: {before:.3f} before -> {after:.3f} after")
+    print(f"adapter: {adapter_dir}\nsummary: {adapter_dir / SUMMARY_FILE}\nloss curves: {adapter_dir / 'loss.png'}")
