@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from instructkit.errors import UserError
+from instructkit.evaluate.stats import fmt
 from instructkit.models.precision import CHOICES as PRECISIONS
 from instructkit.models.precision import precision_setting, resolve_precision
 from instructkit.models.references import ResolvedModel, base_reference, cache_dir, require_adapter, resolve_model, run_adapter
@@ -405,14 +406,12 @@ def _print_table(per_model: dict, comparison: dict, path: Path) -> None:
         for task, r in tasks.items():
             rows = [(task, r)] + [(f"  {sub}", s) for sub, s in r.get("subtasks", {}).items()]
             for name, entry in rows:
-                print(f"{name:<36} {model:<10} {entry['metric']:<12} {_fmt(entry['value'])} {_fmt(entry['stderr'])} "
+                print(f"{name:<36} {model:<10} {entry['metric']:<12} {fmt(entry['value']):>8} {fmt(entry['stderr']):>8} "
                       f"{entry['n_questions']:>6}")
     for task, c in comparison.items():
         test = f" (McNemar p = {c['mcnemar']['p_value']:.3g})" if c["mcnemar"] else ""
-        difference = "n/a" if c["difference"] is None else f"{c['difference']:+.4f}"
+        difference = fmt(c["difference"], "+.4f")
         print(f"{task}: finetuned - base = {difference} {c['metric']}{test}")
     print(f"results: {path}")
 
 
-def _fmt(value: float | None) -> str:
-    return f"{'n/a':>8}" if value is None else f"{value:>8.4f}"

@@ -114,3 +114,17 @@ def agreement(first: Sequence[float], second: Sequence[float]) -> dict:
         value = float(fn(a, b)[0]) if len(a) >= 3 and a.std() > 0 and b.std() > 0 else math.nan
         result[name] = None if math.isnan(value) else round(value, 4)
     return result
+
+
+def fmt(value: float | None, spec: str = ".4f") -> str:
+    """A number as `spec` formats it, or "n/a" when there is none: how every stage prints a value."""
+    return "n/a" if value is None else format(value, spec)
+
+
+def fmt_interval(summary: dict, spec: str, template: str = "[{}, {}]", equal: str = "", missing: str = "") -> str:
+    """A summary's 95% interval in `template`; `equal` when it has none because all values were
+    equal (`ci95_note`), `missing` when it has none otherwise."""
+    ci = summary.get("ci95")
+    if ci:
+        return template.format(format(ci[0], spec), format(ci[1], spec))
+    return equal if summary.get("ci95_note") else missing

@@ -13,7 +13,7 @@ from typing import Any
 from instructkit.data.questions import MT_RESPONSES_FILE, uses_reference
 from instructkit.data.responses import response_columns, response_field
 from instructkit.errors import UserError, problems_error
-from instructkit.evaluate.stats import describe
+from instructkit.evaluate.stats import describe, fmt
 from instructkit.judge.judges import load_judge
 from instructkit.judge.prompts import (
     MT_RATING_PREFILL,
@@ -192,13 +192,11 @@ def summarize_mt(rows: list[dict], models: list[str], pairs: list[tuple[str, str
 def print_mt_summary(result: dict, path: Path) -> None:
     print(f"\n== stage 4 MT-Bench: judge {result['judge']['kind']}:{result['judge']['model']} (1-10)")
     for model, s in result["summary"].items():
-        turns = ", ".join(f"turn {t} {_mean(v)}" for t, v in s["turns"].items())
-        print(f"  {model}: mean {_mean(s)} ({turns}), rated {s['n_scored']}/{s['n_total']}")
+        turns = ", ".join(f"turn {t} {fmt(v['mean'], '.2f')}" for t, v in s["turns"].items())
+        print(f"  {model}: mean {fmt(s['mean'], '.2f')} ({turns}), rated {s['n_scored']}/{s['n_total']}")
     for p in (result["pairwise"] or {}).values():
         print(f"  pairwise {p['a']} vs {p['b']}: wins {p['wins']}, ties {p['ties']}, losses {p['losses']}; "
               f"order flips {p['inconsistent']}/{p['n_judged']}")
     print(f"scores: {path}")
 
 
-def _mean(summary: dict) -> str:
-    return "n/a" if summary["mean"] is None else f"{summary['mean']:.2f}"

@@ -11,7 +11,15 @@ from typing import Any
 
 from instructkit.data.responses import RESPONSES_FILE, read_responses, responses_path
 from instructkit.errors import UserError
-from instructkit.evaluate.stats import agreement, describe, length_controlled_win_rate, paired_difference, win_rate
+from instructkit.evaluate.stats import (
+    agreement,
+    describe,
+    fmt,
+    fmt_interval,
+    length_controlled_win_rate,
+    paired_difference,
+    win_rate,
+)
 from instructkit.evaluate.task_metrics import METRIC_NAMES, task_metrics
 from instructkit.judge.judges import load_judge
 from instructkit.judge.prompts import (
@@ -40,6 +48,7 @@ RUN_SETTINGS = ("pairwise", "limit")
 REFERENCE = "output"  # the expected answer, as a column a model can be compared with (AlpacaEval's setup)
 DEFAULT_PAIR = "finetuned:base"
 LOW_COVERAGE = 0.5
+WITH_CI, EQUAL = " 95% CI [{}, {}]", " (no interval: all values equal)"
 
 
 @dataclass
@@ -175,15 +184,10 @@ def print_task_metrics(result: dict, path: Path) -> None:
     print(f"\n== task metrics against the expected output (0-100, no judge needed): {path}")
     print(f"  {'':18s}" + "".join(f"{name:>26s}" for name in METRIC_NAMES.values()))
     for model, summary in result["summary"].items():
-        print(f"  {model:18s}" + "".join(f"{_fmt(summary[m]['mean'], '.1f') + _short_ci(summary[m]):>26s}" for m in METRIC_NAMES))
+        print(f"  {model:18s}" + "".join(f"{fmt(summary[m]['mean'], '.1f') + fmt_interval(summary[m], '.1f', ' [{}, {}]'):>26s}" for m in METRIC_NAMES))
     for metric, d in result.get("finetuned_minus_base", {}).items():
         if d["mean"] is not None:
-            print(f"  finetuned - base {METRIC_NAMES[metric]}: {d['mean']:+.1f}{_fmt_ci(d, '.1f')} over {d['n_pairs']} pairs")
-
-
-def _short_ci(summary: dict) -> str:
-    ci = summary.get("ci95")
-    return f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else ""
+            print(f"  finetuned - base {METRIC_NAMES[metric]}: {d['mean']:+.1f}{fmt_interval(d, '.1f', WITH_CI, EQUAL)} over {d['n_pairs']} pairs")
 
 
 def _same_judge(finished: dict | None, settings: dict) -> bool:
@@ -406,32 +410,22 @@ def compare_scores(rows: list[dict], other: dict[tuple[str, int], float]) -> dic
     return agreement([a for a, _ in pairs], [b for _, b in pairs])
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
-def _fmt_ci(summary: dict, spec: str) -> str:
-    if summary.get("ci95"):
-        return f" 95% CI [{format(summary['ci95'][0], spec)}, {format(summary['ci95'][1], spec)}]"
-    return " (no interval: all values equal)" if summary.get("ci95_note") else ""
-
-
 def print_summary(result: dict, path: Path) -> None:
     print(f"\n== stage 4: judge {result['judge']['kind']}:{result['judge']['model']} ({result['judge']['scoring']})")
     for model, s in result["summary"].items():
         if model == "finetuned_minus_base":
-            print(f"  finetuned - base: {s['mean']:+.1f}{_fmt_ci(s, '.1f')} over {s['n_pairs']} pairs"
+            print(f"  finetuned - base: {s['mean']:+.1f}{fmt_interval(s, '.1f', WITH_CI, EQUAL)} over {s['n_pairs']} pairs"
                   if s["mean"] is not None else "  finetuned - base: no record has both scores")
             continue
-        print(f"  {model}: mean {_fmt(s['mean'], '.1f')}{_fmt_ci(s, '.1f')}, scored {s['n_scored']}/{s['n_total']}")
+        print(f"  {model}: mean {fmt(s['mean'], '.1f')}{fmt_interval(s, '.1f', WITH_CI, EQUAL)}, scored {s['n_scored']}/{s['n_total']}")
         coverage = s.get("mean_probability_on_a_score")
         if coverage is not None and coverage < LOW_COVERAGE:
             print(f"  warning: the judge puts only {coverage:.0%} of its probability on a score for {model}; "
                   "a judge this unsure says little")
     for p in (result["pairwise"] or {}).values():
         print(f"  pairwise {p['a']} vs {p['b']}: {p['a']} wins {p['wins']}, ties {p['ties']}, losses {p['losses']}; "
-              f"win rate {_fmt(p['win_rate'], '.2f')}{_fmt_ci(p, '.3f')}, length-controlled "
-              f"{_fmt(p['length_controlled']['win_rate'], '.2f')}; order flips {p['inconsistent']}/{p['n_judged']}")
+              f"win rate {fmt(p['win_rate'], '.2f')}{fmt_interval(p, '.3f', WITH_CI, EQUAL)}, length-controlled "
+              f"{fmt(p['length_controlled']['win_rate'], '.2f')}; order flips {p['inconsistent']}/{p['n_judged']}")
         print(f"  mean response length (judges favour longer answers): {p['a']} {p['mean_response_words'][p['a']]} "
               f"words, {p['b']} {p['mean_response_words'][p['b']]}")
     if result["agreement"]:
