@@ -1,19 +1,20 @@
-# make setup | make demo | make chat | make test   (a fresh machine needs python3.11, PyPI, and Debian packages for the report test's chromium)
+# make setup | make demo | make chat | make test | make test-fast   (a fresh machine needs python3.11, PyPI, and Debian packages for the report test's chromium)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test chromium chat
+.PHONY: setup demo test test-fast chromium chat
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt constraints.txt requirements-nodeps.txt
+$(VENV)/.installed: pyproject.toml requirements.txt constraints.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt -c constraints.txt
 	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
 demo: setup
@@ -33,3 +34,7 @@ chromium:
 
 test: setup chromium
 	$(BIN)/python -m pytest -q
+
+# The inner loop: the tests marked fast (no model loads, no servers, no subprocess runs of the stages).
+test-fast: setup
+	$(BIN)/python -m pytest -q -m fast

@@ -26,11 +26,13 @@ Killed halfway? Rerun the same command: logged replies are reused and the run en
 import sys
 
 from instructkit.cli import build_parser, print_config, run_stage
-from instructkit.data.synthesis import SynthesisConfig, generate_data
+from instructkit.data.synthesis_config import SynthesisConfig
 
 
 def main(config: SynthesisConfig) -> None:
     print_config(config, "stage 0: generate instruction data")
+    from instructkit.data.synthesis import generate_data
+
     generate_data(config)
 
 

@@ -23,11 +23,14 @@ the same, and trained again, saying why, when they changed.
 import sys
 
 from instructkit.cli import build_parser, print_config, run_stage
-from instructkit.train.sft import TrainingConfig, train
+from instructkit.train.config import TrainingConfig, check
 
 
 def main(config: TrainingConfig) -> None:
     print_config(config, "stage 1: instruction finetuning")
+    check(config)  # bad input refused before torch loads
+    from instructkit.train.sft import train
+
     train(config)
 
 

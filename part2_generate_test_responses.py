@@ -27,11 +27,14 @@ manifest holds the fingerprints of the test split, the adapter and the base mode
 import sys
 
 from instructkit.cli import build_parser, print_config, run_stage
-from instructkit.generate.generator import GenerationConfig, generate_responses
+from instructkit.generate.config import GenerationConfig, check
 
 
 def main(config: GenerationConfig) -> None:
     print_config(config, "stage 2: test-set responses")
+    check(config)  # bad input refused before torch loads
+    from instructkit.generate.generator import generate_responses
+
     generate_responses(config)
 
 

@@ -32,14 +32,17 @@ judges again; one with a new --pairwise, --limit or --compare-with asks only wha
 import sys
 
 from instructkit.cli import build_parser, print_config, run_stage
-from instructkit.judge.human import rate_in_terminal
-from instructkit.judge.mt_bench import judge_mt_bench
-from instructkit.judge.scoring import JudgeConfig, judge_responses
-from instructkit.report.build import build_report
+from instructkit.judge.config import JudgeConfig, check
 
 
 def main(config: JudgeConfig) -> None:
     print_config(config, "stage 4: judge and report")
+    check(config)  # bad input refused before torch loads
+    from instructkit.judge.human import rate_in_terminal
+    from instructkit.judge.mt_bench import judge_mt_bench
+    from instructkit.judge.scoring import judge_responses
+    from instructkit.report.build import build_report
+
     if config.human:
         rate_in_terminal(config)
     elif config.rubric == "mt-bench":

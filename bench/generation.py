@@ -26,7 +26,7 @@ from instructkit.data.records import load_records, split_records
 from instructkit.generate.generator import TransformersGenerator, clean_response, length_sorted_batches
 from instructkit.models.references import EMBEDDED_BASE, resolve_model
 from instructkit.runs.artifacts import manifest, write_json_atomic
-from instructkit.train.sft import DEFAULT_DATA
+from instructkit.train.config import DEFAULT_DATA
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

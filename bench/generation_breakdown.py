@@ -102,7 +102,7 @@ def main() -> None:
     from instructkit.data.records import load_records, split_records
     from instructkit.generate.generator import TransformersGenerator
     from instructkit.models.references import EMBEDDED_BASE, resolve_model
-    from instructkit.train.sft import DEFAULT_DATA
+    from instructkit.train.config import DEFAULT_DATA
 
     style = get_style("alpaca")
     records = split_records(load_records(DEFAULT_DATA), 0.05, 0.10, seed=123).test[:args.records]

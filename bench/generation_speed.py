@@ -32,7 +32,7 @@ from instructkit.generate import generator as generation
 from instructkit.generate.generator import TransformersGenerator, length_sorted_batches
 from instructkit.models.references import EMBEDDED_BASE, resolve_model
 from instructkit.runs.artifacts import manifest, write_json_atomic
-from instructkit.train.sft import DEFAULT_DATA
+from instructkit.train.config import DEFAULT_DATA
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -51,7 +51,7 @@ def generation_trial(precision: str, records: int, max_new_tokens: int, batch_si
     from instructkit.generate.generator import TransformersGenerator, length_sorted_batches
     from instructkit.models.precision import DTYPES
     from instructkit.models.references import EMBEDDED_BASE, resolve_model
-    from instructkit.train.sft import DEFAULT_DATA
+    from instructkit.train.config import DEFAULT_DATA
 
     style = get_style("alpaca")
     test = split_records(load_records(DEFAULT_DATA), 0.05, 0.10, seed=123).test[:records]

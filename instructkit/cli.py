@@ -1,16 +1,18 @@
 """One command-line front for every stage: dataclass fields become flags, `--config FILE.yaml`
-sets defaults, flags override the file, unknown keys are rejected (TRL's `TrlParser`)."""
+sets defaults, flags override the file, unknown keys are rejected (TRL's `TrlParser` habits, built
+on argparse alone so that `--help` answers before torch, transformers and TRL are imported)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 import sys
+import types
+import typing
 from collections.abc import Callable, Sequence
 from typing import TypeVar
-
-from trl import TrlParser
 
 from instructkit.errors import UserError
 from instructkit.runs.artifacts import is_main_process
@@ -22,18 +24,81 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
     """Keep the docstring's ready-to-paste commands as written, and show every default."""
 
 
-def build_parser(config_cls: type, description: str) -> TrlParser:
-    parser = TrlParser(config_cls, description=description, formatter_class=_HelpFormatter)
+def _to_bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if value.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+
+
+def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, kind: type) -> None:
+    """`--name` and `--name-with-dashes` for a field, as transformers' HfArgumentParser makes them."""
+    names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+    kwargs = dict(f.metadata)
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    if kind is bool:
+        parser.add_argument(*names, type=_to_bool, default=default, nargs="?", const=True, **kwargs)
+        if default is True:  # a flag that is on by default can be turned off
+            parser.add_argument(f"--no_{f.name}", f"--no-{f.name.replace('_', '-')}", action="store_false",
+                                dest=f.name, default=False, **kwargs)
+    elif typing.get_origin(kind) is list:
+        parser.add_argument(*names, type=typing.get_args(kind)[0], nargs="+", default=default, **kwargs)
+    else:
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `float | None`: a float or the default
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        parser.add_argument(*names, type=kind, default=default, **kwargs)
+
+
+def build_parser(config_cls: type, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        _add_field(parser, f, hints[f.name])
     parser.add_argument("--config", metavar="FILE.yaml", help="read defaults from a YAML file; flags override it")
+    parser.set_defaults(_config_cls=config_cls)
     return parser
 
 
-def parse_config(parser: TrlParser, argv: Sequence[str] | None = None) -> ConfigT:
+def _yaml_defaults(parser: argparse.ArgumentParser, path: str) -> None:
+    """Make a YAML file's keys the parser's defaults; an `env:` mapping sets environment variables."""
+    import yaml
+
     try:
-        config, *_ = parser.parse_args_and_config(args=argv)  # the rest: the --config namespace
-    except (ValueError, OSError) as exc:  # unknown key in the YAML, unreadable file
-        parser.error(str(exc))
-    return config
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f)
+    except OSError as exc:
+        parser.error(f"cannot read {path}: {exc.strerror}")
+    except yaml.YAMLError as exc:
+        parser.error(f"{path}: not valid YAML ({exc})")
+    if not isinstance(values, dict):
+        parser.error(f"Config file {path} must contain a YAML mapping.")
+    env = values.pop("env", {})
+    if not isinstance(env, dict):
+        parser.error("`env` field should be a dict in the YAML file.")
+    os.environ.update({key: str(value) for key, value in env.items()})
+    dests = {action.dest for action in parser._actions}
+    unknown = [key for key in values if key not in dests or key in ("help", "config", "_config_cls")]
+    if unknown:
+        parser.error(f"Unknown arguments from config file: {[f'--{key}' for key in unknown]}. "
+                     "Remove them, or check their spelling against --help.")
+    parser.set_defaults(**values)
+
+
+def parse_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> ConfigT:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--config" in args:
+        at = args.index("--config")
+        if at + 1 >= len(args):
+            parser.error("--config needs a FILE.yaml")
+        _yaml_defaults(parser, args[at + 1])
+        del args[at:at + 2]
+    namespace = vars(parser.parse_args(args))
+    config_cls = namespace.pop("_config_cls")
+    namespace.pop("config", None)
+    return config_cls(**namespace)
 
 
 def print_config(config: object, title: str) -> None:
@@ -43,7 +108,7 @@ def print_config(config: object, title: str) -> None:
     print(json.dumps(dataclasses.asdict(config), indent=2, default=str))
 
 
-def run_stage(main: Callable[[ConfigT], object], parser: TrlParser, argv: Sequence[str] | None = None) -> int:
+def run_stage(main: Callable[[ConfigT], object], parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
     """Parse, run, and turn expected failures into a one-line message and a non-zero exit."""
     config = parse_config(parser, argv)
     try:

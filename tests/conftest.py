@@ -52,7 +52,7 @@ def lora_sft_trainer(base_model, tokenizer, output_dir: Path, n_records: int, ba
     from instructkit.data.prompts import get_style
     from instructkit.data.records import load_records
     from instructkit.models.loading import load_causal_lm
-    from instructkit.train.sft import DEFAULT_DATA
+    from instructkit.train.config import DEFAULT_DATA
 
     style = get_style("alpaca")
     examples = [style.training_example(r) for r in load_records(DEFAULT_DATA)[:n_records]]

@@ -51,6 +51,7 @@ def test_unknown_and_hub_only_tasks_are_clear_errors(tmp_path):
         resolve_tasks(BenchmarkConfig(num_fewshot=5), offline=True, workdir=tmp_path)
 
 
+@pytest.mark.fast
 def test_mcnemar_counts_discordant_pairs():
     base = {0: True, 1: True, 2: False, 3: False, 4: True}
     tuned = {0: True, 1: False, 2: True, 3: True, 4: True}

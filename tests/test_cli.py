@@ -21,6 +21,7 @@ def test_help_lists_every_flag():
     assert "python part1_instruction_finetuning.py --base-model meta-llama/Meta-Llama-3-8B" in result.stdout
 
 
+@pytest.mark.fast
 def test_yaml_config_is_overridden_by_flags(tmp_path):
     config_file = tmp_path / "run.yaml"
     config_file.write_text("lr: 0.002\nlora_r: 4\nprompt_style: phi3\n")
@@ -28,6 +29,7 @@ def test_yaml_config_is_overridden_by_flags(tmp_path):
     assert (config.lr, config.lora_r, config.prompt_style) == (0.002, 8, "phi3")
 
 
+@pytest.mark.fast
 def test_yaml_with_an_unknown_key_is_rejected(tmp_path, capsys):
     config_file = tmp_path / "run.yaml"
     config_file.write_text("learning_rate_typo: 0.1\n")
@@ -37,6 +39,7 @@ def test_yaml_with_an_unknown_key_is_rejected(tmp_path, capsys):
     assert "learning_rate_typo" in capsys.readouterr().err
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
@@ -68,6 +71,7 @@ def test_bad_input_through_the_real_script(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.fast
 def test_unknown_base_model_is_a_clear_error(tmp_path, capsys):
     main = __import__("part1_instruction_finetuning").main
     code = run_stage(main, build_parser(TrainingConfig, ""), ["--base-model", "no-such-model", "--output-dir", str(tmp_path / "o")])
@@ -76,6 +80,7 @@ def test_unknown_base_model_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.fast
 def test_qlora_without_gpu_is_a_clear_error(tmp_path, capsys):
     import torch
 
@@ -87,6 +92,7 @@ def test_qlora_without_gpu_is_a_clear_error(tmp_path, capsys):
     assert "--qlora needs a CUDA GPU" in capsys.readouterr().err
 
 
+@pytest.mark.fast
 def test_report_to_a_tracker_that_is_not_installed_is_a_clear_error(tmp_path, capsys):
     import importlib.util
 

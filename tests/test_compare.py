@@ -41,6 +41,7 @@ class PlainJudgeHandler(JSONHandler):
                          "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]})
 
 
+@pytest.mark.fast
 def test_compare_names_are_checked_all_at_once():
     with pytest.raises(UserError) as error:
         parse_compare(["smol", "base=gpt2", "Big=x", "a=x", "a=y"])

@@ -9,6 +9,8 @@ from conftest import SHARED_DATA, needs_shared_data
 from instructkit.data.records import drop_duplicates, load_records, split_records, validate_records
 from instructkit.errors import UserError
 
+pytestmark = pytest.mark.fast
+
 ALPACA = [
     {"instruction": "Name a colour.", "input": "", "output": "Blue."},
     {"instruction": "Add the numbers.", "input": "2, 3", "output": "5"},

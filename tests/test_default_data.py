@@ -3,8 +3,12 @@
 import importlib.util
 import json
 
+import pytest
+
 from conftest import PROJECT_DATA, ROOT
 from instructkit.data.records import load_records
+
+pytestmark = pytest.mark.fast
 
 DATA = PROJECT_DATA
 

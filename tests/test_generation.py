@@ -115,6 +115,7 @@ def test_vllm_engine_without_vllm_says_so(trained_run, tmp_path):
     assert result.returncode == 2 and "--engine vllm needs vLLM" in result.stderr
 
 
+@pytest.mark.fast
 def test_clean_response_and_batching():
     stops = ("### Instruction:", "### Response:")
     assert clean_response("  Paris.\n\n### Instruction:\nMore", stops) == "Paris."

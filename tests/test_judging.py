@@ -28,6 +28,7 @@ LIMIT = 3
 SECRET = "sk-instructkit-test-6f1d2c9a0b7e4f3d"
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("reply, score", [
     ("85", 85), ("Score: 85", 85), ("**85**", 85), ("85/100", 85), ("85 out of 100", 85), ("85.", 85),
     ("**Score:** 85", 85), ("Score: **85**", 85), ("## Score: 85", 85), ("Score: [[85]]", 85), ("`85`", 85),
@@ -43,10 +44,12 @@ def test_score_parsing_is_strict(reply, score):
     assert (parsed.how in ("exact", "first_line")) == (score is not None)
 
 
+@pytest.mark.fast
 def test_out_of_range_score_says_why():
     assert parse_score("Score: 698").how == "unparsed: 698 is outside 0-100"
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("reply, verdict", [
     ("A", "A"), ("[[B]]", "B"), ("Response A", "A"), ("tie.", "tie"), ("TIE", "tie"), ("Verdict: B", "B"),
     ("A or B", None), ("both", None), ("The answer is A.", None), ("", None),
@@ -55,6 +58,7 @@ def test_verdict_parsing_is_strict(reply, verdict):
     assert parse_verdict(reply).value == verdict
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("a_first, b_first, outcome, consistent", [
     ("A", "B", "win", True), ("B", "A", "loss", True), ("tie", "tie", "tie", True),
     ("A", "A", "tie", False), ("tie", "B", "tie", False), (None, "A", None, None),
@@ -64,6 +68,7 @@ def test_pairwise_verdict_that_flips_with_the_order_is_an_inconsistent_tie(a_fir
     assert pairwise_outcome(a_first, b_first) == {"outcome": outcome, "consistent": consistent}
 
 
+@pytest.mark.fast
 def test_bootstrap_interval_covers_the_true_mean_at_about_the_stated_rate():
     # Skewed like judge scores: 100 * Beta(2, 5), true mean 100 * 2/7.
     rng = np.random.default_rng(1)
@@ -75,6 +80,7 @@ def test_bootstrap_interval_covers_the_true_mean_at_about_the_stated_rate():
     assert 0.90 <= covered / trials <= 0.98, covered / trials
 
 
+@pytest.mark.fast
 def test_identical_values_give_no_interval_and_small_win_rates_a_wilson_one():
     summary = describe([50, 50, 50, 50], seed=0)
     assert summary["ci95"] is None and summary["ci95_note"].startswith("degenerate: all 4 values are 50")
@@ -180,6 +186,7 @@ def test_probability_scoring_refuses_flash_attention_and_loads_sdpa(hf_judge):
     assert judge.model.config._attn_implementation == "sdpa"
 
 
+@pytest.mark.fast
 def test_length_controlled_win_rate_takes_out_a_judge_that_prefers_longer_answers():
     import numpy as np
 
@@ -454,6 +461,7 @@ def test_report_opens_in_chromium_with_averages_and_one_row_per_record(stage4_di
     assert len(visible) == expected and filtered.find(id="shown").get_text() == str(expected)
 
 
+@pytest.mark.fast
 def test_report_shows_absent_stages_instead_of_failing(tmp_path):
     from instructkit.report.build import build_report
 

@@ -20,6 +20,7 @@ from instructkit.judge.prompts import mt_single_prompt, parse_mt_rating, parse_m
 SAMPLE = Path(packaged("mt_bench_sample.jsonl"))
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("reply, rating", [
     ("The answer is right. Rating: [[8]]", 8), ("Rating: [[ 7]]", 7), ("[[8.5]]", 8.5), ("[[9]] ... [[9]]", 9),
     ("Rating: 8", None), ("[[11]]", None), ("[[0]]", None), ("[[3]] then [[4]]", None), ("", None)])
@@ -27,12 +28,14 @@ def test_mt_rating_is_read_only_from_one_bracketed_value_in_range(reply, rating)
     assert parse_mt_rating(reply).value == rating
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("reply, verdict", [("[[A]]", "A"), ("so [[B]].", "B"), ("[[C]]", "tie"),
                                             ("Verdict: [[ A]]", "A"), ("A", None), ("[[A]] or [[B]]", None)])
 def test_mt_verdict_is_read_only_from_one_bracketed_letter(reply, verdict):
     assert parse_mt_verdict(reply).value == verdict
 
 
+@pytest.mark.fast
 def test_questions_file_is_checked_line_by_line(tmp_path):
     assert [q["category"] for q in read_questions(SAMPLE)][:4] == ["writing", "roleplay", "reasoning", "math"]
     bad = tmp_path / "question.jsonl"

@@ -17,6 +17,7 @@ from instructkit.runs.artifacts import cpu_description
 from instructkit.train.sft import SUMMARY_FILE, TrainingConfig, run_settings, train
 
 
+@pytest.mark.fast
 def test_auto_follows_the_device_and_the_measurements_and_says_why():
     """bf16 where bench/precision.py measured it faster on this kind of machine, fp32 elsewhere."""
     flags = set(cpu_description()["speed_flags"])
@@ -38,6 +39,7 @@ def test_auto_follows_the_device_and_the_measurements_and_says_why():
         resolve_precision("fp16", "training")
 
 
+@pytest.mark.fast
 def test_the_setting_is_recorded_only_where_it_departs_from_earlier_runs():
     """Runs finished before --precision existed ran in earlier_default(): they still stand."""
     other = "bf16" if earlier_default() == "fp32" else "fp32"

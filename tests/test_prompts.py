@@ -11,6 +11,7 @@ WITH_INPUT = {"instruction": "Add the numbers.", "input": "2, 3", "output": "5"}
 NO_INPUT = {"instruction": "Name a colour.", "input": "", "output": "Blue."}
 
 
+@pytest.mark.fast
 def test_alpaca_matches_the_book_format():
     style = get_style("alpaca")
     assert style.prompt(WITH_INPUT) == (
@@ -21,6 +22,7 @@ def test_alpaca_matches_the_book_format():
     assert style.training_example(WITH_INPUT)["completion"] == "5"
 
 
+@pytest.mark.fast
 def test_phi3_format():
     style = get_style("phi3")
     assert style.prompt(WITH_INPUT) == "<|user|>\nAdd the numbers.\n2, 3\n<|assistant|>\n"
@@ -42,6 +44,7 @@ def test_chat_without_template_is_a_clear_error(base_tokenizer):
         get_style("chat").check_tokenizer(base_tokenizer)
 
 
+@pytest.mark.fast
 def test_style_round_trips_through_the_checkpoint_folder(tmp_path):
     get_style("phi3").save(tmp_path)
     assert load_style(tmp_path).name == "phi3"

@@ -157,6 +157,7 @@ def _responses(path: Path) -> Path:
     return path
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("ratings, expected", [
     ({"ratings": [{"index": 0, "model": "finetuned"}]}, "rating 0: missing field 'rating'"),
     ({"ratings": [{"index": 0, "model": "Other model", "rating": 50}]}, "rating 0: field 'model' is 'Other model'"),
@@ -187,6 +188,7 @@ def test_malformed_human_ratings_stop_stage4_before_any_work(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.fast
 def test_offline_mmlu_row_without_four_choices_names_file_and_row(tmp_path, monkeypatch):
     from instructkit.evaluate import benchmark
 
@@ -198,6 +200,7 @@ def test_offline_mmlu_row_without_four_choices_names_file_and_row(tmp_path, monk
         benchmark.resolve_tasks(benchmark.BenchmarkConfig(), offline=True, workdir=tmp_path / "tasks")
 
 
+@pytest.mark.fast
 def test_hub_failure_keeps_the_underlying_error(monkeypatch):
     import datasets
 
@@ -211,6 +214,7 @@ def test_hub_failure_keeps_the_underlying_error(monkeypatch):
         load_records("someone/some-data")
 
 
+@pytest.mark.fast
 def test_bitsandbytes_optional_kernel_notice_does_not_reach_users(caplog):
     import instructkit  # noqa: F401  (installs the filter)
 

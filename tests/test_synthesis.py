@@ -26,6 +26,7 @@ SEEDS = [json.loads(line) for line in open(DEFAULT_SEEDS)]
 
 # --- filters and readers, on real text -------------------------------------------------------------
 
+@pytest.mark.fast
 def test_fast_rouge_filter_decides_exactly_as_all_pairs_rouge_score():
     texts = [r["instruction"] for r in RECORDS[:400]] + [s["instruction"] for s in SEEDS]
     fast, naive = RougeLFilter(0.7), RougeLFilter(0.7)
@@ -35,6 +36,7 @@ def test_fast_rouge_filter_decides_exactly_as_all_pairs_rouge_score():
     assert 0 < sum(d is not None for d in decisions) < len(texts)  # the data has both kinds
 
 
+@pytest.mark.fast
 def test_rouge_filter_drops_a_reworded_instruction_and_keeps_a_new_one():
     novelty = RougeLFilter(0.7)
     novelty.add(["Give a word that means the opposite of the given word."])
@@ -43,6 +45,7 @@ def test_rouge_filter_drops_a_reworded_instruction_and_keeps_a_new_one():
     assert RougeLFilter(0.95).add(["Give a word that means the opposite of the given word.", reworded])[1] is None
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("text, problem", [
     ("Summarize it.", "instruction too short"),
     (" ".join(["word"] * 151), "instruction too long"),
@@ -57,6 +60,7 @@ def test_instruction_rules(text, problem):
     assert instruction_problem(text, SynthesisConfig()) == problem
 
 
+@pytest.mark.fast
 def test_near_duplicates_and_contamination_on_real_records():
     texts = [f"{r['instruction']}\n{r['input']}".strip() for r in RECORDS[:200]]
     reworded = texts[6].replace("following passage", "passage below")  # the summary of the recycling passage
@@ -70,6 +74,7 @@ def test_near_duplicates_and_contamination_on_real_records():
     assert found[40] == (3, pytest.approx(1.0)) and found[41][0] == 6
 
 
+@pytest.mark.fast
 def test_reply_readers_take_only_whole_answers():
     assert read_new_tasks(" Name a fruit that is yellow.\nTask 10: Write a haiku about snow.\n11. Translate 'cat' into German.",
                           truncated=False) == ["Name a fruit that is yellow.", "Write a haiku about snow.",

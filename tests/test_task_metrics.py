@@ -5,6 +5,8 @@ import pytest
 
 from instructkit.evaluate.task_metrics import normalize, record_metrics, task_metrics
 
+pytestmark = pytest.mark.fast
+
 
 def test_rouge_l_is_rouge_scores_documented_value():
     # rouge-score's README: target "The quick brown fox jumps over the lazy dog", prediction

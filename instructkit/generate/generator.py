@@ -6,52 +6,30 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from instructkit.data.prompts import PromptStyle, load_style
-from instructkit.data.questions import EMBEDDED_QUESTIONS, MT_RESPONSES_FILE, questions_file, read_questions
+from instructkit.data.questions import MT_RESPONSES_FILE, questions_file, read_questions
 from instructkit.data.records import Record, validate_records
 from instructkit.data.responses import RESPONSE_FIELDS, RESPONSES_FILE, response_field
 from instructkit.errors import UserError
 from instructkit.generate.compare import compare_input, load_compare, parse_compare
+from instructkit.generate.config import GenerationConfig
 from instructkit.models.loading import load_causal_lm, load_tokenizer
-from instructkit.models.precision import CHOICES as PRECISIONS
 from instructkit.models.precision import precision_setting, resolve_precision
 from instructkit.models.references import ResolvedModel, base_reference, require_adapter, resolve_model, run_adapter
 from instructkit.runs.artifacts import manifest, output_lock, read_json
-from instructkit.runs.fingerprints import finetuned_input, model_input, path_input
+from instructkit.runs.fingerprints import finetuned_input, model_input, path_input, same_input, same_settings
 from instructkit.runs.reuse import ProgressLog, open_work
 
 # What the responses depend on besides the input files (those are fingerprinted).
 RESPONSE_SETTINGS = ("models", "max_new_tokens", "batch_size", "limit", "engine")
 # Settings that choose which columns are answered, not how: a column made under other ones is reused.
 COLUMN_CHOICES = ("models",)
-
-
-@dataclass
-class GenerationConfig:
-    test_file: str = field(default="", metadata={"help": "Alpaca records to answer (default: stage 1's split, <output-dir>/data/test.json)"})
-    adapter: str = field(default="", metadata={"help": "stage 1's adapter folder with prompt_style.json (default: <output-dir>/finetuned)"})
-    base_model: str = field(default="", metadata={"help": "base model reference (default: the one stage 1 trained on)"})
-    merged: str = field(default="", metadata={"help": "a merged finetuned model folder to use instead of base + adapter"})
-    output_dir: str = field(default="outputs", metadata={"help": f"the run folder: stage 1's outputs are read from it, {RESPONSES_FILE} and its .meta.json written to it"})
-    models: str = field(default="both", metadata={"help": "which models answer", "choices": ["both", "base", "finetuned"]})
-    max_new_tokens: int = field(default=128, metadata={"help": "longest response, in tokens"})
-    batch_size: int = field(default=32, metadata={"help": "prompts per generate() call (grouped by length); decoding streams the weights once per step for the whole batch, so on a CPU 32 answers about 2x faster than 8 (bench/generation_speed.py)"})
-    limit: int = field(default=0, metadata={"help": "answer only the first N test records (0: all)"})
-    engine: str = field(default="transformers", metadata={"help": "transformers (default, tested) or vllm (GPU, if installed)", "choices": ["transformers", "vllm"]})
-    overwrite: bool = field(default=False, metadata={"help": "generate again although the finished output matches its inputs (partial results of such a run are kept and resumed)"})
-    restart: bool = field(default=False, metadata={"help": "discard partial results of an interrupted run instead of resuming them"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub (only for models you trust)"})
-    compare: list[str] = field(default_factory=list, metadata={"help": "more models that answer too, NAME=MODEL each: an embedded name, hub id, model folder, merged finetune, .gguf file, another run's adapter folder, or openai:<model> (with --compare-base-url); writes <NAME>_model_response"})
-    compare_base_url: str = field(default="", metadata={"help": "the OpenAI-compatible server of openai: compare models (the key comes from OPENAI_API_KEY)"})
-    concurrency: int = field(default=4, metadata={"help": "requests in flight at once for openai: compare models"})
-    precision: str = field(default="auto", metadata={"help": "fp32 or bf16 weights; auto: bf16 on a GPU that has it, and on a CPU whatever bench/precision.py measured faster there (recorded with the reason in the .meta.json)", "choices": list(PRECISIONS)})
-    questions: str = field(default="", metadata={"help": f"a FastChat question.jsonl (question_id, category, turns, optional reference), or {EMBEDDED_QUESTIONS} (our sample): answer its conversations turn by turn, each model seeing its own earlier answers, into <output-dir>/{MT_RESPONSES_FILE} (MT-Bench; grade with stage 4 --rubric mt-bench)"})
 
 
 def clean_response(text: str, stop_strings: tuple[str, ...]) -> str:
@@ -326,7 +304,7 @@ def generate_responses(config: GenerationConfig) -> Path:
                 continue
             generator, role, its_style = load_compare(
                 model, style, engine_cls, base_url=config.compare_base_url, concurrency=config.concurrency,
-                max_retries=4, timeout=120.0, trust_remote_code=config.trust_remote_code, dtype=precision.dtype)
+                max_retries=config.max_retries, timeout=config.request_timeout, trust_remote_code=config.trust_remote_code, dtype=precision.dtype)
             styles[model.name] = its_style.name
             timings[model.name] = _answer_all(generator, model.name, turns, its_style, config, progress, role)
             del generator
@@ -391,13 +369,13 @@ def _reuse_columns(finished: dict | None, progress: ProgressLog, final_path: Pat
         return
     def unchosen(settings: dict | None) -> dict:
         return {k: v for k, v in (settings or {}).items() if k not in COLUMN_CHOICES + ("compare",)}
-    if unchosen(finished.get("settings")) != unchosen(progress.settings):
+    if not same_settings(unchosen(finished.get("settings")), unchosen(progress.settings)):
         return
     rows = read_json(final_path)
     for column in columns:
         needs = COLUMN_INPUTS.get(column, ("test_file", f"compare_{column}"))
         if column not in finished.get("models", []) or any(
-                finished["inputs"].get(name) != progress.inputs.get(name) for name in needs):
+                not same_input(finished["inputs"].get(name), progress.inputs.get(name)) for name in needs):
             continue
         reusable = [((column, i), rows[i].get(response_field(column))) for i in range(min(n_records, len(rows)))
                     if (column, i) not in progress.done]

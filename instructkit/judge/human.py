@@ -12,11 +12,9 @@ from instructkit.data.responses import read_responses, responses_path
 from instructkit.errors import UserError, problems_error
 from instructkit.evaluate.stats import describe
 from instructkit.generate.compare import NAME as COLUMN_NAME
-from instructkit.judge.scoring import JudgeConfig
+from instructkit.judge.config import HUMAN_FILE, JudgeConfig
 from instructkit.runs.artifacts import output_lock, read_json, write_json_atomic
 from instructkit.runs.fingerprints import sha256_file
-
-HUMAN_FILE = "human_ratings.json"
 
 
 def _show(label: str, text: str) -> str:

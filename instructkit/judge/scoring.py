@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from instructkit.data.responses import RESPONSES_FILE, read_responses, responses_path
+from instructkit.data.responses import read_responses, responses_path
 from instructkit.errors import UserError
 from instructkit.evaluate.stats import (
     agreement,
@@ -21,6 +21,7 @@ from instructkit.evaluate.stats import (
     win_rate,
 )
 from instructkit.evaluate.task_metrics import METRIC_NAMES, task_metrics
+from instructkit.judge.config import DEFAULT_PAIR, REFERENCE, SCORES_FILE, JudgeConfig
 from instructkit.judge.judges import load_judge
 from instructkit.judge.prompts import (
     PAIRWISE_RETRY,
@@ -33,46 +34,18 @@ from instructkit.judge.prompts import (
     score_prompt,
 )
 from instructkit.models.backends import Reply
-from instructkit.models.precision import CHOICES as PRECISIONS
 from instructkit.models.precision import Precision, precision_setting, resolve_precision
 from instructkit.models.references import EMBEDDED_JUDGE
 from instructkit.runs.artifacts import manifest, output_lock, read_json
 from instructkit.runs.fingerprints import path_input
 from instructkit.runs.reuse import ProgressLog, open_work
 
-SCORES_FILE = "judge_scores.json"
 TASK_METRICS_FILE = "task_metrics.json"
 # What one judgement depends on besides the responses; and what else shapes the finished file.
 JUDGEMENT_SETTINGS = ("judge", "judge_base_url", "scoring", "max_new_tokens", "seed", "trust_remote_code")
 RUN_SETTINGS = ("pairwise", "limit")
-REFERENCE = "output"  # the expected answer, as a column a model can be compared with (AlpacaEval's setup)
-DEFAULT_PAIR = "finetuned:base"
 LOW_COVERAGE = 0.5
 WITH_CI, EQUAL = " 95% CI [{}, {}]", " (no interval: all values equal)"
-
-
-@dataclass
-class JudgeConfig:
-    input: str = field(default="", metadata={"help": f"stage 2's responses to score (default: <output-dir>/{RESPONSES_FILE})"})
-    judge: str = field(default=f"hf:{EMBEDDED_JUDGE}", metadata={"help": "hf:<model> (transformers), litgpt:<model> or openai:<model>"})
-    judge_base_url: str = field(default="", metadata={"help": "an OpenAI-compatible server for openai: judges (vLLM, Ollama, litgpt serve); the key comes from OPENAI_API_KEY"})
-    scoring: str = field(default="auto", metadata={"help": "generate: parse the judge's reply; probability: expected score from its token probabilities (hf: judges; always a number, no retries); auto: probability for hf: judges, generate for the others (bench/judge_scoring.py)", "choices": ["auto", "generate", "probability"]})
-    pairwise: str = field(default="", metadata={"nargs": "?", "const": DEFAULT_PAIR, "help": f"also ask which of two answers is better, in both orders (MT-Bench style): --pairwise alone compares finetuned with base; --pairwise A:B[,C:D] any response columns, or {REFERENCE} (the expected answer, as AlpacaEval's reference); the win rate is A's"})
-    rubric: str = field(default="default", metadata={"help": "default: 0-100 against the expected output of stage 2's test records; mt-bench: stage 2 --questions answers graded per turn 1-10 ([[rating]], against the reference answer for math, reasoning and coding), --pairwise as [[A]]/[[B]]/[[C]], into mt_bench_scores.json", "choices": ["default", "mt-bench"]})
-    compare_with: str = field(default="", metadata={"help": "another judge_scores.json or human_ratings.json to measure agreement with"})
-    human: bool = field(default=False, metadata={"help": "rate responses yourself in the terminal (blind, shuffled) instead of running the judge"})
-    limit: int = field(default=0, metadata={"help": "score only the first N records (0: all)"})
-    batch_size: int = field(default=8, metadata={"help": "prompts per batch for local judges"})
-    concurrency: int = field(default=4, metadata={"help": "requests in flight at once for openai: judges"})
-    max_retries: int = field(default=4, metadata={"help": "retries per request on 429/5xx/timeouts (openai: judges, with backoff)"})
-    request_timeout: float = field(default=60.0, metadata={"help": "seconds before one API request is abandoned and retried"})
-    max_new_tokens: int = field(default=16, metadata={"help": "longest judge reply, in tokens (the reply is one number or word)"})
-    seed: int = field(default=0, metadata={"help": "judge seed (API), human-rating order and bootstrap resampling"})
-    output_dir: str = field(default="outputs", metadata={"help": f"the run folder: stage 2's responses are read from it, {SCORES_FILE}, human_ratings.json and report.html written to it"})
-    overwrite: bool = field(default=False, metadata={"help": "judge again although the finished scores match their inputs (partial results of such a run are kept and resumed)"})
-    restart: bool = field(default=False, metadata={"help": "discard partial results of an interrupted run instead of resuming them"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub for hf: judges"})
-    precision: str = field(default="auto", metadata={"help": "fp32 or bf16 weights for hf: and litgpt: judges; auto: bf16 on a GPU that has it, and on a CPU whatever bench/precision.py measured faster there", "choices": list(PRECISIONS)})
 
 
 def resolve_scoring(config: JudgeConfig) -> str:

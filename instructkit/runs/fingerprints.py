@@ -88,11 +88,36 @@ def label(name: str, entry: dict) -> str:
     return name.replace("_", " ")
 
 
+def same_input(recorded: dict | None, current: dict | None) -> bool:
+    """Whether two fingerprints name the same input. A file or folder is its content: the same
+    bytes at another path (a copied run folder, a moved checkout) are the same input."""
+    if recorded and current and recorded.get("sha256") and current.get("sha256"):
+        return recorded["sha256"] == current["sha256"]
+    return recorded == current
+
+
+def same_inputs(recorded: dict | None, current: dict | None) -> bool:
+    recorded, current = recorded or {}, current or {}
+    return recorded.keys() == current.keys() and all(same_input(recorded[k], current[k]) for k in current)
+
+
 def changed(recorded: dict | None, current: dict) -> list[str]:
     """Labels of the inputs whose fingerprint differs between a record and now."""
     recorded = recorded or {}
-    return [label(name, entry) for name, entry in current.items() if recorded.get(name) != entry] + [
+    return [label(name, entry) for name, entry in current.items() if not same_input(recorded.get(name), entry)] + [
         label(name, entry) for name, entry in recorded.items() if name not in current]
+
+
+# Settings that name an input file: its fingerprint among the inputs decides, not where it lies.
+PATH_SETTINGS = ("data", "seeds", "exclude")
+
+
+def _comparable(settings: dict | None) -> dict:
+    return {k: v for k, v in (settings or {}).items() if k not in PATH_SETTINGS}
+
+
+def same_settings(recorded: dict | None, current: dict | None) -> bool:
+    return _comparable(recorded) == _comparable(current)
 
 
 def stale_on_disk(recorded: dict | None) -> list[str]:
@@ -103,6 +128,6 @@ def stale_on_disk(recorded: dict | None) -> list[str]:
 
 def settings_changes(recorded: dict | None, current: dict) -> list[str]:
     """`name: old -> new` for every setting that differs."""
-    recorded = recorded or {}
+    recorded, current = _comparable(recorded), _comparable(current)
     keys = [k for k in current if recorded.get(k) != current[k]] + [k for k in recorded if k not in current]
     return [f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in keys]

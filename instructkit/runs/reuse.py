@@ -18,7 +18,7 @@ from typing import Any
 
 from instructkit.errors import UserError
 from instructkit.runs.artifacts import read_json, write_json_atomic
-from instructkit.runs.fingerprints import changed, settings_changes, sha256_file
+from instructkit.runs.fingerprints import changed, same_inputs, same_settings, settings_changes, sha256_file
 
 Key = tuple[str | int, ...]
 
@@ -40,7 +40,7 @@ class ProgressLog:
             self.run_id = uuid.uuid4().hex
             self._append([{"settings": settings, "inputs": inputs, "run_id": self.run_id}])
             return
-        if header.get("settings") != settings or header.get("inputs") != inputs:
+        if not same_settings(header.get("settings"), settings) or not same_inputs(header.get("inputs"), inputs):
             raise UserError(f"{path} holds partial results made with other settings; "
                             "rerun with the same settings to resume, or pass --restart to discard them")
         self.run_id = header["run_id"]
@@ -162,14 +162,14 @@ def open_work(final_path: Path, settings: dict, inputs: dict, *, overwrite: bool
               f"hand edit): {verb} again")
 
     if header:
-        if header.get("inputs") != inputs:
+        if not same_inputs(header.get("inputs"), inputs):
             print(f"note: discarding the partial results in {log_path}: "
                   f"{', '.join(changed(header.get('inputs'), inputs))} changed since they were made")
             log_path.unlink()
         elif restart:
             print(f"note: --restart: discarding the partial results in {log_path}")
             log_path.unlink()
-        elif header.get("settings") != settings:
+        elif not same_settings(header.get("settings"), settings):
             raise UserError(f"{log_path} holds partial results made with other settings "
                             f"({'; '.join(settings_changes(header.get('settings'), settings))}); "
                             "rerun with the same settings to resume, or pass --restart to discard them")
@@ -181,11 +181,11 @@ def open_work(final_path: Path, settings: dict, inputs: dict, *, overwrite: bool
 def base_part_holds(finished: dict | None, progress: ProgressLog) -> bool:
     """Whether the base model's part of a finished output still holds for this run: the same
     settings and the same inputs but the finetuned model (a retraining changes only that)."""
-    if not finished or "base" not in finished.get("models", []) or finished.get("settings") != progress.settings:
+    if not finished or "base" not in finished.get("models", []) or not same_settings(finished.get("settings"), progress.settings):
         return False
     def others(inputs: dict | None) -> dict:
         return {name: entry for name, entry in (inputs or {}).items() if name != "finetuned"}
-    return others(finished.get("inputs")) == others(progress.inputs)
+    return same_inputs(others(finished.get("inputs")), others(progress.inputs))
 
 
 def why_redo(record: dict, settings: dict, inputs: dict, made: str) -> str | None:
@@ -196,6 +196,6 @@ def why_redo(record: dict, settings: dict, inputs: dict, made: str) -> str | Non
     names = changed(record["inputs"], inputs)
     if names:
         return f"{', '.join(names)} changed since {made}"
-    if record.get("settings") != settings:
+    if not same_settings(record.get("settings"), settings):
         return f"settings changed since {made} ({'; '.join(settings_changes(record.get('settings'), settings))})"
     return None

@@ -7,7 +7,7 @@ import math
 import resource
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -16,22 +16,20 @@ from peft import LoraConfig
 from transformers import EarlyStoppingCallback, ProgressCallback, TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from instructkit.data import packaged
-from instructkit.data.prompts import STYLES, PromptStyle, get_style
+from instructkit.data.prompts import PromptStyle, get_style
 from instructkit.data.records import Split, drop_duplicates, load_records, split_records
 from instructkit.errors import UserError
 from instructkit.models.loading import load_causal_lm, load_tokenizer, qlora_quantization
-from instructkit.models.precision import CHOICES as PRECISIONS
 from instructkit.models.precision import precision_setting, resolve_precision
-from instructkit.models.references import EMBEDDED_BASE, ResolvedModel, resolve_model
+from instructkit.models.references import ResolvedModel, resolve_model
 from instructkit.report.plots import plot_loss
 from instructkit.runs.artifacts import is_main_process, manifest, output_lock, read_json, write_json_atomic
-from instructkit.runs.fingerprints import changed, reference_input, settings_changes
+from instructkit.runs.fingerprints import changed, reference_input, same_inputs, same_settings, settings_changes
 from instructkit.runs.reuse import why_redo
+from instructkit.train.config import TRACKERS, TrainingConfig
 from instructkit.train.loss_head import use_compact_head
 from instructkit.train.padding_free import padding_free_collator, records_stay_apart
 
-DEFAULT_DATA = packaged("instruction-data.json")
 SUMMARY_FILE = "training_summary.json"
 RUN_CONFIG_FILE = "run_config.json"
 # A run in progress trains here, beside the finished one, and is swapped in only when it finishes.
@@ -41,41 +39,6 @@ STAGED = ("data", "finetuned")
 # `precision` is recorded as what it resolved to on this machine (precision_setting), not as asked.
 NOT_RUN_SETTINGS = ("overwrite", "restart", "merge", "compact_loss_head", "padding_free", "output_dir", "report_to",
                     "precision")
-# --report-to: where TRL also sends the training metrics, and the package each needs.
-TRACKERS = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
-
-
-@dataclass
-class TrainingConfig:
-    base_model: str = field(default=EMBEDDED_BASE, metadata={"help": f"embedded name ({EMBEDDED_BASE}), .gguf file, model folder or hub id"})
-    data: str = field(default=DEFAULT_DATA, metadata={"help": "Alpaca/Dolly .json, .jsonl or .csv file, or a hub dataset: alpaca, dolly, owner/name"})
-    prompt_style: str = field(default="alpaca", metadata={"help": "prompt format", "choices": list(STYLES)})
-    output_dir: str = field(default="outputs", metadata={"help": "where data/ and finetuned/ are written"})
-    epochs: float = field(default=1.0, metadata={"help": "passes over the training split (ignored when --max-steps > 0)"})
-    max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (-1: use --epochs)"})
-    batch_size: int = field(default=8, metadata={"help": "records per device per step"})
-    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
-    lr: float = field(default=5e-4, metadata={"help": "peak learning rate (cosine decay, 3%% warm-up)"})
-    max_length: int = field(default=512, metadata={"help": "tokens per training sequence; longer records are truncated (counted in the summary)"})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
-    qlora: bool = field(default=False, metadata={"help": "load the base model in 4-bit NF4 (bitsandbytes; CUDA GPU only)"})
-    packing: bool = field(default=False, metadata={"help": "pack several records into each sequence of --max-length (TRL best-fit decreasing); needs attention that keeps packed records apart (checked)"})
-    padding_free: bool = field(default=True, metadata={"help": "lay each batch's records end to end instead of padding them (same records, same loss, less memory); off by itself where the model's attention would mix records"})
-    val_fraction: float = field(default=0.05, metadata={"help": "share of records held out for validation loss"})
-    test_fraction: float = field(default=0.10, metadata={"help": "share of records held out for stages 2-4"})
-    seed: int = field(default=123, metadata={"help": "seed of the split, the LoRA initialisation and the data order"})
-    eval_steps: int = field(default=0, metadata={"help": "evaluate validation loss every N steps (0: about 10 times per run)"})
-    early_stopping_patience: int = field(default=0, metadata={"help": "stop after N evaluations without a better validation loss (0: off)"})
-    compact_loss_head: bool = field(default=True, metadata={"help": "off CUDA, run the LM head only at response tokens (TRL's Triton path does so on CUDA); same loss, ~3x faster CPU steps"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory (always on with --qlora)"})
-    merge: bool = field(default=False, metadata={"help": "also write finetuned/merged/: base + adapter, loadable by plain transformers"})
-    overwrite: bool = field(default=False, metadata={"help": "train again although the finished run has the same data and settings (the old adapter stays until the new one is finished)"})
-    restart: bool = field(default=False, metadata={"help": "discard the checkpoints of an interrupted run instead of resuming from them"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub (only for models you trust)"})
-    report_to: str = field(default="none", metadata={"help": "also send the training metrics to a tracker TRL supports (they are always in training_summary.json)", "choices": list(TRACKERS)})
-    precision: str = field(default="auto", metadata={"help": "base weights in fp32 or bf16 (the LoRA weights stay fp32); auto: bf16 on a GPU that has it, and on a CPU whatever bench/precision.py measured faster there (recorded with the reason in training_summary.json)", "choices": list(PRECISIONS)})
 
 
 def _planned_steps(config: TrainingConfig, n_train: int) -> int:
@@ -174,9 +137,9 @@ def _check_resumable(checkpoints: Path, record: dict, restart: bool) -> bool:
     discard = None
     if restart:
         discard = "--restart"
-    elif saved.get("inputs") != record["inputs"]:
+    elif not same_inputs(saved.get("inputs"), record["inputs"]):
         discard = f"{', '.join(changed(saved.get('inputs'), record['inputs']))} changed since they were made"
-    elif saved.get("settings") != record["settings"]:
+    elif not same_settings(saved.get("settings"), record["settings"]):
         raise UserError(
             f"{checkpoints} holds checkpoints of an interrupted run with other settings "
             f"({'; '.join(settings_changes(saved.get('settings'), record['settings']))}); "

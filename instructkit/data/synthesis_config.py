@@ -1,0 +1,43 @@
+"""Stage 0's settings: how instruction data is made (Self-Instruct, Magpie, reflection) and cleaned."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from instructkit.config import APIClient, Reruns
+from instructkit.data import packaged
+from instructkit.models.references import EMBEDDED_JUDGE
+
+OUTPUT_FILE = Path("generated") / "instruction-data.json"
+DEFAULT_SEEDS = packaged("seed_tasks.jsonl")
+METHODS = ("self-instruct", "magpie", "reflect", "curate")
+
+
+@dataclass
+class SynthesisConfig(Reruns, APIClient):
+    method: str = field(default="self-instruct", metadata={"help": "self-instruct: new tasks from seed tasks; magpie: an instruct model writes instructions from its bare user header; reflect: a model improves --data; curate: only de-duplicate and check --data for contamination", "choices": list(METHODS)})
+    generator: str = field(default=f"hf:{EMBEDDED_JUDGE}", metadata={"help": "hf:<model> (a local transformers model, hub id or folder) or openai:<model> (any OpenAI-compatible server)"})
+    base_url: str = field(default="", metadata={"help": "an OpenAI-compatible server for openai: generators (vLLM, Ollama, litgpt serve); the key comes from OPENAI_API_KEY"})
+    seeds: str = field(default=DEFAULT_SEEDS, metadata={"help": "seed tasks for self-instruct: Self-Instruct's seed_tasks.jsonl format (instruction, instances, is_classification) or any Alpaca file"})
+    data: str = field(default="", metadata={"help": "the Alpaca/Dolly file that reflect improves and curate cleans"})
+    reflect: str = field(default="both", metadata={"help": "what reflection rewrites: the instruction (and a new response to it), the response, or both in turn", "choices": ["instruction", "response", "both"]})
+    num_instructions: int = field(default=20, metadata={"help": "how many new instructions self-instruct and magpie aim for"})
+    max_requests: int = field(default=1000, metadata={"help": "the most requests the run may send (a budget for paid APIs)"})
+    batch_size: int = field(default=8, metadata={"help": "requests per round (one batch for hf:, sent concurrently for openai:)"})
+    max_new_tokens: int = field(default=256, metadata={"help": "longest reply, in tokens"})
+    temperature: float | None = field(default=None, metadata={"help": "sampling temperature (default: 0.7 for self-instruct's new tasks, 1.0 for magpie's instructions; answers are greedy)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling for the sampled requests"})
+    seed: int = field(default=0, metadata={"help": "seeds the examples shown in each prompt and the sampling"})
+    examples_per_prompt: int = field(default=8, metadata={"help": "example tasks in each self-instruct prompt"})
+    generated_examples: int = field(default=2, metadata={"help": "of those, how many are already generated ones (once there are some)"})
+    min_words: int = field(default=3, metadata={"help": "drop instructions of this many words or fewer"})
+    max_words: int = field(default=150, metadata={"help": "drop instructions of more words than this"})
+    rouge_threshold: float = field(default=0.7, metadata={"help": "drop a new instruction whose ROUGE-L F with any kept one is above this"})
+    near_duplicate_threshold: float = field(default=0.9, metadata={"help": "drop a record whose instruction+input has this character n-gram TF-IDF cosine with an earlier one"})
+    exclude: list[str] = field(default_factory=list, metadata={"help": "evaluation files (e.g. outputs/data/test.json) whose records must not reappear in the data"})
+    contamination_threshold: float = field(default=0.8, metadata={"help": "a record this similar (TF-IDF cosine) to an --exclude record is contaminated"})
+    contamination: str = field(default="drop", metadata={"help": "drop contaminated records, or keep them and list them in the manifest", "choices": ["drop", "flag"]})
+    keep_dropped: bool = field(default=False, metadata={"help": "also write every dropped record, with its reason, to generated/instruction-data.dropped.json"})
+    dry_run: bool = field(default=False, metadata={"help": "print the first prompt and how many requests the run would send; send none"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub for hf: generators"})

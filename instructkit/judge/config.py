@@ -1,0 +1,36 @@
+"""Stage 4's settings: the judge, what it is asked, and the human rater."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from instructkit.config import APIClient, LocalModel, Reruns
+from instructkit.data.responses import RESPONSES_FILE, read_responses, responses_path
+from instructkit.models.references import EMBEDDED_JUDGE
+
+SCORES_FILE = "judge_scores.json"
+HUMAN_FILE = "human_ratings.json"
+REFERENCE = "output"  # the expected answer, as a column a model can be compared with (AlpacaEval's setup)
+DEFAULT_PAIR = "finetuned:base"
+
+
+@dataclass
+class JudgeConfig(Reruns, LocalModel, APIClient):
+    input: str = field(default="", metadata={"help": f"stage 2's responses to score (default: <output-dir>/{RESPONSES_FILE})"})
+    judge: str = field(default=f"hf:{EMBEDDED_JUDGE}", metadata={"help": "hf:<model> (transformers), litgpt:<model> or openai:<model>"})
+    judge_base_url: str = field(default="", metadata={"help": "an OpenAI-compatible server for openai: judges (vLLM, Ollama, litgpt serve); the key comes from OPENAI_API_KEY"})
+    scoring: str = field(default="auto", metadata={"help": "generate: parse the judge's reply; probability: expected score from its token probabilities (hf: judges; always a number, no retries); auto: probability for hf: judges, generate for the others (bench/judge_scoring.py)", "choices": ["auto", "generate", "probability"]})
+    pairwise: str = field(default="", metadata={"nargs": "?", "const": DEFAULT_PAIR, "help": f"also ask which of two answers is better, in both orders (MT-Bench style): --pairwise alone compares finetuned with base; --pairwise A:B[,C:D] any response columns, or {REFERENCE} (the expected answer, as AlpacaEval's reference); the win rate is A's"})
+    rubric: str = field(default="default", metadata={"help": "default: 0-100 against the expected output of stage 2's test records; mt-bench: stage 2 --questions answers graded per turn 1-10 ([[rating]], against the reference answer for math, reasoning and coding), --pairwise as [[A]]/[[B]]/[[C]], into mt_bench_scores.json", "choices": ["default", "mt-bench"]})
+    compare_with: str = field(default="", metadata={"help": "another judge_scores.json or human_ratings.json to measure agreement with"})
+    human: bool = field(default=False, metadata={"help": "rate responses yourself in the terminal (blind, shuffled) instead of running the judge"})
+    limit: int = field(default=0, metadata={"help": "score only the first N records (0: all)"})
+    batch_size: int = field(default=8, metadata={"help": "prompts per batch for local judges"})
+    max_new_tokens: int = field(default=16, metadata={"help": "longest judge reply, in tokens (the reply is one number or word)"})
+    seed: int = field(default=0, metadata={"help": "judge seed (API), human-rating order and bootstrap resampling"})
+
+
+def check(config: JudgeConfig) -> None:
+    """Refuse a bad responses file before torch loads."""
+    if config.rubric == "default":
+        read_responses(responses_path(config.output_dir, config.input))
