@@ -24,8 +24,8 @@ from instructkit.generate.compare import CompareModel, load_compare, parse_compa
 from instructkit.generate.generator import TransformersGenerator
 from instructkit.judge.config import HUMAN_FILE, SCORES_FILE
 from instructkit.judge.human import save_chat_rating
+from instructkit.models.finetune import RunModels
 from instructkit.models.precision import resolve_precision
-from instructkit.models.references import base_reference, require_adapter, resolve_model, run_adapter
 from instructkit.runs.artifacts import read_json
 
 TIE = "tie"
@@ -61,14 +61,12 @@ class ChatSession:
 
     def __init__(self, config: ChatConfig):
         self.output_dir = Path(config.output_dir)
-        adapter = run_adapter(self.output_dir, config.adapter)
-        if not config.merged:
-            require_adapter(adapter)
+        run = RunModels.of(config, self.output_dir, "finetuned")
+        adapter, base = run.adapter, run.base
         self.style = load_style(adapter)
         self.responses = self.output_dir / RESPONSES_FILE
         self.examples, self.stored_models = self._examples(config)
         self.scores = self._scores()
-        base = resolve_model(base_reference(config.base_model, adapter))
         print(f"loading {base.reference} and its finetune ({'merged' if config.merged else adapter})", flush=True)
         dtype = resolve_precision(config.precision, "inference").dtype
         generator = TransformersGenerator(base, None if config.merged else adapter, config.merged,

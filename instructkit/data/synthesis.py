@@ -40,7 +40,7 @@ from instructkit.data.synthesis_prompts import (
 from instructkit.errors import UserError, problems_error
 from instructkit.models.backends import Conversation, HFBackend, OpenAIBackend, Reply, user_header, user_turn
 from instructkit.models.loading import load_tokenizer
-from instructkit.models.references import EMBEDDED_JUDGE, resolve_model
+from instructkit.models.references import EMBEDDED_JUDGE, backend_kind, parse_backend, resolve_model
 from instructkit.runs.artifacts import manifest, output_lock, write_json_atomic
 from instructkit.runs.fingerprints import path_input
 from instructkit.runs.reuse import ProgressLog, open_work
@@ -90,11 +90,8 @@ def load_seed_tasks(path: str) -> list[SeedTask]:
 
 
 def parse_generator(reference: str) -> tuple[str, str]:
-    kind, _, model = reference.partition(":")
-    if kind not in ("hf", "openai") or not model:
-        raise UserError(f"--generator {reference!r}: write hf:<model> or openai:<model> "
-                        f"(for example hf:{EMBEDDED_JUDGE}, hf:meta-llama/Meta-Llama-3-8B-Instruct or openai:gpt-4o-mini)")
-    return kind, model
+    return parse_backend(reference, "--generator", ("hf", "openai"),
+                         f"hf:{EMBEDDED_JUDGE}, hf:meta-llama/Meta-Llama-3-8B-Instruct or openai:gpt-4o-mini")
 
 
 def load_generator(config: SynthesisConfig) -> HFBackend | OpenAIBackend:
@@ -122,7 +119,7 @@ def check_config(config: SynthesisConfig) -> None:
             problems.append(f"--max-requests {config.max_requests} is too few for --num-instructions {config.num_instructions}: "
                             f"{config.method} needs a round of {config.batch_size} requests for instructions and "
                             f"{'2' if config.method == 'self-instruct' else '1'} more per instruction kept")
-    if config.method == "magpie" and config.generator.startswith("openai:"):
+    if config.method == "magpie" and backend_kind(config.generator) == "openai":
         problems.append("--method magpie writes instructions from the model's bare user header, which a chat API does not "
                         "take: use an hf: generator (any local instruct model)")
     if config.batch_size < 1 or config.concurrency < 1:
@@ -481,17 +478,13 @@ def generate_data(config: SynthesisConfig) -> Path | None:
         tally = Tally()
         backend = load_generator(config) if config.method != "curate" else None
         rounds = Rounds(backend, work.progress, config)
-        try:
+        with work.progress.attempt():
             if config.method == "self-instruct":
                 records = self_instruct(rounds, config, seeds, tally)
             elif config.method == "magpie":
                 records = magpie(rounds, config, tally)
             elif config.method == "reflect":
                 records = reflect(rounds, config, records, tally)
-        except UserError:
-            if not work.progress.done:  # refused before any reply (a bad key): leave nothing behind
-                work.progress.remove()
-            raise
         candidates = len(records)
         kept, flagged = curate(records, config, excluded, tally)
         dropped_path = final_path.with_name(final_path.name.replace(".json", ".dropped.json"))

@@ -20,10 +20,11 @@ import torch
 from instructkit.errors import UserError
 from instructkit.evaluate.config import HARNESS_DIR, RESULTS_FILE, BenchmarkConfig
 from instructkit.evaluate.stats import fmt
+from instructkit.models.finetune import RunModels
 from instructkit.models.precision import precision_setting, resolve_precision
-from instructkit.models.references import ResolvedModel, base_reference, cache_dir, require_adapter, resolve_model, run_adapter
+from instructkit.models.references import ResolvedModel, cache_dir, resolve_model
 from instructkit.runs.artifacts import library_versions, manifest, output_lock
-from instructkit.runs.fingerprints import finetuned_input, model_input, path_input
+from instructkit.runs.fingerprints import path_input
 from instructkit.runs.reuse import base_part_holds, open_work
 
 LOCAL_SUFFIX = "_offline"
@@ -206,19 +207,16 @@ def _model_args(config: BenchmarkConfig, base: ResolvedModel, model: str, adapte
 def evaluate(config: BenchmarkConfig) -> Path:
     """Run stage 3 and return the path of `benchmark_results.json`."""
     output_dir = Path(config.output_dir)
-    adapter = run_adapter(output_dir, config.adapter)
-    models = ["base", "finetuned"] if config.models == "both" else [config.models]
-    if "finetuned" in models and not config.merged:
-        require_adapter(adapter)
-    base = resolve_model(base_reference(config.base_model, adapter))
+    run = RunModels.of(config, output_dir, config.models)
+    base, adapter, models = run.base, run.adapter, list(run.roles)
     offline = _is_offline(config, base)
     workdir = cache_dir() / "lm_eval_tasks"
     task_names, task_manager = resolve_tasks(config, offline, workdir)
     final_path = output_dir / RESULTS_FILE
 
-    inputs = {"base_model": model_input(base), **task_inputs(config, task_names, task_manager, offline)}
+    inputs = {"base_model": run.base_input(), **task_inputs(config, task_names, task_manager, offline)}
     if "finetuned" in models:
-        inputs["finetuned"] = finetuned_input(config.merged, adapter)
+        inputs["finetuned"] = run.finetuned_input()
     settings = {k: v for k, v in asdict(config).items() if k in BENCHMARK_SETTINGS}
     settings["lm_eval_version"] = library_versions()["lm_eval"]
     precision = resolve_precision(config.precision, "inference")

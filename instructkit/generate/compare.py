@@ -13,7 +13,7 @@ from pathlib import Path
 from instructkit.data.prompts import STYLE_FILE, PromptStyle, get_style, load_style
 from instructkit.errors import UserError, problems_error
 from instructkit.models.backends import OpenAIBackend
-from instructkit.models.references import base_reference, resolve_model
+from instructkit.models.references import backend_kind, base_reference, resolve_model
 from instructkit.runs.fingerprints import model_input, path_input
 
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -27,7 +27,7 @@ class CompareModel:
 
     @property
     def kind(self) -> str:
-        if self.reference.startswith("openai:"):
+        if backend_kind(self.reference) == "openai":
             return "openai"
         return "adapter" if (Path(self.reference).expanduser() / "adapter_config.json").is_file() else "model"
 

@@ -19,11 +19,12 @@ from instructkit.data.responses import RESPONSE_FIELDS, RESPONSES_FILE, response
 from instructkit.errors import UserError
 from instructkit.generate.compare import compare_input, load_compare, parse_compare
 from instructkit.generate.config import GenerationConfig
+from instructkit.models.finetune import RunModels
 from instructkit.models.loading import load_causal_lm, load_tokenizer
 from instructkit.models.precision import precision_setting, resolve_precision
-from instructkit.models.references import ResolvedModel, base_reference, require_adapter, resolve_model, run_adapter
+from instructkit.models.references import ResolvedModel, resolve_model
 from instructkit.runs.artifacts import manifest, output_lock, read_json
-from instructkit.runs.fingerprints import finetuned_input, model_input, path_input, same_input, same_settings
+from instructkit.runs.fingerprints import path_input, same_input, same_settings
 from instructkit.runs.reuse import ProgressLog, open_work
 
 # What the responses depend on besides the input files (those are fingerprinted).
@@ -248,11 +249,10 @@ def generate_responses(config: GenerationConfig) -> Path:
     """Run stage 2 and return the path of `test_base_model.json` (or, with --questions, of
     `mt_bench_responses.json`)."""
     output_dir = Path(config.output_dir)
-    test_file, adapter = Path(config.test_file or output_dir / "data" / "test.json"), run_adapter(output_dir, config.adapter)
-    models = ["base", "finetuned"] if config.models == "both" else [config.models]
+    test_file = Path(config.test_file or output_dir / "data" / "test.json")
     compared = parse_compare(config.compare)
-    if "finetuned" in models and not config.merged:
-        require_adapter(adapter)
+    run = RunModels.of(config, output_dir, config.models)
+    base, adapter, models = run.base, run.adapter, list(run.roles)
     style: PromptStyle = load_style(adapter)
     if config.questions:  # conversations of one or more user turns
         final_path, source = output_dir / MT_RESPONSES_FILE, questions_file(config.questions)
@@ -264,14 +264,12 @@ def generate_responses(config: GenerationConfig) -> Path:
         conversations = [[record] for record in items]
     if config.limit > 0:
         items, conversations = items[:config.limit], conversations[:config.limit]
-    base = resolve_model(base_reference(config.base_model, adapter))
-    loads_base = "base" in models or not config.merged
 
     inputs = {"questions" if config.questions else "test_file": path_input(source)}
     if "finetuned" in models:
-        inputs["finetuned"] = finetuned_input(config.merged, adapter)
-    if loads_base:
-        inputs["base_model"] = model_input(base)
+        inputs["finetuned"] = run.finetuned_input()
+    if run.loads_base:
+        inputs["base_model"] = run.base_input()
     for model in compared:
         inputs[f"compare_{model.name}"] = compare_input(model, config.compare_base_url)
     settings = {k: v for k, v in asdict(config).items() if k in RESPONSE_SETTINGS}

@@ -13,28 +13,20 @@ from instructkit.errors import UserError
 from instructkit.judge.prompts import SYSTEM
 from instructkit.models.backends import HFBackend, OpenAIBackend, Reply, user_turn
 from instructkit.models.references import (
+    BACKEND_KINDS,
     CONVERSION_VERSION,
     EMBEDDED_JUDGE,
     HUB_ID,
     ResolvedModel,
     build_once,
     cache_dir,
+    parse_backend,
     resolve_model,
 )
 
 # LitGPT's config name for each embedded model it can run.
 LITGPT_NAMES = {EMBEDDED_JUDGE: "SmolLM2-135M-Instruct"}
-KINDS = ("litgpt", "hf", "openai")
 MAX_SCORE = 100
-
-
-def parse_judge_reference(reference: str) -> tuple[str, str]:
-    """'litgpt:meta-llama/Meta-Llama-3-8B-Instruct' -> ('litgpt', 'meta-llama/...')."""
-    kind, _, model = reference.partition(":")
-    if kind not in KINDS or not model:
-        raise UserError(f"--judge {reference!r}: write litgpt:<model>, hf:<model> or openai:<model> "
-                        f"(for example litgpt:{EMBEDDED_JUDGE} or openai:gpt-4o-mini)")
-    return kind, model
 
 
 def _with_prefill(prefill: str, continuation: str) -> str:
@@ -264,7 +256,7 @@ def load_judge(reference: str, *, base_url: str = "", concurrency: int = 4, seed
                max_retries: int = 4, timeout: float = 60.0, trust_remote_code: bool = False, scoring: str = "generate",
                dtype: torch.dtype | None = None):
     """A judge for `reference`; local ones (litgpt:, hf:) hold their weights in `dtype`."""
-    kind, model = parse_judge_reference(reference)
+    kind, model = parse_backend(reference, "--judge", BACKEND_KINDS, f"litgpt:{EMBEDDED_JUDGE} or openai:gpt-4o-mini")
     if base_url and kind != "openai":
         raise UserError("--judge-base-url is for openai: judges (any OpenAI-compatible server)")
     if kind == "litgpt":

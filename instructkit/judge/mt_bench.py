@@ -33,9 +33,9 @@ from instructkit.judge.scoring import (
     pairwise_outcome,
     parse_pairs,
     read_with_retry,
-    run_items,
     summarize_pairwise,
 )
+from instructkit.models.references import backend_kind
 from instructkit.runs.artifacts import manifest, output_lock, read_json
 from instructkit.runs.fingerprints import path_input
 from instructkit.runs.reuse import open_work
@@ -106,7 +106,7 @@ def judge_mt_bench(config: JudgeConfig) -> Path:
         judge = load_judge(config.judge, base_url=config.judge_base_url, concurrency=config.concurrency,
                            seed=config.seed, max_retries=config.max_retries, timeout=config.request_timeout,
                            trust_remote_code=config.trust_remote_code, dtype=precision.dtype if precision else None)
-        api = config.judge.startswith("openai:")
+        api = backend_kind(config.judge) == "openai"
         max_new_tokens = max(config.max_new_tokens, API_JUDGE_MIN_TOKENS) if api else config.max_new_tokens
         chunk = config.concurrency * 4 if api else config.batch_size
         started = time.perf_counter()
@@ -127,14 +127,10 @@ def judge_mt_bench(config: JudgeConfig) -> Path:
             return list(zip(items, read_with_retry(judge, prompts, MT_VERDICT_RETRY, parse_mt_verdict, max_new_tokens,
                                                     "" if api else MT_VERDICT_PREFILL)))
 
-        try:
-            run_items(score_items, progress, chunk, "MT-Bench grading", grade)
+        with progress.attempt():
+            progress.run(score_items, chunk, "MT-Bench grading", grade)
             if pair_items:
-                run_items(pair_items, progress, chunk, "MT-Bench pairwise", compare)
-        except UserError:
-            if not progress.done:
-                progress.remove()
-            raise
+                progress.run(pair_items, chunk, "MT-Bench pairwise", compare)
         result = summarize_mt(rows, models, pairs, progress.done, config.seed, {**judge.describe(), "seed": config.seed})
         result["input"] = str(source)
         work.finish(result, manifest(stage="part4_local_evaluation", rubric="mt-bench", judge=judge.describe(),

@@ -4,7 +4,7 @@ two models pairwise when asked (`judge_scores.json`)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -35,10 +35,10 @@ from instructkit.judge.prompts import (
 )
 from instructkit.models.backends import Reply
 from instructkit.models.precision import Precision, precision_setting, resolve_precision
-from instructkit.models.references import EMBEDDED_JUDGE
+from instructkit.models.references import EMBEDDED_JUDGE, backend_kind
 from instructkit.runs.artifacts import manifest, output_lock, read_json
 from instructkit.runs.fingerprints import path_input
-from instructkit.runs.reuse import ProgressLog, open_work
+from instructkit.runs.reuse import open_work
 
 TASK_METRICS_FILE = "task_metrics.json"
 # What one judgement depends on besides the responses; and what else shapes the finished file.
@@ -53,12 +53,12 @@ def resolve_scoring(config: JudgeConfig) -> str:
     pass, where a small judge's reply often is no number), generate for the others."""
     if config.scoring != "auto":
         return config.scoring
-    return "probability" if config.judge.startswith("hf:") else "generate"
+    return "probability" if backend_kind(config.judge) == "hf" else "generate"
 
 
 def judge_precision(config: JudgeConfig) -> Precision | None:
     """The precision a local judge runs in; None for an API judge (the server decides)."""
-    return None if config.judge.startswith("openai:") else resolve_precision(config.precision, "inference")
+    return None if backend_kind(config.judge) == "openai" else resolve_precision(config.precision, "inference")
 
 
 def judgement_settings(config: JudgeConfig, precision: Precision | None) -> dict:
@@ -70,7 +70,7 @@ def judgement_settings(config: JudgeConfig, precision: Precision | None) -> dict
 def judge_responses(config: JudgeConfig) -> Path:
     """Run stage 4's judging and return the path of `judge_scores.json`."""
     config = replace(config, scoring=resolve_scoring(config))
-    if config.scoring == "probability" and not config.judge.startswith("hf:"):
+    if config.scoring == "probability" and backend_kind(config.judge) != "hf":
         raise UserError("--scoring probability reads the judge's token probabilities: use an hf: judge "
                         f"(for example --judge hf:{EMBEDDED_JUDGE})")
     if config.batch_size < 1 or config.concurrency < 1:
@@ -116,16 +116,12 @@ def judge_responses(config: JudgeConfig) -> Path:
                            trust_remote_code=config.trust_remote_code, scoring=config.scoring,
                            dtype=precision.dtype if precision else None)
         started = time.perf_counter()
-        chunk = config.concurrency * 4 if config.judge.startswith("openai:") else config.batch_size
+        chunk = config.concurrency * 4 if backend_kind(config.judge) == "openai" else config.batch_size
         calls = sum(item not in progress.done for item in score_items + pair_items)
-        try:
-            run_items(score_items, progress, chunk, "scoring", lambda items: _score_batch(judge, config, records, items))
+        with progress.attempt():
+            progress.run(score_items, chunk, "scoring", lambda items: _score_batch(judge, config, records, items))
             if pair_items:
-                run_items(pair_items, progress, chunk, "pairwise", lambda items: _pair_batch(judge, config, records, items))
-        except UserError:
-            if not progress.done:  # stopped before any judgement (a refused key): leave nothing behind
-                progress.remove()
-            raise
+                progress.run(pair_items, chunk, "pairwise", lambda items: _pair_batch(judge, config, records, items))
         seconds = round(time.perf_counter() - started, 2)
 
         result = summarize(records, models, pairs, progress.done, config, judge.describe(), other_scores)
@@ -216,15 +212,6 @@ def column(record: dict, name: str) -> str | None:
 
 def _length(record: dict, *models: str) -> int:
     return sum(len(column(record, key) or "") for key in ("instruction", "input", "output", *models))
-
-
-def run_items(items: list[tuple], progress: ProgressLog, chunk: int, label: str,
-         work: Callable[[list[tuple]], list[tuple[tuple, Any]]]) -> None:
-    """Do the items the progress log lacks, `chunk` at a time, logging each chunk as it finishes."""
-    todo = [item for item in items if item not in progress.done]
-    for start in range(0, len(todo), chunk):
-        progress.add(work(todo[start:start + chunk]))
-        print(f"[{label}] {len(items) - len(todo) + min(start + chunk, len(todo))}/{len(items)}", flush=True)
 
 
 def read_with_retry(judge, prompts: list[str], retry_suffix: str, parse, max_new_tokens: int,

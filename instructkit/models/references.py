@@ -49,6 +49,25 @@ def _smollm2_gguf() -> Path:
 EMBEDDED_GGUF: dict[str, Callable[[], Path]] = {EMBEDDED_BASE: _gemma_gguf, EMBEDDED_JUDGE: _smollm2_gguf}
 
 
+# `kind:model`, how --judge, --generator and --compare name a model behind a text backend.
+BACKEND_KINDS = ("litgpt", "hf", "openai")
+
+
+def backend_kind(reference: str) -> str:
+    """The backend a `kind:model` reference names ("hf", "litgpt", "openai"), or "" for a bare model."""
+    kind, sep, _ = reference.partition(":")
+    return kind if sep and kind in BACKEND_KINDS else ""
+
+
+def parse_backend(reference: str, flag: str, kinds: tuple[str, ...], example: str) -> tuple[str, str]:
+    """'litgpt:meta-llama/Meta-Llama-3-8B-Instruct' -> ('litgpt', 'meta-llama/...'), for a flag taking `kinds`."""
+    kind, _, model = reference.partition(":")
+    if kind not in kinds or not model:
+        written = " or ".join([", ".join(f"{k}:<model>" for k in kinds[:-1]), f"{kinds[-1]}:<model>"])
+        raise UserError(f"{flag} {reference!r}: write {written} (for example {example})")
+    return kind, model
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     reference: str  # what the user wrote

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,24 @@ class ProgressLog:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+    @contextmanager
+    def attempt(self) -> Iterator[None]:
+        """Work that fills the log: a UserError before anything finished (a refused API key, say)
+        leaves no log behind, so the corrected rerun starts clean."""
+        try:
+            yield
+        except UserError:
+            if not self.done:
+                self.remove()
+            raise
+
+    def run(self, items: list[Key], chunk: int, label: str, work: Callable[[list[Key]], list[tuple[Key, Any]]]) -> None:
+        """Do the items the log lacks, `chunk` at a time, logging each chunk as it finishes."""
+        todo = [item for item in items if item not in self.done]
+        for start in range(0, len(todo), chunk):
+            self.add(work(todo[start:start + chunk]))
+            print(f"[{label}] {len(items) - len(todo) + min(start + chunk, len(todo))}/{len(items)}", flush=True)
 
     def _append(self, entries: list[dict]) -> None:
         try:

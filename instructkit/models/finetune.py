@@ -1,0 +1,39 @@
+"""The models a run compares, for stages 2, 3 and 5: the base model and its finetune (stage 1's
+adapter in the run folder, or a merged model), resolved and fingerprinted in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from instructkit.config import Finetune
+from instructkit.models.references import ResolvedModel, base_reference, require_adapter, resolve_model, run_adapter
+from instructkit.runs.fingerprints import finetuned_input, model_input
+
+
+@dataclass(frozen=True)
+class RunModels:
+    base: ResolvedModel
+    adapter: Path  # stage 1's adapter folder (unused when `merged` is given)
+    merged: str  # a merged finetuned model instead of base + adapter, or ""
+    roles: tuple[str, ...]  # which of "base" and "finetuned" the stage runs
+
+    @classmethod
+    def of(cls, config: Finetune, output_dir: str | Path, which: str = "both") -> RunModels:
+        """`which` ("both", "base" or "finetuned") of the run's models; a missing adapter is refused."""
+        roles = ("base", "finetuned") if which == "both" else (which,)
+        adapter = run_adapter(Path(output_dir), config.adapter)
+        if "finetuned" in roles and not config.merged:
+            require_adapter(adapter)
+        return cls(resolve_model(base_reference(config.base_model, adapter)), adapter, config.merged, roles)
+
+    @property
+    def loads_base(self) -> bool:
+        """Whether the base weights are loaded: for the base's answers, or under the adapter."""
+        return "base" in self.roles or not self.merged
+
+    def finetuned_input(self) -> dict:
+        return finetuned_input(self.merged, self.adapter)
+
+    def base_input(self) -> dict:
+        return model_input(self.base)
