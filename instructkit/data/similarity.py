@@ -103,20 +103,6 @@ class RougeLFilter:
         self._kept_matrix = self._matrix(self._rows)
         return decisions
 
-    def naive_add(self, texts: list[str]) -> list[tuple[int, float] | None]:
-        """The same decisions the slow way (every pair through rouge-score): the bench's baseline."""
-        decisions: list[tuple[int, float] | None] = []
-        for text in texts:
-            scores = [self.scorer.score(kept, text)["rougeL"].fmeasure for kept in self.texts]
-            best = int(np.argmax(scores)) if scores else -1
-            if scores and scores[best] > self.threshold:
-                decisions.append((best, round(scores[best], 4)))
-            else:
-                decisions.append(None)
-                self.texts.append(text)
-                self.tokens.append(self.scorer._tokenizer.tokenize(text))
-        return decisions
-
 
 def _tfidf() -> TfidfVectorizer:
     return TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True)
