@@ -26,11 +26,12 @@ Killed halfway? Rerun the same command: logged replies are reused and the run en
 import sys
 
 from instructkit.cli import build_parser, print_config, run_stage
-from instructkit.data.synthesis_config import SynthesisConfig
+from instructkit.data.synthesis_config import SynthesisConfig, check
 
 
 def main(config: SynthesisConfig) -> None:
     print_config(config, "stage 0: generate instruction data")
+    check(config)  # bad settings refused before torch loads
     from instructkit.data.synthesis import generate_data
 
     generate_data(config)

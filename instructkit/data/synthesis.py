@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from instructkit.data.records import Record, load_records, read_raw_records, validate_records
 from instructkit.data.similarity import RougeLFilter, contaminated, near_duplicates
-from instructkit.data.synthesis_config import DEFAULT_SEEDS, METHODS, OUTPUT_FILE, SynthesisConfig
+from instructkit.data.synthesis_config import DEFAULT_SEEDS, OUTPUT_FILE, SynthesisConfig, check, parse_generator
 from instructkit.data.synthesis_prompts import (
     INSTANCE_PREFILL,
     SeedTask,
@@ -40,7 +40,7 @@ from instructkit.data.synthesis_prompts import (
 from instructkit.errors import UserError, problems_error
 from instructkit.models.backends import Conversation, HFBackend, OpenAIBackend, Reply, user_header, user_turn
 from instructkit.models.loading import load_tokenizer
-from instructkit.models.references import EMBEDDED_JUDGE, backend_kind, parse_backend, resolve_model
+from instructkit.models.references import resolve_model
 from instructkit.runs.artifacts import manifest, output_lock, write_json_atomic
 from instructkit.runs.fingerprints import path_input
 from instructkit.runs.reuse import ProgressLog, open_work
@@ -89,11 +89,6 @@ def load_seed_tasks(path: str) -> list[SeedTask]:
             for r, item in zip(records, raw)]
 
 
-def parse_generator(reference: str) -> tuple[str, str]:
-    return parse_backend(reference, "--generator", ("hf", "openai"),
-                         f"hf:{EMBEDDED_JUDGE}, hf:meta-llama/Meta-Llama-3-8B-Instruct or openai:gpt-4o-mini")
-
-
 def load_generator(config: SynthesisConfig) -> HFBackend | OpenAIBackend:
     kind, model = parse_generator(config.generator)
     if kind == "hf":
@@ -103,36 +98,6 @@ def load_generator(config: SynthesisConfig) -> HFBackend | OpenAIBackend:
     return OpenAIBackend(model, config.base_url, concurrency=config.concurrency, seed=config.seed,
                          max_retries=config.max_retries, timeout=config.request_timeout, role="generator",
                          flag="--generator")
-
-
-def check_config(config: SynthesisConfig) -> None:
-    """Every problem with the flags at once, before anything is loaded or written."""
-    problems = []
-    if config.method not in METHODS:
-        problems.append(f"--method {config.method!r}: choose one of {', '.join(METHODS)}")
-    if config.method in ("reflect", "curate") and not config.data:
-        problems.append(f"--method {config.method} needs --data FILE (the Alpaca file to {'improve' if config.method == 'reflect' else 'clean'})")
-    if config.method in ("self-instruct", "magpie"):
-        if config.num_instructions < 1:
-            problems.append("--num-instructions must be at least 1")
-        elif config.max_requests < 2 * config.num_instructions + config.batch_size:
-            problems.append(f"--max-requests {config.max_requests} is too few for --num-instructions {config.num_instructions}: "
-                            f"{config.method} needs a round of {config.batch_size} requests for instructions and "
-                            f"{'2' if config.method == 'self-instruct' else '1'} more per instruction kept")
-    if config.method == "magpie" and backend_kind(config.generator) == "openai":
-        problems.append("--method magpie writes instructions from the model's bare user header, which a chat API does not "
-                        "take: use an hf: generator (any local instruct model)")
-    if config.batch_size < 1 or config.concurrency < 1:
-        problems.append("--batch-size and --concurrency must be at least 1")
-    if not 0 <= config.generated_examples <= config.examples_per_prompt:
-        problems.append("--generated-examples must be between 0 and --examples-per-prompt")
-    for name in ("rouge_threshold", "near_duplicate_threshold", "contamination_threshold"):
-        if not 0 < getattr(config, name) <= 1:
-            problems.append(f"--{name.replace('_', '-')} must be in (0, 1]")
-    if problems:
-        raise problems_error(problems)
-    if config.method != "curate":
-        parse_generator(config.generator)
 
 
 # --- requests, logged by round --------------------------------------------------------------------
@@ -459,7 +424,7 @@ def _dry_run(config: SynthesisConfig, seeds: list[SeedTask], records: list[Recor
 
 def generate_data(config: SynthesisConfig) -> Path | None:
     """Run stage 0 and return the path of the data it wrote (None for a dry run)."""
-    check_config(config)
+    check(config)
     seeds = load_seed_tasks(config.seeds) if config.method == "self-instruct" else []
     records = load_records(config.data) if config.method in ("reflect", "curate") else []
     excluded = [(path, record) for path in config.exclude for record in load_records(path)]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from instructkit.config import APIClient, Reruns
 from instructkit.data import packaged
-from instructkit.models.references import EMBEDDED_JUDGE
+from instructkit.errors import problems_error
+from instructkit.models.references import EMBEDDED_JUDGE, backend_kind, parse_backend
 
 OUTPUT_FILE = Path("generated") / "instruction-data.json"
 DEFAULT_SEEDS = packaged("seed_tasks.jsonl")
@@ -41,3 +42,38 @@ class SynthesisConfig(Reruns, APIClient):
     keep_dropped: bool = field(default=False, metadata={"help": "also write every dropped record, with its reason, to generated/instruction-data.dropped.json"})
     dry_run: bool = field(default=False, metadata={"help": "print the first prompt and how many requests the run would send; send none"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub for hf: generators"})
+
+
+def parse_generator(reference: str) -> tuple[str, str]:
+    return parse_backend(reference, "--generator", ("hf", "openai"),
+                         f"hf:{EMBEDDED_JUDGE}, hf:meta-llama/Meta-Llama-3-8B-Instruct or openai:gpt-4o-mini")
+
+
+def check(config: SynthesisConfig) -> None:
+    """Every problem with the flags at once, before anything is loaded or written."""
+    problems = []
+    if config.method not in METHODS:
+        problems.append(f"--method {config.method!r}: choose one of {', '.join(METHODS)}")
+    if config.method in ("reflect", "curate") and not config.data:
+        problems.append(f"--method {config.method} needs --data FILE (the Alpaca file to {'improve' if config.method == 'reflect' else 'clean'})")
+    if config.method in ("self-instruct", "magpie"):
+        if config.num_instructions < 1:
+            problems.append("--num-instructions must be at least 1")
+        elif config.max_requests < 2 * config.num_instructions + config.batch_size:
+            problems.append(f"--max-requests {config.max_requests} is too few for --num-instructions {config.num_instructions}: "
+                            f"{config.method} needs a round of {config.batch_size} requests for instructions and "
+                            f"{'2' if config.method == 'self-instruct' else '1'} more per instruction kept")
+    if config.method == "magpie" and backend_kind(config.generator) == "openai":
+        problems.append("--method magpie writes instructions from the model's bare user header, which a chat API does not "
+                        "take: use an hf: generator (any local instruct model)")
+    if config.batch_size < 1 or config.concurrency < 1:
+        problems.append("--batch-size and --concurrency must be at least 1")
+    if not 0 <= config.generated_examples <= config.examples_per_prompt:
+        problems.append("--generated-examples must be between 0 and --examples-per-prompt")
+    for name in ("rouge_threshold", "near_duplicate_threshold", "contamination_threshold"):
+        if not 0 < getattr(config, name) <= 1:
+            problems.append(f"--{name.replace('_', '-')} must be in (0, 1]")
+    if problems:
+        raise problems_error(problems)
+    if config.method != "curate":
+        parse_generator(config.generator)
