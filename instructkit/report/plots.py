@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 
@@ -13,6 +14,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 from instructkit.runs.artifacts import write_bytes_atomic  # noqa: E402
 
 
+def _plain_text(plot):
+    """Every label drawn as written: names come from the data (models, categories, a model's path),
+    and matplotlib would read a pair of `$` in one as a formula (and stop at a malformed one)."""
+    @functools.wraps(plot)
+    def plain(*args, **kwargs):
+        with plt.rc_context({"text.parse_math": False}):
+            return plot(*args, **kwargs)
+    return plain
+
+
+@_plain_text
 def plot_loss(train: list[dict], val: list[dict], path: str | Path, title: str) -> Path:
     """Train loss per step and validation loss per evaluation on one set of axes."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
@@ -28,6 +40,7 @@ def plot_loss(train: list[dict], val: list[dict], path: str | Path, title: str) 
     return _save(fig, path)
 
 
+@_plain_text
 def plot_score_histograms(scores: dict[str, list[float | None]], path: str | Path) -> Path:
     """One histogram of 0-100 judge scores per model, on shared bins; unscored responses noted."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
@@ -43,6 +56,7 @@ def plot_score_histograms(scores: dict[str, list[float | None]], path: str | Pat
     return _save(fig, path)
 
 
+@_plain_text
 def plot_category_changes(changes: dict[str, dict], path: str | Path, metric: str) -> Path:
     """Finetuned minus base per category (mean and 95% interval), worst first: which kinds of task
     the finetuning helped and which it hurt."""
@@ -60,6 +74,7 @@ def plot_category_changes(changes: dict[str, dict], path: str | Path, metric: st
     return _save(fig, path)
 
 
+@_plain_text
 def plot_category_means(means: dict[str, dict[str, dict]], path: str | Path, scale: str) -> Path:
     """Each model's mean rating per category with its 95% interval, grouped by category."""
     models = list(means)
