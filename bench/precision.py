@@ -36,7 +36,8 @@ def train_trial(precision: str, steps: int, seed: int) -> dict:
     import tempfile
 
     from instructkit.runs.artifacts import read_json
-    from instructkit.train.sft import SUMMARY_FILE, TrainingConfig, train
+    from instructkit.train.config import SUMMARY_FILE
+    from instructkit.train.sft import TrainingConfig, train
 
     out = Path(tempfile.mkdtemp())
     train(TrainingConfig(output_dir=str(out), max_steps=steps, eval_steps=steps, seed=seed, precision=precision))

@@ -14,7 +14,8 @@ from conftest import run_script, stage2_args
 from instructkit.errors import UserError
 from instructkit.models.precision import earlier_default, precision_setting, resolve_precision
 from instructkit.runs.artifacts import cpu_description
-from instructkit.train.sft import SUMMARY_FILE, TrainingConfig, run_settings, train
+from instructkit.train.config import SUMMARY_FILE
+from instructkit.train.sft import TrainingConfig, run_settings, train
 
 
 @pytest.mark.fast

@@ -9,6 +9,8 @@ from instructkit.data.responses import RESPONSES_FILE, read_responses, responses
 from instructkit.models.references import EMBEDDED_JUDGE
 
 SCORES_FILE = "judge_scores.json"
+TASK_METRICS_FILE = "task_metrics.json"
+MT_SCORES_FILE = "mt_bench_scores.json"
 HUMAN_FILE = "human_ratings.json"
 REFERENCE = "output"  # the expected answer, as a column a model can be compared with (AlpacaEval's setup)
 DEFAULT_PAIR = "finetuned:base"

@@ -14,6 +14,7 @@ from instructkit.data.questions import MT_RESPONSES_FILE, uses_reference
 from instructkit.data.responses import response_columns, response_field
 from instructkit.errors import UserError, problems_error
 from instructkit.evaluate.stats import describe, fmt
+from instructkit.judge.config import MT_SCORES_FILE, REFERENCE, JudgeConfig
 from instructkit.judge.judges import load_judge
 from instructkit.judge.prompts import (
     MT_RATING_PREFILL,
@@ -26,8 +27,6 @@ from instructkit.judge.prompts import (
     parse_mt_verdict,
 )
 from instructkit.judge.scoring import (
-    REFERENCE,
-    JudgeConfig,
     judge_precision,
     judgement_settings,
     pairwise_outcome,
@@ -40,7 +39,6 @@ from instructkit.runs.artifacts import manifest, output_lock, read_json
 from instructkit.runs.fingerprints import path_input
 from instructkit.runs.reuse import open_work
 
-MT_SCORES_FILE = "mt_bench_scores.json"
 # An API judge explains before it rates (MT-Bench's format); a local one is prefilled to the number.
 API_JUDGE_MIN_TOKENS = 512
 

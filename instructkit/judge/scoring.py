@@ -21,7 +21,7 @@ from instructkit.evaluate.stats import (
     win_rate,
 )
 from instructkit.evaluate.task_metrics import METRIC_NAMES, task_metrics
-from instructkit.judge.config import DEFAULT_PAIR, REFERENCE, SCORES_FILE, JudgeConfig
+from instructkit.judge.config import DEFAULT_PAIR, REFERENCE, SCORES_FILE, TASK_METRICS_FILE, JudgeConfig
 from instructkit.judge.judges import load_judge
 from instructkit.judge.prompts import (
     PAIRWISE_RETRY,
@@ -40,7 +40,6 @@ from instructkit.runs.artifacts import manifest, output_lock, read_json
 from instructkit.runs.fingerprints import path_input
 from instructkit.runs.reuse import open_work
 
-TASK_METRICS_FILE = "task_metrics.json"
 # What one judgement depends on besides the responses; and what else shapes the finished file.
 JUDGEMENT_SETTINGS = ("judge", "judge_base_url", "scoring", "max_new_tokens", "seed", "trust_remote_code")
 RUN_SETTINGS = ("pairwise", "limit")

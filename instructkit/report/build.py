@@ -23,18 +23,17 @@ from markupsafe import Markup
 
 from instructkit.data.responses import RESPONSE_FIELDS, RESPONSES_FILE, response_columns, response_field
 from instructkit.errors import UserError
-from instructkit.evaluate.benchmark import RESULTS_FILE
+from instructkit.evaluate.config import RESULTS_FILE
 from instructkit.evaluate.stats import agreement, describe, fmt, fmt_interval, paired_difference
 from instructkit.evaluate.task_metrics import METRIC_NAMES
-from instructkit.judge.human import HUMAN_FILE, read_human_ratings
-from instructkit.judge.mt_bench import MT_SCORES_FILE
-from instructkit.judge.scoring import REFERENCE, SCORES_FILE, TASK_METRICS_FILE
+from instructkit.judge.config import HUMAN_FILE, MT_SCORES_FILE, REFERENCE, SCORES_FILE, TASK_METRICS_FILE
+from instructkit.judge.human import read_human_ratings
 from instructkit.models.references import EMBEDDED_JUDGE
 from instructkit.report.plots import plot_category_changes, plot_category_means, plot_score_histograms
 from instructkit.runs.artifacts import read_json, write_text_atomic
 from instructkit.runs.fingerprints import sha256_file, stale_on_disk
 from instructkit.runs.reuse import meta_path
-from instructkit.train.sft import SUMMARY_FILE
+from instructkit.train.config import SUMMARY_FILE
 
 REPORT_FILE = "report.html"
 TEMPLATE = "report.html.j2"

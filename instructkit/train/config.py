@@ -12,6 +12,7 @@ from instructkit.data.records import drop_duplicates, load_records, split_record
 from instructkit.models.references import EMBEDDED_BASE
 
 DEFAULT_DATA = packaged("instruction-data.json")
+SUMMARY_FILE = "training_summary.json"  # in the adapter folder: the run's settings, inputs, curves and timings
 # --report-to: where TRL also sends the training metrics, and the package each needs.
 TRACKERS = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
 

@@ -26,11 +26,10 @@ from instructkit.report.plots import plot_loss
 from instructkit.runs.artifacts import is_main_process, manifest, output_lock, read_json, write_json_atomic
 from instructkit.runs.fingerprints import changed, reference_input, same_inputs, same_settings, settings_changes
 from instructkit.runs.reuse import why_redo
-from instructkit.train.config import TRACKERS, TrainingConfig
+from instructkit.train.config import SUMMARY_FILE, TRACKERS, TrainingConfig
 from instructkit.train.loss_head import use_compact_head
 from instructkit.train.padding_free import padding_free_collator, records_stay_apart
 
-SUMMARY_FILE = "training_summary.json"
 RUN_CONFIG_FILE = "run_config.json"
 # A run in progress trains here, beside the finished one, and is swapped in only when it finishes.
 STAGING_DIR = ".stage1.partial"
