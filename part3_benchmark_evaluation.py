@@ -23,11 +23,12 @@ Results are reused while the adapter, base model, task data and settings are unc
 import sys
 
 from instructkit.cli import build_parser, print_config, run_stage
-from instructkit.evaluate.config import BenchmarkConfig
+from instructkit.evaluate.config import BenchmarkConfig, check
 
 
 def main(config: BenchmarkConfig) -> None:
     print_config(config, "stage 3: lm-evaluation-harness")
+    check(config)  # a missing adapter refused before torch loads
     from instructkit.evaluate.benchmark import evaluate
 
     evaluate(config)

@@ -26,12 +26,13 @@ import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine unasked
 
-from instructkit.app.config import ChatConfig  # noqa: E402
+from instructkit.app.config import ChatConfig, check  # noqa: E402
 from instructkit.cli import build_parser, print_config, run_stage  # noqa: E402
 
 
 def main(config: ChatConfig) -> None:
     print_config(config, "stage 5: chat app")
+    check(config)  # a missing adapter refused before torch and Gradio load
     from instructkit.app.chat import serve
 
     serve(config)

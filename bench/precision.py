@@ -12,7 +12,7 @@ process of its own with the two precisions alternating:
     python bench/precision.py                                # all three, 2 seeds of training
     python bench/precision.py --uses generation loglikelihood --records 16 --questions 40
 
-instructkit/precision.py's `auto` rule follows these numbers. Writes
+instructkit/models/precision.py's `auto` rule follows these numbers. Writes
 bench/results/precision-<device>.json with the CPU model and flags; the README quotes it.
 """
 

@@ -11,10 +11,10 @@ Variants, each changing one thing from the one before it:
                   far slower on a CPU without native bf16 (2.61 tokens/s here, 6 steps in 1025 s), so
                   it is not the baseline
   ours_trl_head   stage 1's settings (no checkpointing, fp32 on a CPU) with TRL's LM head, padded
-  ours_padded     plus the compact LM head (instructkit/loss_head.py)
+  ours_padded     plus the compact LM head (instructkit/train/loss_head.py)
   ours_grouped    plus length-grouped batches (less padding; changes the data order)
   ours            stage 1 as shipped: the compact head and padding-free batches
-                  (instructkit/padding_free.py; no padding, same records and order as ours_padded)
+                  (instructkit/train/padding_free.py; no padding, same records and order as ours_padded)
 
 Counts real tokens (not padding) per second of training steps, peak RSS, and the validation loss
 after training. Trial t uses seed 42 + t for every variant, so the spread across trials is the
@@ -48,9 +48,10 @@ def one_trial(variant: str, steps: int, batch_size: int, lr: float, seed: int) -
     from instructkit.data.records import load_records, split_records
     from instructkit.models.loading import load_causal_lm, load_tokenizer
     from instructkit.models.references import EMBEDDED_BASE, resolve_model
+    from instructkit.train.config import DEFAULT_DATA
     from instructkit.train.loss_head import use_compact_head
     from instructkit.train.padding_free import padding_free_collator
-    from instructkit.train.sft import DEFAULT_DATA, ThroughputCallback, TrainingConfig, sft_arguments
+    from instructkit.train.sft import ThroughputCallback, TrainingConfig, sft_arguments
 
     torch.manual_seed(seed)
     split = split_records(load_records(DEFAULT_DATA), 0.05, 0.10, seed=123)

@@ -34,10 +34,20 @@ def _to_bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
 
 
+def _or_none(kind: type) -> Callable[[str], object]:
+    """An optional field's type: `none` or `null` give None (the field's "not set")."""
+    def convert(value: str) -> object:
+        return None if value.lower() in ("none", "null") else kind(value)
+    convert.__name__ = kind.__name__  # argparse names the type in its error message
+    return convert
+
+
 def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, kind: type) -> None:
     """`--name` and `--name-with-dashes` for a field, as transformers' HfArgumentParser makes them."""
     names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
     kwargs = dict(f.metadata)
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        kwargs["required"] = True
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     if kind is bool:
         parser.add_argument(*names, type=_to_bool, default=default, nargs="?", const=True, **kwargs)
@@ -47,9 +57,9 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, kind: type
     elif typing.get_origin(kind) is list:
         parser.add_argument(*names, type=typing.get_args(kind)[0], nargs="+", default=default, **kwargs)
     else:
-        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `float | None`: a float or the default
-            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
-        parser.add_argument(*names, type=kind, default=default, **kwargs)
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `float | None`
+            kind = _or_none(next(arg for arg in typing.get_args(kind) if arg is not type(None)))
+        parser.add_argument(*names, type=kind, default=None if default is dataclasses.MISSING else default, **kwargs)
 
 
 def build_parser(config_cls: type, description: str) -> argparse.ArgumentParser:

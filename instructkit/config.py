@@ -38,7 +38,7 @@ class LocalModel:
     """Models this process loads."""
 
     trust_remote_code: bool = option(False, "allow model code from the hub (only for models you trust)")
-    precision: str = option("auto", "fp32 or bf16 weights; auto: bf16 on a GPU that has it, and on a CPU whatever bench/precision.py measured faster there (recorded with the reason in the stage's manifest)", choices=list(PRECISIONS))
+    precision: str = option("auto", "fp32 or bf16 weights; auto: bf16 on a GPU that has it, and on a CPU whatever bench/precision.py measured faster there (recorded with the reason beside the stage's results)", choices=list(PRECISIONS))
 
 
 @dataclass

@@ -134,7 +134,8 @@ def test_one_folder_is_one_run_reused_while_unchanged_and_redone_after_retrainin
 def test_stage1_refusing_to_resume_writes_nothing(tmp_path):
     """Checkpoints of an interrupted run with other settings: refused before the split is written."""
     from instructkit.runs.fingerprints import reference_input
-    from instructkit.train.sft import DEFAULT_DATA, TrainingConfig, run_settings
+    from instructkit.train.config import DEFAULT_DATA
+    from instructkit.train.sft import TrainingConfig, run_settings
 
     checkpoints = tmp_path / ".stage1.partial" / "finetuned" / "checkpoints"
     (checkpoints / "checkpoint-1").mkdir(parents=True)

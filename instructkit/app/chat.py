@@ -17,7 +17,7 @@ import gradio as gr
 
 from instructkit.app.config import ChatConfig
 from instructkit.data.prompts import PromptStyle, get_style, load_style
-from instructkit.data.records import Record, validate_records
+from instructkit.data.records import Record, split_file, validate_records
 from instructkit.data.responses import RESPONSES_FILE, read_responses
 from instructkit.errors import UserError
 from instructkit.generate.compare import CompareModel, load_compare, parse_compare
@@ -89,7 +89,7 @@ class ChatSession:
     def _examples(self, config: ChatConfig) -> tuple[list[dict], list[str]]:
         if self.responses.is_file():
             return read_responses(self.responses)
-        test_file = Path(config.test_file or self.output_dir / "data" / "test.json")
+        test_file = split_file(self.output_dir, "test", config.test_file)
         return (validate_records(read_json(test_file), str(test_file)) if test_file.is_file() else []), []
 
     def _scores(self) -> dict[int, dict]:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from instructkit.config import APIRetries, CompareModels, Finetune, LocalModel, RunFolder
+from instructkit.config import PRECISIONS, APIRetries, CompareModels, Finetune, LocalModel, RunFolder
 from instructkit.data.responses import RESPONSES_FILE
+from instructkit.models.references import require_adapter, run_adapter
 
 
 @dataclass
 class ChatConfig(RunFolder, Finetune, LocalModel, CompareModels, APIRetries):
+    compare: list[str] = field(default_factory=list, metadata={"help": "more models in more columns, NAME=MODEL as in stage 2 (default: the ones stage 2 compared, from its .meta.json)"})
+    precision: str = field(default="auto", metadata={"help": "fp32 or bf16 weights, as stage 2 --precision (auto picks what stage 2 picks on this machine, so that live answers can match its stored ones)", "choices": list(PRECISIONS)})
     test_file: str = field(default="", metadata={"help": f"records offered as examples when there is no {RESPONSES_FILE} (default: <output-dir>/data/test.json)"})
     host: str = field(default="127.0.0.1", metadata={"help": "address to serve on; 0.0.0.0 lets other machines in (there is no login)"})
     port: int = field(default=7860, metadata={"help": "port to serve on"})
@@ -17,3 +21,9 @@ class ChatConfig(RunFolder, Finetune, LocalModel, CompareModels, APIRetries):
     max_new_tokens: int = field(default=128, metadata={"help": "the answer length the page starts with"})
     max_queue: int = field(default=16, metadata={"help": "messages that may wait for the model at once; more are turned away"})
     screenshot: str = field(default="", metadata={"help": "instead of serving: open the page in headless Chromium, send the first example, save a PNG here and exit"})
+
+
+def check(config: ChatConfig) -> None:
+    """Refuse a missing adapter before torch and Gradio load."""
+    if not config.merged:
+        require_adapter(run_adapter(Path(config.output_dir), config.adapter))

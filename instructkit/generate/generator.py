@@ -14,7 +14,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from instructkit.data.prompts import PromptStyle, load_style
 from instructkit.data.questions import MT_RESPONSES_FILE, questions_file, read_questions
-from instructkit.data.records import Record, validate_records
+from instructkit.data.records import Record, split_file, validate_records
 from instructkit.data.responses import RESPONSE_FIELDS, RESPONSES_FILE, response_field
 from instructkit.errors import UserError
 from instructkit.generate.compare import compare_input, load_compare, parse_compare
@@ -249,7 +249,7 @@ def generate_responses(config: GenerationConfig) -> Path:
     """Run stage 2 and return the path of `test_base_model.json` (or, with --questions, of
     `mt_bench_responses.json`)."""
     output_dir = Path(config.output_dir)
-    test_file = Path(config.test_file or output_dir / "data" / "test.json")
+    test_file = split_file(output_dir, "test", config.test_file)
     compared = parse_compare(config.compare)
     run = RunModels.of(config, output_dir, config.models)
     base, adapter, models = run.base, run.adapter, list(run.roles)

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 from instructkit.config import APIClient, LocalModel, Reruns
 from instructkit.data.responses import RESPONSES_FILE, read_responses, responses_path
-from instructkit.models.references import EMBEDDED_JUDGE
+from instructkit.errors import UserError
+from instructkit.models.references import EMBEDDED_JUDGE, backend_kind
 
 SCORES_FILE = "judge_scores.json"
 TASK_METRICS_FILE = "task_metrics.json"
@@ -32,7 +33,24 @@ class JudgeConfig(Reruns, LocalModel, APIClient):
     seed: int = field(default=0, metadata={"help": "judge seed (API), human-rating order and bootstrap resampling"})
 
 
+def resolve_scoring(config: JudgeConfig) -> str:
+    """--scoring auto: probability for hf: judges (a number for every response from one forward
+    pass, where a small judge's reply often is no number), generate for the others."""
+    if config.scoring != "auto":
+        return config.scoring
+    return "probability" if backend_kind(config.judge) == "hf" else "generate"
+
+
+def check_settings(config: JudgeConfig) -> None:
+    if resolve_scoring(config) == "probability" and backend_kind(config.judge) != "hf":
+        raise UserError("--scoring probability reads the judge's token probabilities: use an hf: judge "
+                        f"(for example --judge hf:{EMBEDDED_JUDGE})")
+    if config.batch_size < 1 or config.concurrency < 1:
+        raise UserError("--batch-size and --concurrency must be at least 1")
+
+
 def check(config: JudgeConfig) -> None:
-    """Refuse a bad responses file before torch loads."""
+    """Refuse bad settings, then a bad responses file, before torch loads."""
+    check_settings(config)
     if config.rubric == "default":
         read_responses(responses_path(config.output_dir, config.input))

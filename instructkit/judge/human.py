@@ -8,10 +8,9 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from instructkit.data.responses import read_responses, responses_path
+from instructkit.data.responses import COLUMN_NAME, read_responses, responses_path
 from instructkit.errors import UserError, problems_error
 from instructkit.evaluate.stats import describe
-from instructkit.generate.compare import NAME as COLUMN_NAME
 from instructkit.judge.config import HUMAN_FILE, JudgeConfig
 from instructkit.runs.artifacts import output_lock, read_json, write_json_atomic
 from instructkit.runs.fingerprints import sha256_file

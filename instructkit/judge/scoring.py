@@ -21,7 +21,15 @@ from instructkit.evaluate.stats import (
     win_rate,
 )
 from instructkit.evaluate.task_metrics import METRIC_NAMES, task_metrics
-from instructkit.judge.config import DEFAULT_PAIR, REFERENCE, SCORES_FILE, TASK_METRICS_FILE, JudgeConfig
+from instructkit.judge.config import (
+    DEFAULT_PAIR,
+    REFERENCE,
+    SCORES_FILE,
+    TASK_METRICS_FILE,
+    JudgeConfig,
+    check_settings,
+    resolve_scoring,
+)
 from instructkit.judge.judges import load_judge
 from instructkit.judge.prompts import (
     PAIRWISE_RETRY,
@@ -35,7 +43,7 @@ from instructkit.judge.prompts import (
 )
 from instructkit.models.backends import Reply
 from instructkit.models.precision import Precision, precision_setting, resolve_precision
-from instructkit.models.references import EMBEDDED_JUDGE, backend_kind
+from instructkit.models.references import backend_kind
 from instructkit.runs.artifacts import manifest, output_lock, read_json
 from instructkit.runs.fingerprints import path_input
 from instructkit.runs.reuse import open_work
@@ -45,14 +53,6 @@ JUDGEMENT_SETTINGS = ("judge", "judge_base_url", "scoring", "max_new_tokens", "s
 RUN_SETTINGS = ("pairwise", "limit")
 LOW_COVERAGE = 0.5
 WITH_CI, EQUAL = " 95% CI [{}, {}]", " (no interval: all values equal)"
-
-
-def resolve_scoring(config: JudgeConfig) -> str:
-    """--scoring auto: probability for hf: judges (a number for every response from one forward
-    pass, where a small judge's reply often is no number), generate for the others."""
-    if config.scoring != "auto":
-        return config.scoring
-    return "probability" if backend_kind(config.judge) == "hf" else "generate"
 
 
 def judge_precision(config: JudgeConfig) -> Precision | None:
@@ -68,12 +68,8 @@ def judgement_settings(config: JudgeConfig, precision: Precision | None) -> dict
 
 def judge_responses(config: JudgeConfig) -> Path:
     """Run stage 4's judging and return the path of `judge_scores.json`."""
+    check_settings(config)
     config = replace(config, scoring=resolve_scoring(config))
-    if config.scoring == "probability" and backend_kind(config.judge) != "hf":
-        raise UserError("--scoring probability reads the judge's token probabilities: use an hf: judge "
-                        f"(for example --judge hf:{EMBEDDED_JUDGE})")
-    if config.batch_size < 1 or config.concurrency < 1:
-        raise UserError("--batch-size and --concurrency must be at least 1")
     output_dir = Path(config.output_dir)
     responses = responses_path(config.output_dir, config.input)
     records, models = read_responses(responses)

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
+from instructkit.config import PRECISIONS
 from instructkit.errors import UserError
 
-CHOICES = ("auto", "fp32", "bf16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 USES = ("training", "inference")
 
@@ -54,8 +54,8 @@ NATIVE_BF16_GAINS = {
 
 def resolve_precision(requested: str, use: str) -> Precision:
     """`requested` ("auto", "fp32" or "bf16") for `use` ("training" or "inference") on this machine."""
-    if requested not in CHOICES:
-        raise UserError(f"--precision {requested!r}: use one of {', '.join(CHOICES)}")
+    if requested not in PRECISIONS:
+        raise UserError(f"--precision {requested!r}: use one of {', '.join(PRECISIONS)}")
     if use not in USES:
         raise ValueError(f"use {use!r}: one of {USES}")
     if requested != "auto":

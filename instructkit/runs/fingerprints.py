@@ -89,9 +89,10 @@ def label(name: str, entry: dict) -> str:
 
 
 def same_input(recorded: dict | None, current: dict | None) -> bool:
-    """Whether two fingerprints name the same input. A file or folder is its content: the same
-    bytes at another path (a copied run folder, a moved checkout) are the same input."""
-    if recorded and current and recorded.get("sha256") and current.get("sha256"):
+    """Whether two fingerprints name the same input. A file is its content: the same bytes at
+    another path (a moved checkout, a copied data file) are the same input. A folder's digest covers
+    only its top-level model files, so a folder is its path and that digest."""
+    if recorded and current and recorded.get("sha256") and current.get("sha256") and Path(current["path"]).is_file():
         return recorded["sha256"] == current["sha256"]
     return recorded == current
 
@@ -121,9 +122,11 @@ def same_settings(recorded: dict | None, current: dict | None) -> bool:
 
 
 def stale_on_disk(recorded: dict | None) -> list[str]:
-    """Labels of the recorded file and folder inputs that no longer hold what they held (the report's check)."""
+    """Labels of the recorded file and folder inputs that hold something else now (the report's
+    check). An input no longer at its recorded path is not flagged: reuse compares files by content,
+    so a moved file says nothing about the result."""
     return [label(name, entry) for name, entry in (recorded or {}).items()
-            if "sha256" in entry and path_input(entry["path"])["sha256"] != entry["sha256"]]
+            if "sha256" in entry and Path(entry["path"]).exists() and path_input(entry["path"])["sha256"] != entry["sha256"]]
 
 
 def settings_changes(recorded: dict | None, current: dict) -> list[str]:

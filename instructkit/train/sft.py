@@ -17,7 +17,7 @@ from transformers import EarlyStoppingCallback, ProgressCallback, TrainerCallbac
 from trl import SFTConfig, SFTTrainer
 
 from instructkit.data.prompts import PromptStyle, get_style
-from instructkit.data.records import Split, drop_duplicates, load_records, split_records
+from instructkit.data.records import Split, drop_duplicates, load_records, split_file, split_records
 from instructkit.errors import UserError
 from instructkit.models.loading import load_causal_lm, load_tokenizer, qlora_quantization
 from instructkit.models.precision import precision_setting, resolve_precision
@@ -113,9 +113,9 @@ def _peak_memory_mb() -> dict[str, float]:
     return peak
 
 
-def _write_split(split: Split, data_dir: Path) -> None:
+def _write_split(split: Split, output_dir: Path) -> None:
     for name in ("train", "val", "test"):
-        write_json_atomic(data_dir / f"{name}.json", getattr(split, name))
+        write_json_atomic(split_file(output_dir, name), getattr(split, name))
 
 
 def run_settings(config: TrainingConfig) -> dict:
@@ -292,7 +292,7 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
     checkpoints = adapter_dir / "checkpoints"
     resuming = _check_resumable(checkpoints, record, config.restart)  # may refuse: nothing is written before
     if is_main_process():
-        _write_split(split, staging / "data")
+        _write_split(split, staging)
         write_json_atomic(checkpoints / RUN_CONFIG_FILE, record)
 
     has_val = bool(val_examples)
