@@ -1,1 +1,1 @@
-
+"""Stage 5: the chat app (Gradio) and the headless browser behind its --screenshot."""
