@@ -52,6 +52,10 @@ def checkout(ref: str | None, where: Path) -> Path:
     return where
 
 
+def commit(ref: str) -> str:
+    return subprocess.run(["git", "rev-parse", "--short", ref], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
 def run_stages(tree: Path, output_dir: Path) -> list[dict]:
     """Stages 1-4 of `tree` into `output_dir`; each stage's exit code, seconds and last line."""
     runs = []
@@ -136,7 +140,7 @@ def main() -> None:
     reused = {r["script"]: any("already finished" in line for line in r["output"]) for r in rerun}
     untouched = all(p.read_bytes() == data for p, data in before_files.items())
     result = {
-        "cpu": cpu_description(), "before": args.before, "after": args.after or "working tree",
+        "cpu": cpu_description(), "before": commit(args.before), "after": commit(args.after) if args.after else "working tree",
         "runs": {name: [{k: v for k, v in r.items() if k != "output"} for r in rs] for name, rs in runs.items()},
         "files_compared": len(compared), "files_equal": sum(not d for d in compared.values()),
         "differences": {name: d for name, d in compared.items() if d},
