@@ -2,7 +2,7 @@
 
 import logging
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 class _OptionalKernelNotice(logging.Filter):

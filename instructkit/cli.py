@@ -8,13 +8,15 @@ import argparse
 import dataclasses
 import json
 import os
+import reprlib
 import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from instructkit.errors import UserError
+from instructkit.config import BOUNDS
+from instructkit.errors import UserError, problems_error
 from instructkit.runs.artifacts import is_main_process
 
 ConfigT = TypeVar("ConfigT")
@@ -45,7 +47,7 @@ def _or_none(kind: type) -> Callable[[str], object]:
 def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, kind: type) -> None:
     """`--name` and `--name-with-dashes` for a field, as transformers' HfArgumentParser makes them."""
     names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-    kwargs = dict(f.metadata)
+    kwargs = {key: value for key, value in f.metadata.items() if key not in BOUNDS}  # bounds: setting_problems
     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
         kwargs["required"] = True
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
@@ -72,33 +74,90 @@ def build_parser(config_cls: type, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _describe(kind: object) -> str:
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(kind))
+    if typing.get_origin(kind) is list:
+        return f"{_describe(typing.get_args(kind)[0])}, or a list of them"
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "text", type(None): "null"}[kind]
+
+
+def _yaml_value(f: dataclasses.Field, kind: object, value: object) -> object:
+    """A YAML value as the field's type, strictly: argparse converts only the text of flags, and YAML
+    has already typed the value (a number is text for a text field; one item stands for a list)."""
+    if isinstance(value, bool) and "const" in f.metadata:  # a flag that may stand alone: `true` is that
+        return f.metadata["const"] if value else f.default
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    if typing.get_origin(kind) is list:
+        return [_yaml_value(f, typing.get_args(kind)[0], item) for item in (value if isinstance(value, list) else [value])]
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is bool and isinstance(value, bool) or kind is int and number and isinstance(value, int):
+        return value
+    if kind is float and number:
+        return float(value)
+    if kind is str and (isinstance(value, str) or number):
+        return str(value)
+    raise TypeError
+
+
+def _typed_yaml(config_cls: type, path: str, values: dict) -> dict:
+    """The YAML file's settings as their fields' types, every wrong one reported at once by key."""
+    hints, fields = typing.get_type_hints(config_cls), {f.name: f for f in dataclasses.fields(config_cls)}
+    typed, problems = {}, []
+    for key, value in values.items():
+        f = fields[key]
+        try:
+            typed[key] = _yaml_value(f, hints[key], value)
+        except (TypeError, OverflowError):  # OverflowError: an integer too large for a float
+            problems.append(f"{path}: {key}: expected {_describe(hints[key])}, got {reprlib.repr(value)}")
+            continue
+        choices = f.metadata.get("choices")
+        if choices and typed[key] not in choices:
+            problems.append(f"{path}: {key}: {reprlib.repr(value)} is not one of {', '.join(choices)}")
+    if problems:
+        raise problems_error(problems)
+    return typed
+
+
 def _yaml_defaults(parser: argparse.ArgumentParser, path: str) -> None:
     """Make a YAML file's keys the parser's defaults; an `env:` mapping sets environment variables."""
     import yaml
 
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:  # bytes: PyYAML reads a BOM and names a byte that is not UTF-8
             values = yaml.safe_load(f)
     except OSError as exc:
         parser.error(f"cannot read {path}: {exc.strerror}")
-    except yaml.YAMLError as exc:
-        parser.error(f"{path}: not valid YAML ({exc})")
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: an integer of more than 4300 digits
+        parser.error(f"{path}: not valid YAML ({' '.join(str(exc).split())})")  # on one line
+    except RecursionError:
+        parser.error(f"{path}: nested too deeply to be a config file")
     if not isinstance(values, dict):
         parser.error(f"Config file {path} must contain a YAML mapping.")
     env = values.pop("env", {})
-    if not isinstance(env, dict):
-        parser.error("`env` field should be a dict in the YAML file.")
-    os.environ.update({key: str(value) for key, value in env.items()})
+    if not isinstance(env, dict) or not all(isinstance(key, str) and isinstance(value, str | int | float | bool)
+                                            for key, value in env.items()):
+        parser.error(f"{path}: `env` should be a mapping of variable names to values.")
     dests = {action.dest for action in parser._actions}
     unknown = [key for key in values if key not in dests or key in ("help", "config", "_config_cls")]
     if unknown:
         parser.error(f"Unknown arguments from config file: {[f'--{key}' for key in unknown]}. "
                      "Remove them, or check their spelling against --help.")
-    parser.set_defaults(**values)
+    parser.set_defaults(**_typed_yaml(parser.get_default("_config_cls"), path, values))
+    try:
+        os.environ.update({key: str(value) for key, value in env.items()})
+    except ValueError as exc:  # a NUL byte, an `=` in a name, a lone surrogate
+        parser.error(f"{path}: env: {exc}")
 
 
 def parse_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> ConfigT:
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = [part for arg in (sys.argv[1:] if argv is None else argv)  # `--config=FILE` is `--config FILE`
+            for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
+    if args.count("--config") > 1:
+        parser.error("--config is given twice: give one FILE.yaml")
     if "--config" in args:
         at = args.index("--config")
         if at + 1 >= len(args):
@@ -120,9 +179,8 @@ def print_config(config: object, title: str) -> None:
 
 def run_stage(main: Callable[[ConfigT], object], parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
     """Parse, run, and turn expected failures into a one-line message and a non-zero exit."""
-    config = parse_config(parser, argv)
     try:
-        main(config)
+        main(parse_config(parser, argv))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

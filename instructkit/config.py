@@ -5,17 +5,52 @@ of a bad setting answer before torch loads."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import operator
+from dataclasses import dataclass, field, fields
+
+from instructkit.errors import not_unicode
+from instructkit.runs.artifacts import output_dir_problem
 
 PRECISIONS = ("auto", "fp32", "bf16")
 MODEL_CHOICES = ("both", "base", "finetuned")
+# Bounds a number field may carry in its metadata: the rule, and how a message says it.
+BOUNDS = {"minimum": (operator.ge, "at least"), "exclusive_minimum": (operator.gt, "more than"),
+          "maximum": (operator.le, "at most"), "exclusive_maximum": (operator.lt, "less than")}
+SEED = {"minimum": 0, "maximum": 2**32 - 1}  # what numpy's seeding (and so transformers' set_seed) takes
 
 
 def option(default, help: str, **extra):
-    """A dataclass field that becomes a flag with this help text (and argparse extras: choices, nargs, const)."""
+    """A dataclass field that becomes a flag with this help text, argparse extras (choices, nargs,
+    const) and bounds (BOUNDS: minimum=1, exclusive_minimum=0, ...; checked by `setting_problems`)."""
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
     return field(default=default, metadata={"help": help, **extra})
+
+
+def setting_problems(config: object, writes: bool = True) -> list[str]:
+    """Each setting outside its field's bounds, each number that is not finite and each text that
+    is not Unicode, named by its flag: flags and --config values alike, after parsing; and, for a
+    stage that `writes`, an --output-dir it could not write to."""
+    problems = []
+    if writes and (problem := output_dir_problem(config.output_dir)):
+        problems.append(problem)
+    for f in fields(config):
+        flag = f"--{f.name.replace('_', '-')}"
+        value = getattr(config, f.name)
+        bad_text = next((why for text in (value if isinstance(value, list) else [value])
+                         if isinstance(text, str) and (why := not_unicode(text))), None)
+        if bad_text:
+            problems.append(f"{flag} {bad_text}")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if not math.isfinite(value):
+            problems.append(f"{flag} must be a finite number (got {value})")
+            continue
+        for key, (holds, words) in BOUNDS.items():
+            if key in f.metadata and not holds(value, f.metadata[key]):
+                problems.append(f"{flag} must be {words} {f.metadata[key]} (got {value})")
+    return problems
 
 
 @dataclass
@@ -51,18 +86,25 @@ class Finetune:
 
 
 @dataclass
+class PromptLimit:
+    """Prompts a local model is asked: one too long is not cut, since that would change the question."""
+
+    max_prompt_tokens: int = option(2048, "a prompt longer than this (or than the model's context less the answer's tokens) is not answered: stage 2 stores null and counts it in the manifest, the chat page says so; 0: only the model's context", minimum=0)
+
+
+@dataclass
 class APIRetries:
     """Requests to an OpenAI-compatible server: the key comes from OPENAI_API_KEY only."""
 
-    max_retries: int = option(4, "retries per request to an OpenAI-compatible server on 429/5xx/timeouts, with backoff")
-    request_timeout: float = option(120.0, "seconds before one API request is abandoned and retried")
+    max_retries: int = option(4, "retries per request to an OpenAI-compatible server on 429/5xx/timeouts, with backoff", minimum=0)
+    request_timeout: float = option(120.0, "seconds before one API request is abandoned and retried", exclusive_minimum=0)
 
 
 @dataclass
 class APIClient(APIRetries):
     """Requests sent in batches: several in flight at once."""
 
-    concurrency: int = option(4, "requests in flight at once to an OpenAI-compatible server")
+    concurrency: int = option(4, "requests in flight at once to an OpenAI-compatible server", minimum=1)
 
 
 @dataclass

@@ -86,19 +86,19 @@ def test_yaml_config_sets_defaults_that_flags_override_and_unknown_keys_are_refu
         assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_a_file_is_its_content_a_folder_its_path_and_content(tmp_path):
+def test_a_file_or_folder_is_its_content(tmp_path):
     moved = tmp_path / "elsewhere" / "data.json"
     moved.parent.mkdir()
     shutil.copy(PROJECT_DATA, moved)
     assert same_input(path_input(PROJECT_DATA), path_input(moved))  # a moved checkout, a copied file
     moved.write_text("[]")
     assert not same_input(path_input(PROJECT_DATA), path_input(moved))
-    # Two task folders whose YAMLs sit in subfolders digest alike (top-level files only): their paths differ.
-    for name in ("a", "b"):
+    # Two task folders whose YAMLs differ only in a subfolder are two inputs; equal ones are one.
+    for name in ("a", "b", "c"):
         (tmp_path / name / "sub").mkdir(parents=True)
-        (tmp_path / name / "sub" / "task.yaml").write_text(name)
-    assert path_input(tmp_path / "a")["sha256"] == path_input(tmp_path / "b")["sha256"]
+        (tmp_path / name / "sub" / "task.yaml").write_text("b" if name == "c" else name)
     assert not same_input(path_input(tmp_path / "a"), path_input(tmp_path / "b"))
+    assert same_input(path_input(tmp_path / "b"), path_input(tmp_path / "c"))
     # A setting that only names an input file is judged through that file's fingerprint.
     assert same_settings({"data": "/old/checkout/x.json", "lr": 1}, {"data": "/new/x.json", "lr": 1})
     assert not same_settings({"data": "x.json", "lr": 1}, {"data": "x.json", "lr": 2})

@@ -86,14 +86,14 @@ def test_shared_public_dataset_loads():
     [
         ("empty.json", "", "file is empty"),
         ("notjson.json", "{not json", "not valid JSON (line 1"),
-        ("object.json", json.dumps({"instruction": "x", "output": "y"}), "expected a JSON list of records, found a dict"),
+        ("object.json", json.dumps({"instruction": "x", "output": "y"}), "expected a JSON list of records, found an object"),
         ("emptylist.json", "[]", "contains no records"),
         ("noinstr.json", json.dumps([ALPACA[0], {"input": "", "output": "y"}]), "record 1: missing field 'instruction'"),
         ("number.json", json.dumps([{"instruction": "x", "input": 5, "output": "y"}]), "record 0: field 'input' must be text, found int"),
         ("nulloutput.json", json.dumps([{"instruction": "x", "output": None}]), "record 0: missing field 'output'"),
         ("blank.json", json.dumps([{"instruction": "  ", "output": "y"}]), "record 0: field 'instruction' is empty"),
         ("list.json", json.dumps([["a", "b"]]), "record 0: expected an object, found list"),
-        ("bad.jsonl", '{"instruction": "x", "output": "y"}\n{oops\n', "line 2 is not valid JSON"),
+        ("bad.jsonl", '{"instruction": "x", "output": "y"}\n{oops\n', "line 2: not valid JSON (column 2"),
         ("nocol.csv", "instruction,input\nx,y\n", "lacks the columns instruction and output"),
     ],
 )

@@ -90,11 +90,28 @@ def test_rerun_does_nothing_and_changed_settings_do_not_mix(trained_run, respons
     meta = json.loads((responses_dir / "test_base_model.meta.json").read_text())
     progress = tmp_path / ".test_base_model.json.progress.jsonl"
     header = {"settings": {**meta["settings"], "max_new_tokens": 999}, "inputs": meta["inputs"], "run_id": "x"}
-    progress.write_text(json.dumps(header) + "\n")
+    progress.write_text(json.dumps(header) + "\n" + json.dumps({"key": ["base", 0], "value": "an answer"}) + "\n")
     result = run_script("part2_generate_test_responses.py", *stage2_args(trained_run, tmp_path))
     assert result.returncode == 2
     assert "holds partial results made with other settings (max_new_tokens: 999 -> 32" in result.stderr
     assert "--restart" in result.stderr
+
+
+def test_a_prompt_past_the_limit_is_not_answered_and_is_counted(trained_run, tmp_path):
+    records = json.loads((trained_run / "data" / "test.json").read_text())[:2]
+    records[1] = {**records[1], "instruction": "Summarize: " + "the quick brown fox jumps over it. " * 400}
+    test_file = tmp_path / "test.json"
+    test_file.write_text(json.dumps(records))
+    result = run_script("part2_generate_test_responses.py", "--test-file", str(test_file), "--output-dir", str(tmp_path),
+                        "--adapter", str(trained_run / "finetuned"), "--max-new-tokens", "8", "--max-prompt-tokens", "256")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1 prompts are longer than 256 tokens" in result.stdout
+    rows = json.loads((tmp_path / "test_base_model.json").read_text())
+    assert rows[0]["base_model_response"] is not None and rows[0]["finetuned_model_response"] is not None
+    assert rows[1]["base_model_response"] is None and rows[1]["finetuned_model_response"] is None
+    timings = json.loads((tmp_path / "test_base_model.meta.json").read_text())["timings"]
+    assert {m: (t["prompt_limit_tokens"], t["prompts_over_limit"]) for m, t in timings.items()} == \
+        {"base": (256, [1]), "finetuned": (256, [1])}
 
 
 def test_missing_adapter_is_a_clear_error(trained_run, tmp_path):

@@ -32,6 +32,7 @@ class FaultyJudgeServer(ThreadingHTTPServer):
     def __init__(self, key: str = SECRET, delay: float = 0.0):
         super().__init__(("127.0.0.1", 0), FaultyJudgeHandler)
         self.key, self.delay = key, delay
+        self.up = False  # when set, the "down" fault is over and such a response scores 55
         self.attempts: dict[str, list[float]] = defaultdict(list)  # prompt hash -> request times
         self.requests = 0  # every request, refused ones too
         self.prompts: list[str] = []  # every prompt received
@@ -73,14 +74,16 @@ class FaultyJudgeHandler(JSONHandler):
             return self.reply(429, {"error": {"message": "Rate limit reached"}}, {"Retry-After": "1"})
         if fault == "flaky" and attempt <= 2:
             return self.reply(500, {"error": {"message": "internal error"}})
-        if fault == "down":
+        if fault == "down" and not self.server.up:
             return self.reply(503, {"error": {"message": "overloaded"}})
         if fault == "stall" and attempt == 1:
             time.sleep(5)  # longer than the client's --request-timeout
         if fault == "malformed":
             return self.reply(200, b'{"id": "x", "choices": [{"message": ')
-        content = {"rate": "85", "flaky": "Score: 70", "stall": "**60**", "empty": "", "range": "Score: 150",
+        content = {"down": "Score: 55", "rate": "85", "flaky": "Score: 70", "stall": "**60**", "empty": "", "range": "Score: 150",
                    "prose": "75" if retry else "The response is mostly right."}.get(fault)
+        if fault == "echo":  # a server that repeats the request's headers back
+            content = f"Score: 50 (request authorized by {self.headers['Authorization']})"
         if fault.startswith("ok"):
             content = fault[2:] or "80"
         message = {"role": "assistant", "content": content}
@@ -113,7 +116,7 @@ def env_with_key(key: str = SECRET) -> dict:
 
 
 FAULTS = {  # fault -> the score stage 4 must end with (None: stored as null, with why)
-    "ok": 80, "rate": 85, "flaky": 70, "stall": 60, "prose": 75,
+    "ok": 80, "echo": 50, "rate": 85, "flaky": 70, "stall": 60, "prose": 75,
     "malformed": None, "empty": None, "refusal": None, "range": None, "down": None,
 }
 
@@ -130,9 +133,10 @@ def test_failing_judge_is_retried_within_bounds_and_nothing_is_dropped(server, t
     assert {fault: e["score"] for fault, e in entries.items()} == FAULTS
     assert all(row["scores"]["finetuned"]["score"] == 90 for row in scores["records"])
     summary = scores["summary"]["base"]
-    assert (summary["n_scored"], summary["n_total"]) == (5, 10)
-    assert summary["mean"] == pytest.approx((80 + 85 + 70 + 60 + 75) / 5)
-    assert "base: mean 74.0" in result.stdout and "scored 5/10" in result.stdout
+    assert (summary["n_scored"], summary["n_total"]) == (6, 11)
+    assert summary["mean"] == pytest.approx((80 + 50 + 85 + 70 + 60 + 75) / 6)
+    assert "base: mean 70.0" in result.stdout and "scored 6/11" in result.stdout
+    assert entries["echo"]["reply"] == "Score: 50 (request authorized by Bearer [OPENAI_API_KEY])"
 
     # Each null says why, with the raw reply where there was one.
     assert entries["range"]["reply"] == "Score: 150" and entries["range"]["parse"] == "unparsed: 150 is outside 0-100"
@@ -154,6 +158,42 @@ def test_failing_judge_is_retried_within_bounds_and_nothing_is_dropped(server, t
     everything = result.stdout + result.stderr + "".join(
         p.read_text(errors="replace") for p in (tmp_path / "out").rglob("*") if p.is_file())
     assert SECRET not in everything
+
+
+def test_requests_that_got_no_answer_are_asked_again_and_never_pass_for_results(server, tmp_path):
+    judge = server()
+    responses = tmp_path / "responses.json"
+    records = json.loads(PROJECT_DATA.read_text())[:3]
+    responses.write_text(json.dumps([{**r, "base_model_response": "FAULT:down", "finetuned_model_response": "FAULT:down"}
+                                     for r in records]))
+    args = stage4_args(responses, tmp_path / "out", judge.url, "--max-retries", "0")
+    down = run_script("part4_local_evaluation.py", *args, env=env_with_key())
+    assert down.returncode == 2 and "every request of this run failed: 6 requests got no answer" in down.stderr
+    assert "Traceback" not in down.stderr
+    written = json.loads((tmp_path / "out" / "judge_scores.json").read_text())  # what there is, with why
+    assert all(row["scores"]["base"]["failed"] for row in written["records"])
+
+    judge.up = True
+    up = run_script("part4_local_evaluation.py", *args, env=env_with_key())
+    assert up.returncode == 0, up.stderr[-3000:]
+    assert "6 requests got no answer when judge_scores.json was made: judging again" in up.stdout
+    scores = json.loads((tmp_path / "out" / "judge_scores.json").read_text())
+    assert [row["scores"][m]["score"] for row in scores["records"] for m in ("base", "finetuned")] == [55] * 6
+    assert "already finished" in run_script("part4_local_evaluation.py", *args, env=env_with_key()).stdout
+
+    # Some failed, some answered: exit 0 with a warning, and the rerun asks only the failed ones.
+    judge.up = False
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps([{**r, "base_model_response": "FAULT:down", "finetuned_model_response": "FAULT:ok90"}
+                                 for r in records]))
+    args = stage4_args(mixed, tmp_path / "mixed", judge.url, "--max-retries", "0")
+    partial = run_script("part4_local_evaluation.py", *args, env=env_with_key())
+    assert partial.returncode == 0 and "warning: 3 requests got no answer" in partial.stdout
+    judge.up, before = True, judge.requests
+    run_script("part4_local_evaluation.py", *args, env=env_with_key())
+    assert judge.requests - before == 3
+    scores = json.loads((tmp_path / "mixed" / "judge_scores.json").read_text())
+    assert [row["scores"]["base"]["score"] for row in scores["records"]] == [55] * 3
 
 
 @pytest.mark.parametrize("concurrency", [1, 3])

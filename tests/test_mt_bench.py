@@ -44,7 +44,7 @@ def test_questions_file_is_checked_line_by_line(tmp_path):
     with pytest.raises(UserError) as error:
         read_questions(bad)
     message = str(error.value)
-    for expected in ("line 1: field 'reference' must be a list of 2 texts", "line 2: not JSON",
+    for expected in ("line 1: field 'reference' must be a list of 2 texts", "line 2: not valid JSON",
                      "line 3: question_id 1 appears twice", "line 3: field 'category'", "line 3: field 'turns'"):
         assert expected in message
 

@@ -2,7 +2,9 @@
 hand (no models), where each instruction, response, model name, category, judge reply, task name and
 chat-app preference is a distinct script-injection payload. The page must show each one as text and
 run none of them, in Python's parser and in headless Chromium; its script must survive a malformed
-#filter= link, and a `$` in a name (matplotlib's formula syntax) must not stop the plots."""
+#filter= link, and a `$` in a name (matplotlib's formula syntax) must not stop the plots. The page's
+Content-Security-Policy lets its own stylesheet and script run and nothing else, and nothing in it
+sends the browser anywhere."""
 
 from __future__ import annotations
 
@@ -39,6 +41,9 @@ TEXT_PAYLOADS = {
     "base model": '<img src=x onerror="window.__pwned=14">',
     "chat preference": "</script><svg onload=window.__pwned=15>",
     "pair outcome": "<img src=x onerror=window.__pwned=16>",
+    "mt judge model": "<script>window.__pwned=19</script>",
+    # A file name: the report names an input that changed since a stage ran.
+    "changed input": '<img src=x onerror="window.__pwned=20">.json',
 }
 # Shown in an attribute only: the judge's raw reply is the score cell's tooltip.
 JUDGE_REPLY = '" onmouseover="window.__pwned=17" x="<script>window.__pwned=18</script>'
@@ -72,6 +77,8 @@ def run(tmp_path_factory) -> Path:
          "base_model_response": "Red.", "finetuned_model_response": "Blue.", f"{COMPARE}_model_response": None},
     ]
     write(out / "test_base_model.json", rows)
+    (out / p["changed input"]).write_text("changed since stage 2 read it\n")
+    write(out / "test_base_model.meta.json", {"inputs": {"test": {"path": str(out / p["changed input"]), "sha256": "0" * 64}}})
     records = [{"instruction": r["instruction"], "input": r["input"], "output": r["output"],
                 **{m: r[f"{m}_model_response"] for m in models}} for r in rows]
     write(out / "task_metrics.json", task_metrics(records, models, 0))
@@ -101,7 +108,7 @@ def run(tmp_path_factory) -> Path:
     mt_done |= {("pair", f"finetuned:{COMPARE}", f"{first}_first", i, t): {"value": "A", "parse": "verdict", "reply": "[[A]]"}
                 for first in ("finetuned", COMPARE) for i in range(3) for t in range(2)}
     write(out / "mt_bench_scores.json", summarize_mt(mt_rows, models, [("finetuned", COMPARE)], mt_done, 0,
-                                                     {"kind": "openai", "model": "judge", "seed": 0}))
+                                                     {"kind": "openai", "model": p["mt judge model"], "seed": 0}))
 
     result = {"kind": "task", "metric": p["metric"], "value": 0.25, "stderr": 0.1, "n_questions": 4}
     write(out / "benchmark_results.json", {"smoke_run": True, "models": {
@@ -142,14 +149,32 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not in
 
 
 def browse(url: str, act):
-    """Open `url` in headless Chromium, call act(page), and return what it returns and the page's errors."""
+    """Open `url` in headless Chromium, call act(page), and return what it returns and what went
+    wrong: the page's errors, its console's (a Content-Security-Policy refusal is one) and each
+    request that is not for the file itself or a data: URI (the report is one self-contained page)."""
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
             page = browser.new_page()
             errors = []
+
+            def console(message):
+                if message.type == "error":
+                    errors.append(message.text)
+
+            def request(sent):
+                if not sent.url.startswith(("file:", "data:")):
+                    errors.append(f"request to {sent.url}")
+
+            def failed(sent):
+                if sent.failure == "csp":  # stopped by the page's policy before it left: never sent
+                    errors.remove(f"request to {sent.url}")
+
             page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on("console", console)
+            page.on("request", request)
+            page.on("requestfailed", failed)
             page.goto(url)
             page.wait_for_timeout(300)  # a failed image's onerror, had one been let in, has fired by now
             return act(page), errors
@@ -179,6 +204,28 @@ def test_no_payload_runs_in_chromium_and_each_shows_as_text(run):
     for where, payload in TEXT_PAYLOADS.items():
         assert payload in seen["text"], where
     assert seen["title"] == JUDGE_REPLY
+
+
+# What would run or load if escaping ever let markup through, put into a copy of the page by hand.
+INJECTED = ('<img src="http://192.0.2.1/x.png" onerror="window.__pwned=21"><script>window.__pwned=22</script>'
+            '<link rel="stylesheet" href="http://192.0.2.1/x.css"><style>body { color: rgb(255, 0, 0); }</style>')
+
+
+@needs_chromium
+def test_the_page_policy_runs_only_the_reports_own_script_and_style(run, tmp_path):
+    copy = tmp_path / "report.html"
+    copy.write_text((run / "report.html").read_text().replace("<body>", "<body>" + INJECTED, 1))
+
+    def act(page):
+        page.locator("#filter").fill("capital")  # the report's script still filters
+        return page.evaluate("""() => [typeof window.__pwned, getComputedStyle(document.body).color,
+                                       getComputedStyle(document.body).maxWidth, document.getElementById('shown').textContent]""")
+
+    (pwned, color, width, shown), errors = browse(copy.as_uri(), act)
+    assert pwned == "undefined" and color != "rgb(255, 0, 0)"
+    assert width == "1300px" and shown == "1"  # report.css and report.js, let in by their hashes
+    # Refused by the policy, each one: the script, the handler, the image, the stylesheet, the style.
+    assert len(errors) >= 4 and all("Content Security Policy" in error for error in errors), errors
 
 
 def index_order(page) -> list[int]:

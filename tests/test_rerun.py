@@ -7,6 +7,7 @@ import html
 import json
 import logging
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,15 @@ def test_one_folder_is_one_run_reused_while_unchanged_and_redone_after_retrainin
     for number in STAGES:
         assert "already finished" in stage(workdir, run, number).stdout
     assert {n: sha(run / name) for n, name in OUTPUTS.items()} == before
+
+    # 2b. A copy of the folder is the same run: nothing is redone there either (identity is content).
+    copy = workdir / "runs" / "lr-test-copy"
+    shutil.copytree(run, copy, symlinks=True)
+    assert "already finished" in run_in(workdir, "part1_instruction_finetuning.py", "--output-dir", str(copy), *STAGE1,
+                                        "--lr", "2e-3").stdout
+    for number in STAGES:
+        assert "already finished" in stage(workdir, copy, number).stdout, number
+    shutil.rmtree(copy)
 
     # 3. Retrain with another learning rate, killed after its first checkpoint: the old run stands.
     adapter = run / "finetuned" / "adapter_model.safetensors"

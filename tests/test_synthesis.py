@@ -124,7 +124,7 @@ def test_seeds_in_alpaca_format_and_every_flag_problem_at_once(tmp_path):
     result = run_script("part0_generate_instruction_data.py", "--method", "reflect", "--num-instructions", "0",
                         "--rouge-threshold", "1.5", "--output-dir", str(tmp_path / "out"))
     assert result.returncode == 2
-    assert "--method reflect needs --data FILE" in result.stderr and "--rouge-threshold must be in (0, 1]" in result.stderr
+    assert "--method reflect needs --data FILE" in result.stderr and "--rouge-threshold must be at most 1 (got 1.5)" in result.stderr
     result = run_script("part0_generate_instruction_data.py", "--method", "magpie", "--generator", "openai:gpt-4o-mini")
     assert result.returncode == 2 and "use an hf: generator" in result.stderr
 

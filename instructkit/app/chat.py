@@ -1,10 +1,15 @@
 """Stage 5: a local web app (Gradio) where one message goes to the base model and its finetune, and
 to any model stage 2 compared them with, and the answers stream in side by side, each formatted as
 stage 2 formats it. Test records can be picked as examples, with their expected output, stored
-responses and judge scores; ratings go to `human_ratings.json`, where stage 4 reads them."""
+responses and judge scores; ratings go to `human_ratings.json`, where stage 4 reads them.
+
+What a model writes and what a file holds is shown as text, never as markup, and the page answers
+only requests addressed to this machine (see docs/security.md)."""
 
 from __future__ import annotations
 
+import html
+import ipaddress
 import socket
 import threading
 import time
@@ -12,8 +17,11 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import gradio as gr
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from instructkit.app.config import ChatConfig
 from instructkit.data.prompts import PromptStyle, get_style, load_style
@@ -29,6 +37,8 @@ from instructkit.models.precision import resolve_precision
 from instructkit.runs.artifacts import read_json
 
 TIE = "tie"
+OPENAI_URL = "https://api.openai.com/v1"
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")  # as a Host header names them
 
 
 @dataclass
@@ -39,6 +49,7 @@ class Column:
     generator: object  # a TransformersGenerator, or stage 2's OpenAIGenerator for openai: models
     role: str  # which of the generator's models answers: base (adapter off) or finetuned
     style: PromptStyle
+    max_prompt_tokens: int  # --max-prompt-tokens
 
     def prompt(self, history: list[dict[str, str]], record: Record):
         # Earlier turns only where the format has a place for them: the page is a conversation for
@@ -46,13 +57,19 @@ class Column:
         return self.generator.render(self.style, record, history if self.style.multi_turn else [])
 
     def stream(self, prompt, settings: dict, stop: threading.Event) -> Iterator[str]:
-        if hasattr(self.generator, "stream"):
+        limit = self.generator.prompt_limit(self.max_prompt_tokens, settings["max_new_tokens"])
+        length = self.generator.lengths([prompt])[0] if limit else 0
+        if length > limit:  # as stage 2: not cut, not asked
+            yield (f"(not answered: the conversation is {length} tokens, over the limit of {limit}: "
+                   "--max-prompt-tokens, or the model's context less the answer's tokens; clear the chat to start again)")
+        elif hasattr(self.generator, "stream"):
             yield from self.generator.stream(self.role, prompt, settings["max_new_tokens"], self.style,
                                              temperature=settings["temperature"], top_p=settings["top_p"],
                                              seed=settings["seed"], stop=stop)
         else:  # a served model answers whole
             texts, _ = self.generator.generate(self.role, [prompt], settings["max_new_tokens"], self.style)
-            yield texts[0] or "(no answer: see the app's log)"
+            # None or a FailedRequest when no answer came back
+            yield texts[0] if isinstance(texts[0], str) and texts[0] else "(no answer: see the app's log)"
 
 
 class ChatSession:
@@ -71,7 +88,7 @@ class ChatSession:
         dtype = resolve_precision(config.precision, "inference").dtype
         generator = TransformersGenerator(base, None if config.merged else adapter, config.merged,
                                           config.trust_remote_code, ["base", "finetuned"], dtype)
-        self.columns = [Column("base", generator, "base", self.style), Column("finetuned", generator, "finetuned", self.style)]
+        self.columns = [Column(name, generator, name, self.style, config.max_prompt_tokens) for name in ("base", "finetuned")]
         for model, base_url in self._compare_models(config):
             print(f"loading compare model {model.name} ({model.reference})", flush=True)
             try:
@@ -83,7 +100,7 @@ class ChatSession:
                     raise
                 print(f"warning: leaving out stage 2's compare model {model.name}: {exc}", flush=True)
                 continue
-            self.columns.append(Column(model.name, its_generator, role, its_style))
+            self.columns.append(Column(model.name, its_generator, role, its_style, config.max_prompt_tokens))
         self.stops: defaultdict[str, threading.Event] = defaultdict(threading.Event)  # per browser session
 
     def _examples(self, config: ChatConfig) -> tuple[list[dict], list[str]]:
@@ -105,10 +122,7 @@ class ChatSession:
         meta = self.responses.with_suffix(".meta.json")
         if not meta.is_file():
             return []
-        meta = read_json(meta)
-        models = parse_compare([f"{name}={ref}" for name, ref in meta.get("compare", {}).items()])
-        servers = {m.name: meta.get("inputs", {}).get(f"compare_{m.name}", {}).get("base_url", "") for m in models}
-        return [(m, "" if servers[m.name] == "https://api.openai.com/v1" else servers[m.name]) for m in models]
+        return stored_compare_models(read_json(meta))
 
     @property
     def names(self) -> list[str]:
@@ -125,12 +139,13 @@ class ChatSession:
         return self.examples[index].get(model) if index is not None and model in self.stored_models else None
 
     def describe_example(self, index: int) -> str:
+        """A test record's expected output, stored responses and judge scores, as plain text."""
         record = self.examples[index]
-        lines = [f"**Expected output** (test record {index}):\n\n{record['output']}"]
+        lines = [f"Expected output (test record {index}):\n{record['output']}"]
         for model in self.stored_models:
             score = self.scores.get(index, {}).get(model, {}).get("score")
             judged = f" (judge score {score})" if score is not None else ""
-            lines.append(f"**Stored {model} response** (stage 2){judged}:\n\n{record.get(model) or '(none)'}")
+            lines.append(f"Stored {model} response (stage 2){judged}:\n{record.get(model) or '(none)'}")
         return "\n\n".join(lines)
 
     def answer(self, histories: dict[str, list], record: Record, settings: dict, session: str) -> Iterator[dict[str, str]]:
@@ -179,6 +194,49 @@ class ChatSession:
         return f"Saved to {where} ({reason})."
 
 
+def stored_compare_models(meta: dict) -> list[tuple[CompareModel, str]]:
+    """Stage 2's compare models, from its .meta.json, each with the server it asked. The file is data,
+    not the user's word: a served model is asked again only on OpenAI's API or on this machine, so a
+    run folder from elsewhere cannot send the chat (and OPENAI_API_KEY) to a server it names."""
+    found = []
+    for model in parse_compare([f"{name}={ref}" for name, ref in meta.get("compare", {}).items()]):
+        server = meta.get("inputs", {}).get(f"compare_{model.name}", {}).get("base_url", "")
+        server = "" if server == OPENAI_URL else server
+        if server and not is_loopback(urlsplit(server).hostname or ""):
+            print(f"warning: leaving out stage 2's compare model {model.name}: its server {server} is not this "
+                  f"machine (--compare {model.name}=... --compare-base-url {server} asks it)", flush=True)
+            continue
+        found.append((model, server))
+    return found
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address (IPv6 with or without brackets) is this machine only."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def host_check(host: str) -> list[Middleware]:
+    """Served on a loopback address: refuse (400) a request whose Host header names anything but this
+    machine. A web page whose domain an attacker points at 127.0.0.1 (DNS rebinding) sends its own
+    domain as the Host; Gradio checks only the Origin of cross-origin requests, which such a page's
+    same-origin requests pass. Served on another address (--host), the network was let in: no check."""
+    if not is_loopback(host):
+        return []
+    named = f"[{host}]" if ":" in host else host
+    return [Middleware(TrustedHostMiddleware, allowed_hosts=list(dict.fromkeys([*LOOPBACK_NAMES, named])),
+                       www_redirect=False)]
+
+
+def as_text(text: str) -> str:
+    """Text as the page must show it. Gradio puts a chat message and an error message into the page as
+    HTML (render_markdown=False only skips the Markdown step), so what a model wrote or a file holds is
+    escaped, and `<img src=...>` shows as those characters instead of fetching the image."""
+    return html.escape(text, quote=False)
+
+
 def settings_of(temperature: float, top_p: float, max_new_tokens: float, seed: float) -> dict:
     return {"temperature": float(temperature), "top_p": float(top_p), "max_new_tokens": int(max_new_tokens), "seed": int(seed)}
 
@@ -203,7 +261,10 @@ def build_app(session: ChatSession, max_new_tokens: int, max_queue: int):
         last = gr.State({})
         picked = gr.State(None)
         with gr.Row():
-            chatbots = [gr.Chatbot(label=name, elem_id=f"chat-{name}", height=420) for name in names]
+            # Plain text (as_text), no LaTeX; no copy buttons, which would copy the escaped text.
+            chatbots = [gr.Chatbot(label=name, elem_id=f"chat-{name}", height=420, render_markdown=False,
+                                   sanitize_html=True, allow_tags=False, latex_delimiters=[], buttons=[])
+                        for name in names]
         with gr.Row():
             message = gr.Textbox(label="Instruction" if one_instruction else "Message", elem_id="message", scale=4,
                                  placeholder="Ask both models something", lines=2)
@@ -225,14 +286,16 @@ def build_app(session: ChatSession, max_new_tokens: int, max_queue: int):
             choices = [(f"{i}: {r['instruction'][:90]}", i) for i, r in enumerate(session.examples)]
             example = gr.Dropdown(choices, value=None, label="Pick one: it fills the message; Send asks the models",
                                   elem_id="example")
-            details = gr.Markdown(elem_id="example-details")
+            # A Textbox, not Markdown: a stored response or a model's name is shown as it is.
+            details = gr.Textbox(label="Expected output and stored responses", elem_id="example-details",
+                                 interactive=False, lines=4, max_lines=20)
         with gr.Row():
             preference = gr.Radio([f"{name} better" for name in names] + [TIE], label="Which answer is better?",
                                   elem_id="preference")
             ratings = [gr.Textbox(label=f"{name}: your rating 0-100", placeholder="optional", elem_id=f"rating-{name}")
                        for name in names]
             save = gr.Button("Save rating", elem_id="save-rating")
-        status = gr.Markdown(elem_id="status")
+        status = gr.Textbox(elem_id="status", show_label=False, container=False, interactive=False)  # text, as details
 
         def pick(index):
             if index is None:
@@ -242,7 +305,8 @@ def build_app(session: ChatSession, max_new_tokens: int, max_queue: int):
 
         def shown(history: list, current: str | None = None, answer: str | None = None) -> list:
             turns = list(history) + ([{"role": "user", "content": current}] if current else [])
-            return turns + ([{"role": "assistant", "content": answer}] if answer is not None else [])
+            turns += [{"role": "assistant", "content": answer}] if answer is not None else []
+            return [{**turn, "content": as_text(turn["content"])} for turn in turns]
 
         def respond(text, extra_text, index, state, temperature, top_p, length, seed, request: gr.Request):
             text, extra_text = (text or "").strip(), (extra_text or "").strip()
@@ -274,8 +338,8 @@ def build_app(session: ChatSession, max_new_tokens: int, max_queue: int):
             try:
                 return session.rate(exchange, choice.removesuffix(" better") if choice else None,
                                     dict(zip(names, values)))
-            except UserError as exc:
-                raise gr.Error(str(exc)) from exc
+            except UserError as exc:  # it may quote a file: a hand-edited human_ratings.json, say
+                raise gr.Error(as_text(str(exc))) from exc
 
         def stop_now(request: gr.Request):
             session.stop(request.session_hash)
@@ -309,8 +373,9 @@ def serve(config: ChatConfig) -> None:
     require_free_port(config.host, config.port)
     session = ChatSession(config)
     app, theme = build_app(session, config.max_new_tokens, config.max_queue)
+    # No server-side rendering, whatever GRADIO_SSR_MODE says: it puts a Node server in front of the host check.
     launch = dict(server_name=config.host, server_port=config.port, share=config.share, theme=theme,
-                  footer_links=["api"], quiet=True)
+                  footer_links=["api"], quiet=True, ssr_mode=False, app_kwargs={"middleware": host_check(config.host)})
     if config.screenshot:
         app.launch(prevent_thread_lock=True, **launch)
         try:
@@ -323,9 +388,15 @@ def serve(config: ChatConfig) -> None:
     app.launch(**launch)
 
 
+def wait_for_status(page, start: str, timeout_s: float = 300) -> None:
+    """Until the page's status line starts with `start`."""
+    page.wait_for_function("start => document.querySelector('#status textarea').value.startsWith(start)",
+                           arg=start, timeout=timeout_s * 1000)
+
+
 def wait_for_answers(page, timeout_s: float = 300) -> None:
     """Until the page says every model has answered."""
-    page.locator("#status").get_by_text("Answered in").wait_for(timeout=timeout_s * 1000)
+    wait_for_status(page, "Answered in", timeout_s)
 
 
 def take_screenshot(url: str, path: Path, session: ChatSession) -> None:

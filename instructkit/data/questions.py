@@ -6,11 +6,11 @@ our own in the same format."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from instructkit.data import packaged
-from instructkit.errors import UserError, problems_error
+from instructkit.errors import UserError, not_unicode, problems_error
+from instructkit.runs.artifacts import parse_json, read_text
 
 MT_RESPONSES_FILE = "mt_bench_responses.json"
 # MT-Bench grades these against a reference answer (a judge that solves the problem itself errs).
@@ -28,19 +28,16 @@ def questions_file(reference: str) -> Path:
 def read_questions(path: str | Path) -> list[dict]:
     """Every question of a question.jsonl, checked line by line; every problem reported at once."""
     path = questions_file(str(path))
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise UserError(f"cannot read questions file {path}: {exc.strerror}") from exc
     problems, questions, seen = [], [], set()
-    for number, line in enumerate(lines, start=1):
+    # Lines end at \n only: splitlines() would also cut at a U+2028 that a JSON string may hold.
+    for number, line in enumerate(read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         where = f"{path}: line {number}"
         try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{where}: not JSON ({exc.msg})")
+            item = parse_json(line, path, number)
+        except UserError as exc:
+            problems.append(str(exc))
             continue
         if not isinstance(item, dict):
             problems.append(f"{where}: expected an object, found {type(item).__name__}")
@@ -50,6 +47,8 @@ def read_questions(path: str | Path) -> list[dict]:
             problems.append(f"{where}: field 'question_id' must be a number or text")
         elif item["question_id"] in seen:
             problems.append(f"{where}: question_id {item['question_id']} appears twice")
+        else:
+            seen.add(item["question_id"])
         if not isinstance(item.get("category"), str) or not item["category"].strip():
             problems.append(f"{where}: field 'category' must be non-empty text")
         if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t.strip() for t in turns):
@@ -57,7 +56,9 @@ def read_questions(path: str | Path) -> list[dict]:
         elif reference is not None and (not isinstance(reference, list) or len(reference) != len(turns)
                                         or not all(isinstance(r, str) for r in reference)):
             problems.append(f"{where}: field 'reference' must be a list of {len(turns)} texts, one per turn")
-        seen.add(item.get("question_id"))
+        problems += [f"{where}: field {name!r} {why}" for name in ("question_id", "category", "turns", "reference")
+                     for text in (item.get(name) if isinstance(item.get(name), list) else [item.get(name)])
+                     if isinstance(text, str) and (why := not_unicode(text))]
         questions.append({"question_id": item.get("question_id"), "category": item.get("category"),
                           "turns": turns, **({"reference": reference} if reference is not None else {})})
     if problems:

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import math
 import random
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from instructkit.errors import UserError, problems_error
+from instructkit.errors import UserError, not_unicode, problems_error
+from instructkit.runs.artifacts import parse_json, read_text
 
 FIELDS = ("instruction", "input", "output")
 DOLLY_FIELDS = {"context": "input", "response": "output"}
@@ -52,48 +54,49 @@ def load_records(source: str) -> list[Record]:
     return validate_records(raw, label)
 
 
-def _read_text(path: Path) -> str:
-    try:
-        text = path.read_bytes().decode("utf-8-sig")  # a BOM is common in files saved by Excel
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not valid UTF-8 (byte {exc.start})") from exc
+def read_raw_records(path: Path) -> list[Any]:
+    text = read_text(path)
     if not text.strip():
         raise UserError(f"{path}: file is empty")
-    return text
-
-
-def read_raw_records(path: Path) -> list[Any]:
-    text = _read_text(path)
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return _read_csv(path, text)
     if suffix == ".jsonl":
-        records = []
-        for line_number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}: line {line_number} is not valid JSON ({exc.msg})") from exc
-        return records
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
-    if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON list of records, found a {type(data).__name__}")
-    return data
+        # Lines end at \n only: splitlines() would also cut at a U+2028 that a JSON string may hold.
+        return [parse_json(line, path, number) for number, line in enumerate(text.split("\n"), start=1) if line.strip()]
+    return _record_list(parse_json(text, path), path)
+
+
+def _record_list(raw: Any, label: str | Path) -> list[Any]:
+    if not isinstance(raw, list):
+        found = {dict: "an object", str: "a string", bool: "true or false", type(None): "null"}.get(type(raw), "a number")
+        raise UserError(f"{label}: expected a JSON list of records, found {found}")
+    return raw
 
 
 def _read_csv(path: Path, text: str) -> list[dict[str, str]]:
-    reader = csv.DictReader(io.StringIO(text))
-    columns = set(reader.fieldnames or [])
-    if not ({"instruction", "output"} <= columns or {"instruction", "response"} <= columns):
-        raise UserError(
-            f"{path}: CSV header {sorted(columns)} lacks the columns instruction and output "
-            "(or Dolly's instruction, context, response)"
-        )
-    return list(reader)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        header = reader.fieldnames or []
+        columns = set(header)
+        if not ({"instruction", "output"} <= columns or {"instruction", "response"} <= columns):
+            raise UserError(
+                f"{path}: CSV header {sorted(columns)} lacks the columns instruction and output "
+                "(or Dolly's instruction, context, response)"
+            )
+        if len(columns) < len(header):
+            raise UserError(f"{path}: CSV header names a column twice: {', '.join(header)}")
+        rows, problems = [], []
+        for row in reader:
+            if None in row:  # DictReader files the fields past the header's under None, and would drop them
+                problems.append(f"{path}: record {len(rows)} (line {reader.line_num}): {len(header) + len(row[None])} "
+                                f"fields, but the header has {len(header)} columns")
+            rows.append(row)
+    except csv.Error as exc:
+        raise UserError(f"{path}: line {reader.line_num}: not valid CSV ({exc})") from exc
+    if problems:
+        raise problems_error(problems)
+    return rows
 
 
 def _read_hub(name: str) -> list[dict[str, Any]]:
@@ -109,15 +112,26 @@ def _read_hub(name: str) -> list[dict[str, Any]]:
     return list(dataset)
 
 
-def validate_records(raw: list[Any], label: str) -> list[Record]:
+def validate_records(raw: Any, label: str | Path) -> list[Record]:
+    """The records of a JSON list, or a UserError listing every problem by record and field."""
+    records, problems = record_problems(raw, label)
+    if problems:
+        raise problems_error(problems)
+    return records
+
+
+def record_problems(raw: Any, label: str | Path) -> tuple[list[Record], list[str]]:
+    """The valid records of a JSON list, and one line per problem (for a reader that adds its own)."""
     problems: list[str] = []
     records: list[Record] = []
-    if not raw:
+    if not _record_list(raw, label):
         raise UserError(f"{label}: contains no records")
     for index, item in enumerate(raw):
         if not isinstance(item, dict):
             problems.append(f"{label}: record {index}: expected an object, found {type(item).__name__}")
             continue
+        problems += [f"{label}: record {index}: fields '{field}' and '{dolly}' (Dolly's name for it) differ; keep one"
+                     for dolly, field in DOLLY_FIELDS.items() if dolly in item and field in item and item[dolly] != item[field]]
         item = {DOLLY_FIELDS.get(key, key): value for key, value in item.items()}
         record: Record = {}
         for field in FIELDS:
@@ -130,18 +144,20 @@ def validate_records(raw: list[Any], label: str) -> list[Record]:
                 problems.append(f"{label}: record {index}: field '{field}' must be text, found {type(value).__name__}")
             elif field != "input" and not value.strip():
                 problems.append(f"{label}: record {index}: field '{field}' is empty")
+            elif why := not_unicode(value):
+                problems.append(f"{label}: record {index}: field '{field}' {why}")
             else:
                 record[field] = value
         category = item.get("category")  # optional (Dolly has it): the report breaks results down by it
         if category is not None and not (isinstance(category, str) and category.strip()):
-            problems.append(f"{label}: record {index}: field 'category' must be non-empty text, found {category!r}")
+            problems.append(f"{label}: record {index}: field 'category' must be non-empty text, found {reprlib.repr(category)}")
+        elif category is not None and (why := not_unicode(category)):
+            problems.append(f"{label}: record {index}: field 'category' {why}")
         elif category is not None:
             record["category"] = category
         if all(field in record for field in FIELDS):
             records.append(record)
-    if problems:
-        raise problems_error(problems)
-    return records
+    return records, problems
 
 
 def drop_duplicates(records: list[Record]) -> tuple[list[Record], list[tuple[int, int]]]:
@@ -160,16 +176,34 @@ def drop_duplicates(records: list[Record]) -> tuple[list[Record], list[tuple[int
     return unique, repeats
 
 
+def split_fraction_problem(val_fraction: float, test_fraction: float) -> str | None:
+    """Why the split's fractions cannot be cut (before any record is read), or None."""
+    if not 0 <= val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
+        return f"--val-fraction {val_fraction} and --test-fraction {test_fraction} must leave records to train on"
+    return None
+
+
 def split_records(records: list[Record], val_fraction: float, test_fraction: float, seed: int) -> Split:
-    """Shuffle with `seed` and cut into train/val/test; the same seed gives the same split."""
-    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
-        raise UserError(f"--val-fraction {val_fraction} and --test-fraction {test_fraction} must leave records to train on")
+    """Shuffle with `seed` and cut into train/val/test; the same seed gives the same split. The test
+    split, the training split and (unless --val-fraction is 0) the validation split get a record each."""
+    if problem := split_fraction_problem(val_fraction, test_fraction):
+        raise UserError(problem)
     shuffled = list(records)
     random.Random(seed).shuffle(shuffled)
     n_test = round(len(shuffled) * test_fraction)
     n_val = round(len(shuffled) * val_fraction)
-    if val_fraction > 0 and n_val == 0 or len(shuffled) - n_test - n_val < 1:
-        raise UserError(f"{len(records)} records are too few for val {val_fraction} and test {test_fraction}")
+    n_train = len(shuffled) - n_test - n_val
+    one = math.ceil(1000 / max(len(records), 1)) / 1000  # the smallest fraction (to 3 places) that rounds to a record
+    hint = f"{one} or more gives it one" if one < 1 else "too few records to give it one"
+    empty = [f"--{flag}-fraction {fraction} gives the {name} split none ({hint})"
+             for flag, name, fraction, count in (("test", "test", test_fraction, n_test),
+                                                 ("val", "validation", val_fraction, n_val))
+             if count == 0 and fraction > 0]
+    if n_train < 1:
+        empty.append("none is left to train on (lower --val-fraction or --test-fraction, or give more records)")
+    if empty:
+        raise UserError(f"{len(records)} records would split into {n_train} to train on, {n_val} for validation and "
+                        f"{n_test} for testing: " + "; ".join(empty))
     return Split(
         train=shuffled[n_test + n_val:],
         val=shuffled[n_test:n_test + n_val],

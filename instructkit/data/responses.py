@@ -8,8 +8,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from instructkit.data.records import validate_records
-from instructkit.errors import UserError, problems_error
+from instructkit.data.records import record_problems
+from instructkit.errors import UserError, not_unicode, problems_error
 from instructkit.runs.artifacts import read_json
 
 RESPONSES_FILE = "test_base_model.json"  # the name LLMs-from-scratch gave it; it holds every model's responses
@@ -41,19 +41,20 @@ def read_responses(path: str | Path) -> tuple[list[dict], list[str]]:
     """Stage 2's records, each with its responses under the model's name, and the models that
     have responses in them."""
     raw = read_json(path)
-    if not isinstance(raw, list):
-        raise UserError(f"{path}: expected a JSON list of records, found a {type(raw).__name__}")
-    records = validate_records(raw, path)
-    problems = []
+    records, problems = record_problems(raw, path)
     columns = response_columns(key for item in raw if isinstance(item, dict) for key in item if key.endswith(SUFFIX))
+    problems += [f"{path}: field '{response_field(model)}' is not a model's response column (a model's name is "
+                "lower-case letters, digits and _)" for model in columns if not COLUMN_NAME.match(model)]
     for index, item in enumerate(raw):
-        for model in columns:
+        for model in columns if isinstance(item, dict) else ():  # a record that is no object: named above
             key = response_field(model)
             if key not in item:
                 problems.append(f"{path}: record {index}: missing field '{key}' (rerun stage 2)")
             elif item[key] is not None and not isinstance(item[key], str):
                 problems.append(f"{path}: record {index}: field '{key}' must be text or null, found {type(item[key]).__name__}")
-            else:
+            elif item[key] is not None and (why := not_unicode(item[key])):
+                problems.append(f"{path}: record {index}: field '{key}' {why}")
+            elif not problems:
                 records[index][model] = item[key]
     if problems:
         raise problems_error(problems)

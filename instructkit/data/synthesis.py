@@ -124,7 +124,10 @@ class Rounds:
                                 "pass --restart to discard the partial results")
             return [Reply.from_json(r) for r in entry["replies"]]
         replies = ask(self._seed(key))
-        self.progress.add([(key, {"prompts_sha256": digest, "replies": [r.to_json() for r in replies]})])
+        # A round where a request got no answer is not logged: the rerun asks the whole round again.
+        error = next((r.error for r in replies if r.failed), None)
+        self.progress.settle([(key, {"prompts_sha256": digest, "replies": [r.to_json() for r in replies],
+                                     **({"error": error} if error else {})})], failed=lambda entry: "error" in entry)
         return replies
 
     def chat(self, key: tuple, prompts: list[str], temperature: float = 0.0, prefill: str = "") -> list[Reply]:

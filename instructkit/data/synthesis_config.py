@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from instructkit.config import APIClient, Reruns
+from instructkit.config import SEED, APIClient, Reruns, setting_problems
 from instructkit.data import packaged
 from instructkit.errors import problems_error
 from instructkit.models.references import EMBEDDED_JUDGE, backend_kind, parse_backend
@@ -23,21 +23,21 @@ class SynthesisConfig(Reruns, APIClient):
     seeds: str = field(default=DEFAULT_SEEDS, metadata={"help": "seed tasks for self-instruct: Self-Instruct's seed_tasks.jsonl format (instruction, instances, is_classification) or any Alpaca file"})
     data: str = field(default="", metadata={"help": "the Alpaca/Dolly file that reflect improves and curate cleans"})
     reflect: str = field(default="both", metadata={"help": "what reflection rewrites: the instruction (and a new response to it), the response, or both in turn", "choices": ["instruction", "response", "both"]})
-    num_instructions: int = field(default=20, metadata={"help": "how many new instructions self-instruct and magpie aim for"})
-    max_requests: int = field(default=1000, metadata={"help": "the most requests the run may send (a budget for paid APIs)"})
-    batch_size: int = field(default=8, metadata={"help": "requests per round (one batch for hf:, sent concurrently for openai:)"})
-    max_new_tokens: int = field(default=256, metadata={"help": "longest reply, in tokens"})
-    temperature: float | None = field(default=None, metadata={"help": "sampling temperature (default: 0.7 for self-instruct's new tasks, 1.0 for magpie's instructions; answers are greedy)"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling for the sampled requests"})
-    seed: int = field(default=0, metadata={"help": "seeds the examples shown in each prompt and the sampling"})
-    examples_per_prompt: int = field(default=8, metadata={"help": "example tasks in each self-instruct prompt"})
-    generated_examples: int = field(default=2, metadata={"help": "of those, how many are already generated ones (once there are some)"})
-    min_words: int = field(default=3, metadata={"help": "drop instructions of this many words or fewer"})
-    max_words: int = field(default=150, metadata={"help": "drop instructions of more words than this"})
-    rouge_threshold: float = field(default=0.7, metadata={"help": "drop a new instruction whose ROUGE-L F with any kept one is above this"})
-    near_duplicate_threshold: float = field(default=0.9, metadata={"help": "drop a record whose instruction+input has this character n-gram TF-IDF cosine with an earlier one"})
+    num_instructions: int = field(default=20, metadata={"help": "how many new instructions self-instruct and magpie aim for", "minimum": 1})
+    max_requests: int = field(default=1000, metadata={"help": "the most requests the run may send (a budget for paid APIs)", "minimum": 1})
+    batch_size: int = field(default=8, metadata={"help": "requests per round (one batch for hf:, sent concurrently for openai:)", "minimum": 1})
+    max_new_tokens: int = field(default=256, metadata={"help": "longest reply, in tokens", "minimum": 1})
+    temperature: float | None = field(default=None, metadata={"help": "sampling temperature (default: 0.7 for self-instruct's new tasks, 1.0 for magpie's instructions; answers are greedy)", "minimum": 0})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling for the sampled requests", "exclusive_minimum": 0, "maximum": 1})
+    seed: int = field(default=0, metadata={"help": "seeds the examples shown in each prompt and the sampling", **SEED})
+    examples_per_prompt: int = field(default=8, metadata={"help": "example tasks in each self-instruct prompt", "minimum": 1})
+    generated_examples: int = field(default=2, metadata={"help": "of those, how many are already generated ones (once there are some)", "minimum": 0})
+    min_words: int = field(default=3, metadata={"help": "drop instructions of this many words or fewer", "minimum": 0})
+    max_words: int = field(default=150, metadata={"help": "drop instructions of more words than this", "minimum": 1})
+    rouge_threshold: float = field(default=0.7, metadata={"help": "drop a new instruction whose ROUGE-L F with any kept one is above this", "exclusive_minimum": 0, "maximum": 1})
+    near_duplicate_threshold: float = field(default=0.9, metadata={"help": "drop a record whose instruction+input has this character n-gram TF-IDF cosine with an earlier one", "exclusive_minimum": 0, "maximum": 1})
     exclude: list[str] = field(default_factory=list, metadata={"help": "evaluation files (e.g. outputs/data/test.json) whose records must not reappear in the data"})
-    contamination_threshold: float = field(default=0.8, metadata={"help": "a record this similar (TF-IDF cosine) to an --exclude record is contaminated"})
+    contamination_threshold: float = field(default=0.8, metadata={"help": "a record this similar (TF-IDF cosine) to an --exclude record is contaminated", "exclusive_minimum": 0, "maximum": 1})
     contamination: str = field(default="drop", metadata={"help": "drop contaminated records, or keep them and list them in the manifest", "choices": ["drop", "flag"]})
     keep_dropped: bool = field(default=False, metadata={"help": "also write every dropped record, with its reason, to generated/instruction-data.dropped.json"})
     dry_run: bool = field(default=False, metadata={"help": "print the first prompt and how many requests the run would send; send none"})
@@ -51,28 +51,23 @@ def parse_generator(reference: str) -> tuple[str, str]:
 
 def check(config: SynthesisConfig) -> None:
     """Every problem with the flags at once, before anything is loaded or written."""
-    problems = []
+    problems = setting_problems(config, writes=not config.dry_run)
     if config.method not in METHODS:
         problems.append(f"--method {config.method!r}: choose one of {', '.join(METHODS)}")
     if config.method in ("reflect", "curate") and not config.data:
         problems.append(f"--method {config.method} needs --data FILE (the Alpaca file to {'improve' if config.method == 'reflect' else 'clean'})")
     if config.method in ("self-instruct", "magpie"):
-        if config.num_instructions < 1:
-            problems.append("--num-instructions must be at least 1")
-        elif config.max_requests < 2 * config.num_instructions + config.batch_size:
+        if config.max_requests < 2 * config.num_instructions + config.batch_size:
             problems.append(f"--max-requests {config.max_requests} is too few for --num-instructions {config.num_instructions}: "
                             f"{config.method} needs a round of {config.batch_size} requests for instructions and "
                             f"{'2' if config.method == 'self-instruct' else '1'} more per instruction kept")
     if config.method == "magpie" and backend_kind(config.generator) == "openai":
         problems.append("--method magpie writes instructions from the model's bare user header, which a chat API does not "
                         "take: use an hf: generator (any local instruct model)")
-    if config.batch_size < 1 or config.concurrency < 1:
-        problems.append("--batch-size and --concurrency must be at least 1")
-    if not 0 <= config.generated_examples <= config.examples_per_prompt:
+    if config.generated_examples > config.examples_per_prompt:
         problems.append("--generated-examples must be between 0 and --examples-per-prompt")
-    for name in ("rouge_threshold", "near_duplicate_threshold", "contamination_threshold"):
-        if not 0 < getattr(config, name) <= 1:
-            problems.append(f"--{name.replace('_', '-')} must be in (0, 1]")
+    if config.max_words <= config.min_words:  # else every instruction is dropped, after the requests are paid
+        problems.append(f"--max-words {config.max_words} must be more than --min-words {config.min_words}")
     if problems:
         raise problems_error(problems)
     if config.method != "curate":

@@ -57,6 +57,14 @@ def compare_input(model: CompareModel, base_url: str) -> dict:
     return model_input(resolve_model(model.reference))
 
 
+@dataclass(frozen=True)
+class FailedRequest:
+    """A served model's request that got no answer: kept out of the progress log, asked again by
+    the next run (a refusal or a refused prompt is an answer: no text, stored as null)."""
+
+    error: str
+
+
 class OpenAIGenerator:
     """A served model answering through its own chat format, greedy, concurrently."""
 
@@ -75,7 +83,11 @@ class OpenAIGenerator:
         for reply in replies:
             if reply.error:
                 print(f"warning: a compare model request failed: {reply.error}")
-        return [reply.text for reply in replies], 0  # the server's token counts are not read
+        return [FailedRequest(reply.error) if reply.failed else reply.text
+                for reply in replies], 0  # the server's token counts are not read
+
+    def prompt_limit(self, max_prompt_tokens: int, max_new_tokens: int) -> int:
+        return 0  # the server knows its model's context and refuses a longer prompt itself
 
 
 def load_compare(model: CompareModel, run_style: PromptStyle, generator_cls, *, base_url: str, concurrency: int,

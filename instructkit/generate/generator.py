@@ -17,8 +17,9 @@ from instructkit.data.questions import MT_RESPONSES_FILE, questions_file, read_q
 from instructkit.data.records import Record, split_file, validate_records
 from instructkit.data.responses import RESPONSE_FIELDS, RESPONSES_FILE, response_field
 from instructkit.errors import UserError
-from instructkit.generate.compare import compare_input, load_compare, parse_compare
+from instructkit.generate.compare import FailedRequest, compare_input, load_compare, parse_compare
 from instructkit.generate.config import GenerationConfig
+from instructkit.models.backends import context_length
 from instructkit.models.finetune import RunModels
 from instructkit.models.loading import load_causal_lm, load_tokenizer
 from instructkit.models.precision import precision_setting, resolve_precision
@@ -28,7 +29,7 @@ from instructkit.runs.fingerprints import path_input, same_input, same_settings
 from instructkit.runs.reuse import ProgressLog, open_work
 
 # What the responses depend on besides the input files (those are fingerprinted).
-RESPONSE_SETTINGS = ("models", "max_new_tokens", "batch_size", "limit", "engine")
+RESPONSE_SETTINGS = ("models", "max_new_tokens", "max_prompt_tokens", "batch_size", "limit", "engine")
 # Settings that choose which columns are answered, not how: a column made under other ones is reused.
 COLUMN_CHOICES = ("models",)
 
@@ -76,6 +77,13 @@ class TransformersGenerator:
 
     def lengths(self, prompts: list[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
+
+    def prompt_limit(self, max_prompt_tokens: int, max_new_tokens: int) -> int:
+        """The longest prompt answered, in tokens: --max-prompt-tokens, and never past the context
+        the model was built for (0: no limit)."""
+        context = context_length((self.model or self.merged).config)
+        limits = [n for n in (max_prompt_tokens, context and context - max_new_tokens) if n and n > 0]
+        return min(limits) if limits else 0
 
     def __init__(self, base: ResolvedModel, adapter: Path | None, merged: str, trust_remote_code: bool,
                  models: list[str], dtype: torch.dtype | None = None):
@@ -211,6 +219,9 @@ class VllmGenerator:
 
     render = TransformersGenerator.render
     lengths = TransformersGenerator.lengths
+
+    def prompt_limit(self, max_prompt_tokens: int, max_new_tokens: int) -> int:
+        return max_prompt_tokens  # vLLM refuses a prompt past the model's context itself
 
     def __init__(self, base: ResolvedModel, adapter: Path | None, merged: str, trust_remote_code: bool,
                  models: list[str], dtype: torch.dtype | None = None):
@@ -376,7 +387,7 @@ def _reuse_columns(finished: dict | None, progress: ProgressLog, final_path: Pat
                 not same_input(finished["inputs"].get(name), progress.inputs.get(name)) for name in needs):
             continue
         reusable = [((column, i), rows[i].get(response_field(column))) for i in range(min(n_records, len(rows)))
-                    if (column, i) not in progress.done]
+                    if (column, i) not in progress.done and rows[i].get(response_field(column)) is not None]
         if reusable:
             progress.add(reusable)
             print(f"reusing the {column} model's {len(reusable)} responses from {final_path} "
@@ -393,16 +404,33 @@ def _answer_all(generator, model: str, turns: Turns, style: PromptStyle, config:
     logged when the run was killed is generated again whole.
     """
     started, new_tokens, answered = time.perf_counter(), 0, 0
+    limit = generator.prompt_limit(config.max_prompt_tokens, config.max_new_tokens)
+    too_long: list[int] = []
     for turn in range(max(len(c) for c in turns.conversations)):
-        indexes = [i for i, c in enumerate(turns.conversations) if turn < len(c)]
+        # A conversation goes on only where every earlier turn was answered (a served model's
+        # request can fail; the next run asks it again).
+        indexes = [i for i, c in enumerate(turns.conversations)
+                   if turn < len(c) and all(turns.key(model, i, t) in progress.done for t in range(turn))]
         prompts = [generator.render(style, turns.conversations[i][turn], turns.history(model, i, turn, progress))
                    for i in indexes]
-        batches = length_sorted_batches(generator.lengths(prompts), config.batch_size)
-        todo = [batch for batch in batches if any(turns.key(model, indexes[j], turn) not in progress.done for j in batch)]
+        lengths = generator.lengths(prompts)
         label = f"[{model}{f' turn {turn + 1}' if turns.multi else ''}]"
+        if limit:
+            # Cutting a prompt would change the question: one past the limit is not answered (null).
+            over = [j for j, n in enumerate(lengths) if n > limit]
+            too_long += [indexes[j] for j in over]
+            progress.add([(turns.key(model, indexes[j], turn), None) for j in over
+                          if turns.key(model, indexes[j], turn) not in progress.done])
+            if over:
+                print(f"warning: {label} {len(over)} prompts are longer than {limit} tokens (--max-prompt-tokens, "
+                      f"and the model's context less --max-new-tokens) and are not answered: records "
+                      f"{', '.join(map(str, [indexes[j] for j in over][:10]))}{' ...' if len(over) > 10 else ''}")
+        batches = length_sorted_batches(lengths, config.batch_size)
+        todo = [batch for batch in batches if any(turns.key(model, indexes[j], turn) not in progress.done for j in batch)]
         for number, batch in enumerate(todo, start=1):
             responses, generated = generator.generate(role or model, [prompts[j] for j in batch], config.max_new_tokens, style)
-            progress.add([(turns.key(model, indexes[j], turn), r) for j, r in zip(batch, responses)])
+            progress.settle([(turns.key(model, indexes[j], turn), r) for j, r in zip(batch, responses)],
+                            failed=lambda response: isinstance(response, FailedRequest))
             new_tokens, answered = new_tokens + generated, answered + len(batch)
             finished = sum(turns.key(model, i, turn) in progress.done for i in indexes)
             print(f"{label} batch {number}/{len(todo)}: {finished}/{len(indexes)} answered", flush=True)
@@ -412,4 +440,6 @@ def _answer_all(generator, model: str, turns: Turns, style: PromptStyle, config:
         "seconds": round(seconds, 2),
         "generated_tokens": new_tokens,
         "generated_tokens_per_second": round(new_tokens / seconds, 2) if answered and seconds else None,
+        "prompt_limit_tokens": limit or None,
+        "prompts_over_limit": sorted(set(too_long)),
     }

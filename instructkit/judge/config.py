@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from instructkit.config import APIClient, LocalModel, Reruns
+from instructkit.config import SEED, APIClient, LocalModel, Reruns, setting_problems
 from instructkit.data.responses import RESPONSES_FILE, read_responses, responses_path
-from instructkit.errors import UserError
+from instructkit.errors import problems_error
 from instructkit.models.references import EMBEDDED_JUDGE, backend_kind
 
 SCORES_FILE = "judge_scores.json"
@@ -27,10 +27,10 @@ class JudgeConfig(Reruns, LocalModel, APIClient):
     rubric: str = field(default="default", metadata={"help": "default: 0-100 against the expected output of stage 2's test records; mt-bench: stage 2 --questions answers graded per turn 1-10 ([[rating]], against the reference answer for math, reasoning and coding), --pairwise as [[A]]/[[B]]/[[C]], into mt_bench_scores.json", "choices": ["default", "mt-bench"]})
     compare_with: str = field(default="", metadata={"help": "another judge_scores.json or human_ratings.json to measure agreement with"})
     human: bool = field(default=False, metadata={"help": "rate responses yourself in the terminal (blind, shuffled) instead of running the judge"})
-    limit: int = field(default=0, metadata={"help": "score only the first N records (0: all)"})
-    batch_size: int = field(default=8, metadata={"help": "prompts per batch for local judges"})
-    max_new_tokens: int = field(default=16, metadata={"help": "longest judge reply, in tokens (the reply is one number or word)"})
-    seed: int = field(default=0, metadata={"help": "judge seed (API), human-rating order and bootstrap resampling"})
+    limit: int = field(default=0, metadata={"help": "score only the first N records (0: all)", "minimum": 0})
+    batch_size: int = field(default=8, metadata={"help": "prompts per batch for local judges", "minimum": 1})
+    max_new_tokens: int = field(default=16, metadata={"help": "longest judge reply, in tokens (the reply is one number or word)", "minimum": 1})
+    seed: int = field(default=0, metadata={"help": "judge seed (API), human-rating order and bootstrap resampling", **SEED})
 
 
 def resolve_scoring(config: JudgeConfig) -> str:
@@ -42,11 +42,12 @@ def resolve_scoring(config: JudgeConfig) -> str:
 
 
 def check_settings(config: JudgeConfig) -> None:
+    problems = setting_problems(config)
     if resolve_scoring(config) == "probability" and backend_kind(config.judge) != "hf":
-        raise UserError("--scoring probability reads the judge's token probabilities: use an hf: judge "
+        problems.append("--scoring probability reads the judge's token probabilities: use an hf: judge "
                         f"(for example --judge hf:{EMBEDDED_JUDGE})")
-    if config.batch_size < 1 or config.concurrency < 1:
-        raise UserError("--batch-size and --concurrency must be at least 1")
+    if problems:
+        raise problems_error(problems)
 
 
 def check(config: JudgeConfig) -> None:

@@ -4,6 +4,7 @@ every rating is saved as it is given, so quitting and rerunning picks up where y
 from __future__ import annotations
 
 import random
+import reprlib
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -115,7 +116,7 @@ def read_human_ratings(path: str | Path) -> dict:
             if field not in rating:
                 problems.append(f"{path}: rating {number}: missing field '{field}'")
             elif not valid(rating[field]):
-                problems.append(f"{path}: rating {number}: field '{field}' is {rating[field]!r}; expected "
+                problems.append(f"{path}: rating {number}: field '{field}' is {reprlib.repr(rating[field])}; expected "
                                 + {"index": "a record index (0 or more)", "model": "a response column (base, finetuned or a compare model's name)",
                                    "rating": "a number from 0 to 100"}[field])
     if problems:

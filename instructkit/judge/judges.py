@@ -11,7 +11,7 @@ import torch
 
 from instructkit.errors import UserError
 from instructkit.judge.prompts import SYSTEM
-from instructkit.models.backends import HFBackend, OpenAIBackend, Reply, user_turn
+from instructkit.models.backends import HFBackend, OpenAIBackend, Reply, context_length, too_long, user_turn
 from instructkit.models.references import (
     BACKEND_KINDS,
     CONVERSION_VERSION,
@@ -43,7 +43,7 @@ class HFJudge(HFBackend):
 
     def replies(self, prompts: list[str], max_new_tokens: int, prefill: str = "") -> list[Reply]:
         replies = self.chat([user_turn(p, SYSTEM) for p in prompts], max_new_tokens, prefill=prefill)
-        return [Reply(_with_prefill(prefill, reply.text)) for reply in replies]
+        return [Reply(_with_prefill(prefill, reply.text)) if reply.text is not None else reply for reply in replies]
 
     def expected_scores(self, prompts: list[str], prefill: str = "") -> list[tuple[float | None, float]]:
         """(expected score, probability mass on valid scores) per prompt, from one forward pass."""
@@ -51,7 +51,10 @@ class HFJudge(HFBackend):
             self._score_tree = ScoreTree(self.tokenizer, prefill)
         ids = [self.tokenizer(self.chat_text(user_turn(p, SYSTEM), prefill), add_special_tokens=False)["input_ids"]
                for p in prompts]
-        return self._score_tree.expected_scores(self.model, ids)
+        context = context_length(self.model.config)
+        fits = [i for i, row in enumerate(ids) if not too_long(len(row), context, len(self._score_tree.nodes))]
+        scores = iter(self._score_tree.expected_scores(self.model, [ids[i] for i in fits]) if fits else [])
+        return [next(scores) if i in fits else (None, 0.0) for i in range(len(ids))]
 
 
 class ScoreTree:
@@ -180,12 +183,12 @@ class LitGPTJudge:
     """LitGPT's `LLM` API: a hub id it downloads and converts, a LitGPT checkpoint folder, or the
     embedded judge converted once into the cache."""
 
-    def __init__(self, model: str, dtype: torch.dtype | None = None):
+    def __init__(self, model: str, dtype: torch.dtype | None = None, trust_remote_code: bool = False):
         from litgpt import LLM
         from litgpt.prompts import Default
 
         self.reference = model
-        self.checkpoint = litgpt_checkpoint(model)
+        self.checkpoint = litgpt_checkpoint(model, trust_remote_code)
         try:
             if torch.cuda.is_available() and dtype is None:
                 self.llm = LLM.load(str(self.checkpoint))
@@ -204,24 +207,45 @@ class LitGPTJudge:
         return {"kind": "litgpt", "model": self.reference, "checkpoint": str(self.checkpoint)}
 
     def replies(self, prompts: list[str], max_new_tokens: int, prefill: str = "") -> list[Reply]:
-        return [Reply(_with_prefill(prefill, self.llm.generate(
-            self.chat_style.apply(prompt, sys_prompt=SYSTEM) + prefill, max_new_tokens=max_new_tokens,
-            temperature=0.0))) for prompt in prompts]
+        replies = []
+        for prompt in prompts:
+            text = self.chat_style.apply(prompt, sys_prompt=SYSTEM) + prefill
+            refused = too_long(len(self.llm.preprocessor.encode(text)), self.llm.config.block_size, max_new_tokens)
+            replies.append(refused or Reply(_with_prefill(prefill, self.llm.generate(
+                text, max_new_tokens=max_new_tokens, temperature=0.0))))
+        return replies
 
 
-def litgpt_checkpoint(model: str) -> Path | str:
+def litgpt_checkpoint(model: str, trust_remote_code: bool = False) -> Path | str:
     """A folder LitGPT's `LLM.load` reads: converted once for an embedded name, else as given."""
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "lit_model.pth").is_file():
             raise UserError(f"{path} is not a LitGPT checkpoint (no lit_model.pth); convert it with "
                             "`litgpt convert_to_litgpt`, or judge with hf:" + model)
+        if not trust_remote_code:
+            require_plain_tensors(path / "lit_model.pth")
         return path
     if model in LITGPT_NAMES:
         return _converted_for_litgpt(resolve_model(model), LITGPT_NAMES[model])
     if HUB_ID.match(model):
         return model
     raise UserError(f"litgpt judge {model!r}: use {', '.join(LITGPT_NAMES)}, a LitGPT checkpoint folder or a hub id")
+
+
+def require_plain_tensors(checkpoint: Path) -> None:
+    """LitGPT reads lit_model.pth with an unpickler that runs whatever code the file names; a file
+    torch's weights-only unpickler accepts holds tensors and nothing else."""
+    import pickle
+
+    try:
+        torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        # torch's message is a paragraph; the line naming what the file asked for is the useful one
+        named = next((line for line in str(exc).splitlines() if "GLOBAL" in line), "not a torch checkpoint")
+        raise UserError(f"{checkpoint} holds more than tensors, and loading it could run code from the file "
+                        f"({named.strip()[:200]}); judge with a folder of safetensors through "
+                        "hf:<folder>, or pass --trust-remote-code if you trust where the file came from") from exc
 
 
 def _converted_for_litgpt(resolved: ResolvedModel, litgpt_name: str) -> Path:
@@ -260,7 +284,7 @@ def load_judge(reference: str, *, base_url: str = "", concurrency: int = 4, seed
     if base_url and kind != "openai":
         raise UserError("--judge-base-url is for openai: judges (any OpenAI-compatible server)")
     if kind == "litgpt":
-        return LitGPTJudge(model, dtype)
+        return LitGPTJudge(model, dtype, trust_remote_code)
     if kind == "hf":
         # Probability scoring runs a tree-shaped 4D mask, which FlashAttention 2 would ignore.
         return HFJudge(model, trust_remote_code, attention="sdpa" if scoring == "probability" else None, dtype=dtype)

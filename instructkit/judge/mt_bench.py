@@ -27,6 +27,7 @@ from instructkit.judge.prompts import (
     parse_mt_verdict,
 )
 from instructkit.judge.scoring import (
+    failed,
     judge_precision,
     judgement_settings,
     pairwise_outcome,
@@ -126,10 +127,10 @@ def judge_mt_bench(config: JudgeConfig) -> Path:
                                                     "" if api else MT_VERDICT_PREFILL)))
 
         with progress.attempt():
-            progress.run(score_items, chunk, "MT-Bench grading", grade)
+            progress.run(score_items, chunk, "MT-Bench grading", grade, failed)
             if pair_items:
-                progress.run(pair_items, chunk, "MT-Bench pairwise", compare)
-        result = summarize_mt(rows, models, pairs, progress.done, config.seed, {**judge.describe(), "seed": config.seed})
+                progress.run(pair_items, chunk, "MT-Bench pairwise", compare, failed)
+        result = summarize_mt(rows, models, pairs, progress.results(), config.seed, {**judge.describe(), "seed": config.seed})
         result["input"] = str(source)
         work.finish(result, manifest(stage="part4_local_evaluation", rubric="mt-bench", judge=judge.describe(),
                                      **(precision.describe() if precision else {}),

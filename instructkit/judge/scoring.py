@@ -114,12 +114,12 @@ def judge_responses(config: JudgeConfig) -> Path:
         chunk = config.concurrency * 4 if backend_kind(config.judge) == "openai" else config.batch_size
         calls = sum(item not in progress.done for item in score_items + pair_items)
         with progress.attempt():
-            progress.run(score_items, chunk, "scoring", lambda items: _score_batch(judge, config, records, items))
+            progress.run(score_items, chunk, "scoring", lambda items: _score_batch(judge, config, records, items), failed)
             if pair_items:
-                progress.run(pair_items, chunk, "pairwise", lambda items: _pair_batch(judge, config, records, items))
+                progress.run(pair_items, chunk, "pairwise", lambda items: _pair_batch(judge, config, records, items), failed)
         seconds = round(time.perf_counter() - started, 2)
 
-        result = summarize(records, models, pairs, progress.done, config, judge.describe(), other_scores)
+        result = summarize(records, models, pairs, progress.results(), config, judge.describe(), other_scores)
         work.finish(result, manifest(
             stage="part4_local_evaluation", judge=judge.describe(), **(precision.describe() if precision else {}),
             input=str(responses),
@@ -171,14 +171,15 @@ def judged_items(scores: dict, records: list[dict]) -> list[tuple[tuple, dict]]:
             continue
         same = {model: text == records[index].get(model) for model, text in row["responses"].items()}
         for model, entry in row["scores"].items():
-            if same.get(model) and entry.get("parse") != "no response":
+            if same.get(model) and entry.get("parse") != "no response" and not failed(entry):
                 items.append((("score", model, index), {"value": entry["score"],
                                                         **{k: v for k, v in entry.items() if k != "score"}}))
         for name, pair in (row.get("pairwise") or {}).items():
             if ":" not in name or not isinstance(pair, dict):  # an older file's single pair: asked again
                 continue
             if all(same.get(c, c == REFERENCE) for c in name.split(":")):
-                items += [(("pair", name, order, index), pair[order]) for order in pair if order.endswith("_first")]
+                items += [(("pair", name, order, index), pair[order]) for order in pair
+                          if order.endswith("_first") and pair[order] and not failed(pair[order])]
     return items
 
 
@@ -222,9 +223,14 @@ def read_with_retry(judge, prompts: list[str], retry_suffix: str, parse, max_new
     return iter(entries)
 
 
+def failed(entry: dict) -> bool:
+    """A judgement the server never gave (asked again by the next run)."""
+    return bool(entry.get("failed"))
+
+
 def _entry(reply: Reply, parse) -> dict:
     if reply.error is not None:
-        return {"value": None, "parse": "error", "reply": None, "error": reply.error}
+        return {"value": None, "parse": "error", "reply": None, "error": reply.error, **({"failed": True} if reply.failed else {})}
     parsed = parse(reply.text)
     return {"value": parsed.value, "parse": parsed.how, "reply": reply.text}
 

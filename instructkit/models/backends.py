@@ -26,6 +26,7 @@ class Reply:
     text: str | None
     error: str | None = None  # why there is no text: the server's error after retries, a refusal
     truncated: bool = False  # the reply hit max_new_tokens before the model ended it
+    failed: bool = False  # no answer came back (not a refusal): asked again by the next run, never stored as one
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -33,6 +34,20 @@ class Reply:
     @classmethod
     def from_json(cls, data: dict) -> Reply:
         return cls(**data)
+
+
+def too_long(length: int, context: int | None, max_new_tokens: int) -> Reply | None:
+    """The answer for a prompt that leaves no room for the reply in the model's context (a
+    model asked past it runs for minutes and then fails, or answers garbage), else None."""
+    if context and length + max_new_tokens > context:
+        return Reply(None, f"not asked: the prompt is {length} tokens, and with {max_new_tokens} new ones it is past "
+                           f"the model's context of {context}")
+    return None
+
+
+def context_length(config) -> int | None:
+    """The longest sequence a transformers model was built for."""
+    return getattr(config.get_text_config(), "max_position_embeddings", None)
 
 
 def user_turn(prompt: str, system: str = "") -> Conversation:
@@ -78,6 +93,14 @@ class HFBackend:
                  seed: int = 0) -> list[Reply]:
         """Continue each text; sampling (temperature > 0) is seeded per call, so a batch redone after a
         kill gives the replies it gave the first time."""
+        context = context_length(self.model.config)
+        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        refused = {i: reply for i, n in enumerate(lengths) if (reply := too_long(n, context, max_new_tokens))}
+        asked = [text for i, text in enumerate(texts) if i not in refused]
+        replies = iter(self._complete(asked, max_new_tokens, temperature, top_p, seed) if asked else [])
+        return [refused[i] if i in refused else next(replies) for i in range(len(texts))]
+
+    def _complete(self, texts: list[str], max_new_tokens: int, temperature: float, top_p: float, seed: int) -> list[Reply]:
         inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
         torch.manual_seed(seed)
@@ -144,7 +167,7 @@ class OpenAIBackend:
         import openai
 
         if stop.is_set():
-            return Reply(None, "not sent: the run stopped")
+            return Reply(None, "not sent: the run stopped", failed=True)
         try:
             completion = self.client.chat.completions.create(
                 model=self.model, messages=conversation, temperature=temperature, top_p=top_p, seed=seed,
@@ -155,14 +178,17 @@ class OpenAIBackend:
             stop.set()
             raise UserError(f"the {self.role} server at {self.describe()['base_url']} refused: {self._redact(exc)}") from exc
         except (openai.OpenAIError, ValueError) as exc:  # retries spent, or a reply that is not valid JSON
-            return Reply(None, f"{type(exc).__name__}: {self._redact(exc)}")
+            # A refused request (a prompt past the model's context) would be refused again: that is its answer.
+            permanent = isinstance(exc, (openai.BadRequestError, openai.UnprocessableEntityError))
+            return Reply(None, f"{type(exc).__name__}: {self._redact(exc)}", failed=not permanent)
         if not completion.choices:
-            return Reply(None, "the server returned no choices")
+            return Reply(None, "the server returned no choices", failed=True)
         choice = completion.choices[0]
         if getattr(choice.message, "refusal", None):
-            return Reply(None, f"refusal: {choice.message.refusal}")
-        return Reply((choice.message.content or "").strip(), truncated=choice.finish_reason == "length")
+            return Reply(None, f"refusal: {self._redact(choice.message.refusal)}")
+        return Reply(self._redact((choice.message.content or "").strip()), truncated=choice.finish_reason == "length")
 
-    def _redact(self, exc: Exception) -> str:
-        text = str(exc)
+    def _redact(self, text: object) -> str:
+        """Errors and replies alike: a server may echo the request's Authorization header."""
+        text = str(text)
         return text.replace(self._secret, "[OPENAI_API_KEY]") if self._secret else text

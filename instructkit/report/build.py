@@ -7,12 +7,13 @@ This module computes what each section shows (numbers, rows, which sections exis
 the Jinja templates under `templates/` (`report.html.j2` and one template per section), rendered
 with autoescaping on, so a value from an artifact (a response, a model's name, a judge's reply) is
 always text on the page. The stylesheet and the script are `templates/report.css` and `report.js`,
-inlined into the page.
+inlined into the page, which a Content-Security-Policy confines to them and to data: images.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import time
 from collections import Counter
@@ -69,12 +70,17 @@ def _inline(content: str, tag: str) -> Markup:
     return Markup(content)
 
 
+def _csp_hash(content: str) -> str:
+    """The Content-Security-Policy source that lets exactly this inlined stylesheet or script run."""
+    return f"'sha256-{base64.b64encode(hashlib.sha256(str(content).encode()).digest()).decode()}'"
+
+
 def _environment() -> Environment:
     """The templates, found through the installed package (importlib.resources), not the checkout."""
     env = Environment(loader=PackageLoader("instructkit.report", "templates"),
                       autoescape=select_autoescape(default=True, default_for_string=True),
                       undefined=StrictUndefined, finalize=_escaped, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(fmt=fmt, ci=_ci, text=_text, inline=_inline)
+    env.filters.update(fmt=fmt, ci=_ci, text=_text, inline=_inline, csp_hash=_csp_hash)
     env.globals.update(reference=REFERENCE)
     return env
 
@@ -358,24 +364,34 @@ def _records_section(output_dir: Path, scores: dict | None, human: dict | None) 
             "header": header, "rows": rows}
 
 
+def _section(build) -> dict:
+    """A section, or in its place why it could not be built: an artifact edited by hand or cut
+    short (a key missing, a value of another type) costs its own section, not the whole report."""
+    try:
+        return build()
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        return {"absent": {"error": f"an artifact of this section is not as its stage writes it "
+                                    f"({type(exc).__name__}: {exc}); rerun the stage to write it again"}}
+
+
 def build_report(output_dir: str | Path) -> Path:
     """Write `report.html` (and score_histogram.png) from whatever artifacts `output_dir` holds."""
     output_dir = Path(output_dir)
     scores_path, human_path = output_dir / SCORES_FILE, output_dir / HUMAN_FILE
     scores, human = _read_optional(scores_path), _read_optional(human_path, read_human_ratings)
     scores_ok = scores if isinstance(scores, dict) and "_error" not in scores else None
+    human_ok = human if isinstance(human, dict) and "_error" not in human else None
     sections = [
-        ("Training (stage 1)", _training_section(output_dir)),
-        ("Benchmark (stage 3)", _benchmark_section(output_dir)),
-        ("Task metrics (stage 4, no judge)", _task_metrics_section(output_dir)),
-        ("By kind of task", _category_section(output_dir, scores_ok)),
-        ("Judge scores (stage 4)", _judge_section(scores, scores_path, output_dir)),
-        ("Multi-turn questions, MT-Bench style (stage 4 --rubric mt-bench)", _mt_bench_section(output_dir)),
-        ("Human ratings", _human_section(human, scores if isinstance(scores, dict) else None, human_path)),
-        ("Every test record", _records_section(output_dir, scores_ok,
-                                               human if isinstance(human, dict) and "_error" not in human else None)),
+        ("Training (stage 1)", lambda: _training_section(output_dir)),
+        ("Benchmark (stage 3)", lambda: _benchmark_section(output_dir)),
+        ("Task metrics (stage 4, no judge)", lambda: _task_metrics_section(output_dir)),
+        ("By kind of task", lambda: _category_section(output_dir, scores_ok)),
+        ("Judge scores (stage 4)", lambda: _judge_section(scores, scores_path, output_dir)),
+        ("Multi-turn questions, MT-Bench style (stage 4 --rubric mt-bench)", lambda: _mt_bench_section(output_dir)),
+        ("Human ratings", lambda: _human_section(human, scores if isinstance(scores, dict) else None, human_path)),
+        ("Every test record", lambda: _records_section(output_dir, scores_ok, human_ok)),
     ]
     page = _ENV.get_template(TEMPLATE).render(
         run_dir=str(output_dir.resolve()), built=time.strftime("%Y-%m-%d %H:%M"),
-        sections=[{"title": title, "template": None, "absent": None} | section for title, section in sections])
+        sections=[{"title": title, "template": None, "absent": None} | _section(build) for title, build in sections])
     return write_text_atomic(output_dir / REPORT_FILE, page)

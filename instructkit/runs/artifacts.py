@@ -57,17 +57,38 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     return path
 
 
-def read_json(path: str | Path) -> Any:
-    """Read a JSON artifact, turning a missing or corrupt file into a message that names it."""
+def read_text(path: str | Path) -> str:
+    """An input file's text, without the BOM that Excel and Notepad put first; a file that is not
+    there, not readable or not UTF-8 is a message that names it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
+        return path.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not valid UTF-8 (byte {exc.start})") from exc
+        raise UserError(f"{path}: not valid UTF-8 (byte {exc.start}); save it as UTF-8") from exc
+
+
+def parse_json(text: str, path: str | Path, line: int | None = None) -> Any:
+    """A JSON document: a file's text, or its line `line` (JSONL); bad JSON is a message that names
+    the file, the line and the place."""
+    where = f"{path}: line {line}" if line else str(path)
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+        place = f"column {exc.colno}" if line else f"line {exc.lineno}, column {exc.colno}"
+        raise UserError(f"{where}: not valid JSON ({place}: {exc.msg})") from exc
+    except RecursionError as exc:  # the parser recurses once per level: [[[[... a hundred thousand deep
+        raise UserError(f"{where}: JSON nested too deeply to read") from exc
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise UserError(f"{where}: JSON that cannot be read ({exc})") from exc
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON artifact, turning a missing or corrupt file into a message that names it."""
+    return parse_json(read_text(path), path)
 
 
 def library_versions() -> dict[str, str | None]:
@@ -116,6 +137,21 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def output_dir_problem(output_dir: str | Path) -> str | None:
+    """Why a stage could not make or write its output folder, found before anything loads and
+    without writing anything; None when it can."""
+    path = Path(output_dir)
+    try:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+    except OSError as exc:
+        return f"--output-dir {output_dir}: cannot reach it ({exc.strerror})"
+    if not existing.is_dir():
+        return f"--output-dir {output_dir}: {existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"--output-dir {output_dir}: cannot write to {existing} (permission denied)"
+    return None
+
+
 @contextmanager
 def output_lock(output_dir: str | Path, stage: str, timeout: float = 0) -> Iterator[None]:
     """Hold `<output_dir>/.<stage>.lock` so a second run of the same stage stops instead of racing
@@ -136,6 +172,8 @@ def output_lock(output_dir: str | Path, stage: str, timeout: float = 0) -> Itera
             f"another {stage} run is using {output_dir} (lock {lock.lock_file}); "
             "wait for it to finish or choose another --output-dir"
         ) from exc
+    except OSError as exc:  # a folder this user may not write to
+        raise UserError(f"cannot write to output folder {output_dir}: {exc.strerror}") from exc
     try:
         yield
     finally:

@@ -17,6 +17,8 @@ from instructkit.models.references import ResolvedModel
 # summaries change with every run and say nothing about the weights.
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".jinja", ".txt", ".yaml", ".yml", ".jsonl", ".csv", ".py")
 NOT_MODEL_FILES = ("training_summary.json", "training_args.bin")
+# Subfolders that are artifacts of their own (an adapter's training checkpoints and merged model).
+NOT_MODEL_FOLDERS = ("checkpoints", "merged")
 _digests: dict[tuple[str, int, int], str] = {}
 
 
@@ -33,12 +35,26 @@ def sha256_file(path: Path) -> str:
     return _digests[key]
 
 
+def _folder_files(folder: Path) -> list[Path]:
+    """A model, adapter or task folder's defining files, subfolders included (an lm-eval task
+    folder's YAML `include`s its neighbours), by path relative to the folder."""
+    files = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or entry.is_symlink() and entry.is_dir():
+            continue
+        if entry.is_dir() and entry.name not in NOT_MODEL_FOLDERS and not entry.name.startswith("checkpoint-"):
+            files += _folder_files(entry)
+        elif entry.is_file() and entry.suffix in MODEL_FILE_SUFFIXES and entry.name not in NOT_MODEL_FILES:
+            files.append(entry)
+    return files
+
+
 def _folder_sha256(folder: Path) -> str:
-    """One digest over the model-defining files at the top of a model or adapter folder."""
+    """One digest over a folder's defining files and their paths inside it: the folder's content,
+    wherever it lies (a copied run folder's adapter is the same adapter)."""
     digest = hashlib.sha256()
-    for file in sorted(folder.iterdir()):
-        if file.is_file() and file.suffix in MODEL_FILE_SUFFIXES and file.name not in NOT_MODEL_FILES:
-            digest.update(f"{file.name}\0{sha256_file(file)}\n".encode())
+    for file in _folder_files(folder):
+        digest.update(f"{file.relative_to(folder).as_posix()}\0{sha256_file(file)}\n".encode())
     return digest.hexdigest()
 
 
@@ -89,10 +105,9 @@ def label(name: str, entry: dict) -> str:
 
 
 def same_input(recorded: dict | None, current: dict | None) -> bool:
-    """Whether two fingerprints name the same input. A file is its content: the same bytes at
-    another path (a moved checkout, a copied data file) are the same input. A folder's digest covers
-    only its top-level model files, so a folder is its path and that digest."""
-    if recorded and current and recorded.get("sha256") and current.get("sha256") and Path(current["path"]).is_file():
+    """Whether two fingerprints name the same input. A file or folder is its content: the same bytes
+    at another path (a copied run folder, a moved checkout, a copied data file) are the same input."""
+    if recorded and current and recorded.get("sha256") and current.get("sha256"):
         return recorded["sha256"] == current["sha256"]
     return recorded == current
 

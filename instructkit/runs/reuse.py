@@ -5,6 +5,9 @@ match the ones recorded beside it; otherwise the stage says what changed and doe
 Work in progress goes to a log of finished items, appended as JSON lines and fsynced, so a killed
 stage loses at most the batch in flight and its rerun picks up where it stopped. `--overwrite`
 only declines to reuse the finished output; it never discards a matching log. `--restart` does.
+
+A request that got no answer (a server down after its retries) is never logged as a result: the
+output is written with it missing, recorded as incomplete, and the rerun asks it again.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class ProgressLog:
     def __init__(self, path: Path, settings: dict, inputs: dict):
         self.path, self.settings, self.inputs = path, settings, inputs
         self.done: dict[Key, Any] = {}
+        self.failed: dict[Key, Any] = {}  # asked this run, no answer came back: not logged
+        self.answered = 0  # items this run's own work logged (reused ones not counted)
         header = read_header(path)
         if header is None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,6 +67,18 @@ class ProgressLog:
     def add(self, items: list[tuple[Key, Any]]) -> None:
         self._append([{"key": list(key), "value": value} for key, value in items])
         self.done.update(items)
+        for key, _ in items:
+            self.failed.pop(key, None)
+
+    def settle(self, items: list[tuple[Key, Any]], failed: Callable[[Any], bool]) -> None:
+        """Log this run's answered items; keep the failed ones (their value says why) out of the log."""
+        self.add([(key, value) for key, value in items if not failed(value)])
+        self.answered += sum(not failed(value) for _, value in items)
+        self.failed.update((key, value) for key, value in items if failed(value))
+
+    def results(self) -> dict[Key, Any]:
+        """Every item's value for the output: the logged ones, and why the failed ones have none."""
+        return {**self.failed, **self.done}
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -77,12 +94,14 @@ class ProgressLog:
                 self.remove()
             raise
 
-    def run(self, items: list[Key], chunk: int, label: str, work: Callable[[list[Key]], list[tuple[Key, Any]]]) -> None:
+    def run(self, items: list[Key], chunk: int, label: str, work: Callable[[list[Key]], list[tuple[Key, Any]]],
+            failed: Callable[[Any], bool] = lambda value: False) -> None:
         """Do the items the log lacks, `chunk` at a time, logging each chunk as it finishes."""
         todo = [item for item in items if item not in self.done]
         for start in range(0, len(todo), chunk):
-            self.add(work(todo[start:start + chunk]))
-            print(f"[{label}] {len(items) - len(todo) + min(start + chunk, len(todo))}/{len(items)}", flush=True)
+            self.settle(work(todo[start:start + chunk]), failed)
+            print(f"[{label}] {len(items) - len(todo) + min(start + chunk, len(todo))}/{len(items)}"
+                  + (f" ({len(self.failed)} without an answer)" if self.failed else ""), flush=True)
 
     def _append(self, entries: list[dict]) -> None:
         try:
@@ -93,6 +112,14 @@ class ProgressLog:
         except OSError as exc:  # a full disk: what is logged so far stays usable for the rerun
             raise UserError(f"cannot write {self.path}: {exc.strerror}; finished work is kept, "
                             "rerun the same command once there is room") from exc
+
+
+def holds_results(path: Path) -> bool:
+    """Whether a progress log has a finished item after its header (a run that crashed on a bad
+    setting before its first batch has none, and blocks nothing)."""
+    with path.open(encoding="utf-8") as f:
+        f.readline()
+        return f.readline().endswith("\n")
 
 
 def read_header(path: Path) -> dict | None:
@@ -132,13 +159,26 @@ class Work:
         """Write the output, then its record (settings, inputs, the output's digest), then drop the log.
 
         In that order a kill between the steps leaves a record that does not match, and the rerun
-        rebuilds the output from the log instead of trusting it.
+        rebuilds the output from the log instead of trusting it. An output with failed requests
+        keeps its log and is recorded as incomplete, so the rerun asks just those again; a run
+        whose every request failed exits non-zero after writing what it has.
         """
+        progress = self.progress
         write_json_atomic(self.final_path, data)
-        record = {**meta, "settings": self.settings, "inputs": self.inputs, "run_id": self.progress.run_id,
+        record = {**meta, "settings": self.settings, "inputs": self.inputs, "run_id": progress.run_id,
                   "output_sha256": sha256_file(self.final_path)}
+        if progress.failed:
+            record["failed_items"] = len(progress.failed)
         write_json_atomic(meta_path(self.final_path), record)
-        self.progress.remove()
+        if not progress.failed:
+            progress.remove()
+            return
+        why = next(iter(progress.failed.values()))
+        message = (f"{len(progress.failed)} requests got no answer ({_reason(why)}); {self.final_path} has them "
+                   "missing, and the same command asks just those again")
+        if not progress.answered:
+            raise UserError(f"every request of this run failed: {message}")
+        print(f"warning: {message}", flush=True)
 
 
 def read_finished(final_path: Path) -> dict | None:
@@ -165,8 +205,10 @@ def open_work(final_path: Path, settings: dict, inputs: dict, *, overwrite: bool
     finished = read_finished(final_path)
     log_path = progress_path(final_path)
     header = read_header(log_path)
-    if header and finished and header["run_id"] == finished.get("run_id"):
-        log_path.unlink()  # left by a run killed after writing its output
+    if header and finished and header["run_id"] == finished.get("run_id") and not (
+            finished.get("failed_items") and same_settings(header.get("settings"), settings)
+            and same_inputs(header.get("inputs"), inputs)):
+        log_path.unlink()  # left by a run killed after writing its output, or an incomplete one redone otherwise
         header = None
 
     if finished and not overwrite:
@@ -188,6 +230,9 @@ def open_work(final_path: Path, settings: dict, inputs: dict, *, overwrite: bool
             log_path.unlink()
         elif restart:
             print(f"note: --restart: discarding the partial results in {log_path}")
+            log_path.unlink()
+        elif not same_settings(header.get("settings"), settings) and not holds_results(log_path):
+            print(f"note: {log_path} was started with other settings and holds no results: starting afresh")
             log_path.unlink()
         elif not same_settings(header.get("settings"), settings):
             raise UserError(f"{log_path} holds partial results made with other settings "
@@ -218,4 +263,11 @@ def why_redo(record: dict, settings: dict, inputs: dict, made: str) -> str | Non
         return f"{', '.join(names)} changed since {made}"
     if not same_settings(record.get("settings"), settings):
         return f"settings changed since {made} ({'; '.join(settings_changes(record.get('settings'), settings))})"
+    if record.get("failed_items"):
+        return f"{record['failed_items']} requests got no answer when {made}"
     return None
+
+
+def _reason(value: Any) -> str:
+    """The error a failed item's value carries (in a dict, or as an attribute)."""
+    return str(value.get("error") if isinstance(value, dict) else getattr(value, "error", value))[:300]

@@ -79,9 +79,15 @@ class ThroughputCallback(TrainerCallback):
     """Tokens per second over the training steps (evaluations left out), counting real tokens of
     every process, not padding."""
 
+    def __init__(self, trainer: SFTTrainer):
+        self.trainer = trainer
+
     def on_train_begin(self, args, state, control, **kwargs):
         self.seconds = 0.0
         self.start_tokens = _last_logged(state.log_history, "num_tokens") or 0
+        # TRL counts num_tokens from 0 in every process, so a resumed run's count would restart
+        # below the checkpoint's: continue it from there, as the step count continues.
+        self.trainer._total_train_tokens = self.start_tokens
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.step_started = time.perf_counter()
@@ -90,7 +96,7 @@ class ThroughputCallback(TrainerCallback):
         self.seconds += time.perf_counter() - self.step_started
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.tokens = (_last_logged(state.log_history, "num_tokens") or 0) - self.start_tokens
+        self.tokens = self.trainer._total_train_tokens - self.start_tokens
 
 
 def _last_logged(history: list[dict], key: str):
@@ -298,7 +304,7 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
     has_val = bool(val_examples)
     on_gpu = torch.cuda.is_available()
     args = sft_arguments(config, checkpoints, len(train_examples), has_val, resuming)
-    callbacks: list[TrainerCallback] = [throughput := ThroughputCallback()]
+    callbacks: list[TrainerCallback] = []
     if config.early_stopping_patience > 0 and has_val:
         callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
 
@@ -323,6 +329,7 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
         use_compact_head(trainer)
     trainer.remove_callback(ProgressCallback)  # it prints a dict per step; ours shows them on the bar
     trainer.add_callback(QuietProgressCallback())
+    trainer.add_callback(throughput := ThroughputCallback(trainer))
 
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if resuming else None)
