@@ -68,18 +68,17 @@ def one_trial(variant: str, model_dir: str, seq: int, steps: int, batch_size: in
     from trl import SFTConfig, SFTTrainer
     from trl.trainer.utils import compute_flops_per_token
 
-    from instructkit.models.loading import load_causal_lm, load_tokenizer
+    from instructkit.models.loading import load_causal_lm, load_tokenizer, qlora_settings
     from instructkit.models.references import EMBEDDED_BASE, ResolvedModel, resolve_model
     from instructkit.train.loss_head import use_compact_head
     from instructkit.train.sft import ThroughputCallback, TrainingConfig, sft_arguments
 
     on_gpu = torch.cuda.is_available()
     qlora = variant == "ours_qlora_nf4"
-    if qlora and not on_gpu:
-        return {"variant": variant, "skipped": "QLoRA (bitsandbytes NF4) needs a CUDA GPU"}
     # Only the pad id is read from the tokenizer; the embedded one is at hand offline.
     tokenizer = load_tokenizer(resolve_model(EMBEDDED_BASE))
-    model = load_causal_lm(ResolvedModel(model_dir, model_dir, "local"), qlora=qlora)
+    model = load_causal_lm(ResolvedModel(model_dir, model_dir, "local"),
+                           quantization=qlora_settings(torch.bfloat16) if qlora else None)
     generator = torch.Generator().manual_seed(0)
     n_records = steps * batch_size
     ids = torch.randint(10, model.config.vocab_size, (n_records, seq), generator=generator)
@@ -94,10 +93,9 @@ def one_trial(variant: str, model_dir: str, seq: int, steps: int, batch_size: in
         config = TrainingConfig(max_steps=steps, batch_size=batch_size, max_length=seq, qlora=qlora, eval_steps=steps)
         args = sft_arguments(config, Path(workdir), n_records, has_val=False)
         args.save_strategy = "no"
-    throughput = ThroughputCallback()
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                         peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
-                         callbacks=[throughput])
+                         peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+    trainer.add_callback(throughput := ThroughputCallback(trainer))
     if variant != "plain_trl_lora":
         use_compact_head(trainer)
     if on_gpu:

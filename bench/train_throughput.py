@@ -72,14 +72,13 @@ def one_trial(variant: str, steps: int, batch_size: int, lr: float, seed: int) -
         args.save_strategy = "no"
         if variant == "ours_grouped":
             args.train_sampling_strategy = "group_by_length"
-    throughput = ThroughputCallback()
     tokenizer = load_tokenizer(base)
     trainer = SFTTrainer(
         model=load_causal_lm(base), args=args, train_dataset=train, processing_class=tokenizer,
         data_collator=padding_free_collator(tokenizer) if variant == "ours" else None,
         peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"),
-        callbacks=[throughput],
     )
+    trainer.add_callback(throughput := ThroughputCallback(trainer))
     compact_head = variant in ("ours_padded", "ours_grouped", "ours") and use_compact_head(trainer)
     trainer.train()
     val_loss = trainer.evaluate(val)["eval_loss"]

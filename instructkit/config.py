@@ -83,6 +83,7 @@ class Finetune:
     adapter: str = option("", "stage 1's adapter folder (default: <output-dir>/finetuned)")
     base_model: str = option("", "base model reference (default: the one stage 1 trained on)")
     merged: str = option("", "a merged finetuned model folder to use instead of base + adapter")
+    unquantized_base: bool = option(False, "after QLoRA the base loads in 4-bit NF4, as it was trained (recorded); this loads it unquantized instead")
 
 
 @dataclass

@@ -81,18 +81,6 @@ def test_unknown_base_model_is_a_clear_error(tmp_path, capsys):
 
 
 @pytest.mark.fast
-def test_qlora_without_gpu_is_a_clear_error(tmp_path, capsys):
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("this checks the CPU-only message")
-    main = __import__("part1_instruction_finetuning").main
-    code = run_stage(main, build_parser(TrainingConfig, ""), ["--qlora", "--output-dir", str(tmp_path / "o"), "--max-steps", "1"])
-    assert code == 2
-    assert "--qlora needs a CUDA GPU" in capsys.readouterr().err
-
-
-@pytest.mark.fast
 def test_report_to_a_tracker_that_is_not_installed_is_a_clear_error(tmp_path, capsys):
     import importlib.util
 

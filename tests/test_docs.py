@@ -37,7 +37,7 @@ OTHER_TOOLS = {
     "--no-deps", "--no-build-isolation",  # pip install
     "--model", "--model_args",  # lm_eval (stage 3's multi-GPU note)
     "--openai_spec",  # litgpt serve
-    "--records", "--tiny",  # bench/judge_scoring.py, bench/gpu_train.py
+    "--records", "--tiny", "--steps",  # bench/judge_scoring.py, bench/gpu_train.py, bench/qlora.py
 }
 ALWAYS_VALID = {"--help", "--config"}
 

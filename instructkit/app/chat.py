@@ -87,7 +87,7 @@ class ChatSession:
         print(f"loading {base.reference} and its finetune ({'merged' if config.merged else adapter})", flush=True)
         dtype = resolve_precision(config.precision, "inference").dtype
         generator = TransformersGenerator(base, None if config.merged else adapter, config.merged,
-                                          config.trust_remote_code, ["base", "finetuned"], dtype)
+                                          config.trust_remote_code, ["base", "finetuned"], dtype, run.quantization)
         self.columns = [Column(name, generator, name, self.style, config.max_prompt_tokens) for name in ("base", "finetuned")]
         for model, base_url in self._compare_models(config):
             print(f"loading compare model {model.name} ({model.reference})", flush=True)

@@ -21,6 +21,7 @@ from instructkit.errors import UserError
 from instructkit.evaluate.config import HARNESS_DIR, RESULTS_FILE, BenchmarkConfig
 from instructkit.evaluate.stats import fmt
 from instructkit.models.finetune import RunModels
+from instructkit.models.loading import quantized_loading
 from instructkit.models.precision import precision_setting, resolve_precision
 from instructkit.models.references import ResolvedModel, cache_dir, resolve_model
 from instructkit.runs.artifacts import library_versions, manifest, output_lock
@@ -193,9 +194,13 @@ def mcnemar(base_correct: dict, tuned_correct: dict) -> dict:
     return {"n_paired": len(shared), "base_only_correct": only_base, "finetuned_only_correct": only_tuned, "p_value": p_value}
 
 
-def _model_args(config: BenchmarkConfig, base: ResolvedModel, model: str, adapter: Path) -> dict:
+def _model_args(config: BenchmarkConfig, run: RunModels, model: str) -> dict:
+    base, adapter = run.base, run.adapter
     dtype = resolve_precision(config.precision, "inference").dtype
     args = {"pretrained": base.path, "dtype": str(dtype).removeprefix("torch."), "trust_remote_code": config.trust_remote_code}
+    if run.quantization and (model == "base" or not config.merged):
+        loading = quantized_loading(run.quantization)
+        args |= {"qlora_base": loading["quantization_config"], "device_map": loading["device_map"]}
     if model == "finetuned":
         if config.merged:
             args["pretrained"] = resolve_model(config.merged).path
@@ -208,7 +213,7 @@ def evaluate(config: BenchmarkConfig) -> Path:
     """Run stage 3 and return the path of `benchmark_results.json`."""
     output_dir = Path(config.output_dir)
     run = RunModels.of(config, output_dir, config.models)
-    base, adapter, models = run.base, run.adapter, list(run.roles)
+    base, models = run.base, list(run.roles)
     offline = _is_offline(config, base)
     workdir = cache_dir() / "lm_eval_tasks"
     task_names, task_manager = resolve_tasks(config, offline, workdir)
@@ -220,7 +225,7 @@ def evaluate(config: BenchmarkConfig) -> Path:
     settings = {k: v for k, v in asdict(config).items() if k in BENCHMARK_SETTINGS}
     settings["lm_eval_version"] = library_versions()["lm_eval"]
     precision = resolve_precision(config.precision, "inference")
-    settings |= precision_setting(precision)
+    settings |= precision_setting(precision) | run.quantization_setting()
     with output_lock(output_dir, "benchmark"):
         work = open_work(final_path, settings, inputs, overwrite=config.overwrite, restart=config.restart,
                          stage="stage 3", verb="evaluating")
@@ -235,7 +240,7 @@ def evaluate(config: BenchmarkConfig) -> Path:
                 work.progress.add([(("base",), work.finished["evaluations"]["base"])])
                 print(f"[base] reusing its evaluation from {final_path} (same base model, tasks and settings)")
             else:
-                work.progress.add([((model,), _evaluate_model(config, model, base, adapter, task_names, task_manager,
+                work.progress.add([((model,), _evaluate_model(config, model, run, task_names, task_manager,
                                                               offline, output_dir))])
         per_model = {m: work.progress.done[(m,)]["results"] for m in models}
         comparison = {}
@@ -339,7 +344,7 @@ def _task_result(raw: dict, name: str, config: BenchmarkConfig, offline: bool, s
     return result, correct
 
 
-def _evaluate_model(config, model, base, adapter, task_names, task_manager, offline, output_dir) -> dict:
+def _evaluate_model(config, model, run, task_names, task_manager, offline, output_dir) -> dict:
     """One model's results per requested task and, where it exists, per-question correctness."""
     import lm_eval
     from lm_eval.loggers import EvaluationTracker
@@ -351,7 +356,7 @@ def _evaluate_model(config, model, base, adapter, task_names, task_manager, offl
     started = time.perf_counter()
     raw = lm_eval.simple_evaluate(
         model=MODEL_NAME,
-        model_args=_model_args(config, base, model, adapter),
+        model_args=_model_args(config, run, model),
         tasks=list(task_names.values()),
         num_fewshot=None if config.num_fewshot < 0 else config.num_fewshot,
         limit=config.limit or None,

@@ -8,7 +8,8 @@ last positions of the batch (transformers' `logits_to_keep`), as many as the lon
 plus the most right-padding any row has; lm-eval's slicing already handles a logits tensor that is
 shorter than the input (it was written for prefix-tuned models). Requests, batching, the one-token
 logits cache, scoring and every task stay lm-eval's. Models whose forward takes no
-`logits_to_keep`, and seq2seq models, fall back to the stock path.
+`logits_to_keep`, and seq2seq models, fall back to the stock path. One addition: a QLoRA adapter's
+base can be loaded in 4-bit (`qlora_base`, a BitsAndBytesConfig).
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ class ContinuationHFLM(HFLM):
         super().__init__(*args, **kwargs)
         model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         contiguous_head_input(model)
+
+    def _create_model(self, pretrained, *args, quantization_config=None, qlora_base=None, **kwargs) -> None:
+        # lm-eval sets `quantization_config` itself (from the model's config.json), so a 4-bit base
+        # for a QLoRA adapter comes in under a name of our own.
+        super()._create_model(pretrained, *args, quantization_config=qlora_base or quantization_config, **kwargs)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
         # Every batch of this call needs logits for at most this many positions past its padding.

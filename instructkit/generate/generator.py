@@ -86,14 +86,15 @@ class TransformersGenerator:
         return min(limits) if limits else 0
 
     def __init__(self, base: ResolvedModel, adapter: Path | None, merged: str, trust_remote_code: bool,
-                 models: list[str], dtype: torch.dtype | None = None):
+                 models: list[str], dtype: torch.dtype | None = None, quantization: dict | None = None):
         self.tokenizer = load_tokenizer(base, trust_remote_code)
         self.tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
         self.merged = (load_causal_lm(resolve_model(merged), trust_remote_code=trust_remote_code, dtype=dtype).eval()
                        if merged else None)
         self.model = None  # the base, with the adapter unless a merged model answers for it
         if "base" in models or not merged:
-            self.model = load_causal_lm(base, trust_remote_code=trust_remote_code, dtype=dtype).eval()
+            self.model = load_causal_lm(base, quantization=quantization, trust_remote_code=trust_remote_code,
+                                        dtype=dtype).eval()
             if adapter is not None and not merged:
                 from peft import PeftModel
 
@@ -224,7 +225,10 @@ class VllmGenerator:
         return max_prompt_tokens  # vLLM refuses a prompt past the model's context itself
 
     def __init__(self, base: ResolvedModel, adapter: Path | None, merged: str, trust_remote_code: bool,
-                 models: list[str], dtype: torch.dtype | None = None):
+                 models: list[str], dtype: torch.dtype | None = None, quantization: dict | None = None):
+        if quantization and ("base" in models or not merged):
+            raise UserError("--engine vllm does not load a QLoRA adapter's base in 4-bit here: pass --unquantized-base "
+                            "(or --merged), or use --engine transformers")
         try:
             from vllm import LLM
         except ImportError as exc:
@@ -289,7 +293,7 @@ def generate_responses(config: GenerationConfig) -> Path:
     settings["prompt_style"] = style.name
     settings["compare"] = [m.name for m in compared]
     precision = resolve_precision(config.precision, "inference")
-    settings |= precision_setting(precision)
+    settings |= precision_setting(precision) | run.quantization_setting()
     with output_lock(output_dir, "generate"):
         work = open_work(final_path, settings, inputs, overwrite=config.overwrite, restart=config.restart,
                          stage="stage 2", verb="generating")
@@ -304,7 +308,7 @@ def generate_responses(config: GenerationConfig) -> Path:
         timings: dict[str, dict] = {}
         if any(not turns.finished(m, progress) for m in models):
             generator = engine_cls(base, adapter if "finetuned" in models else None, config.merged,
-                                   config.trust_remote_code, models, precision.dtype)
+                                   config.trust_remote_code, models, precision.dtype, run.quantization)
             timings = {m: _answer_all(generator, m, turns, style, config, progress) for m in models}
         styles = {m: style.name for m in models}
         for model in compared:  # one model in memory at a time

@@ -1,5 +1,5 @@
-"""Loading a resolved model: its tokenizer, its weights in a precision, 4-bit for QLoRA, and the
-attention kernel the device is best at."""
+"""Loading a resolved model: its tokenizer, its weights in a precision, 4-bit for QLoRA (on a CUDA
+GPU or a CPU: bitsandbytes has both backends), and the attention kernel the device is best at."""
 
 from __future__ import annotations
 
@@ -24,20 +24,34 @@ def attention_implementation() -> str:
     return "sdpa"
 
 
-def qlora_quantization():
-    """bitsandbytes NF4 with double quantization and bf16 compute: the QLoRA paper's recipe."""
-    if not torch.cuda.is_available():
-        raise UserError("--qlora needs a CUDA GPU (bitsandbytes 4-bit); drop --qlora to train LoRA on the CPU")
+def qlora_settings(compute_dtype: torch.dtype) -> dict:
+    """The 4-bit quantization QLoRA trains on (the QLoRA paper's recipe: NF4 with double
+    quantization), as recorded in stage 1's settings and read back by stages 2, 3 and 5. The layers
+    compute in `compute_dtype` (the run's --precision). Packed weights are stored as bf16 on every
+    device, so that FSDP shards them with the bf16 LoRA parameters and one recipe runs everywhere."""
+    return {"method": "bitsandbytes-4bit", "quant_type": "nf4", "double_quant": True,
+            "compute_dtype": _name(compute_dtype), "storage_dtype": "bfloat16"}
+
+
+def qlora_quantization(settings: dict):
+    """transformers' BitsAndBytesConfig for recorded `qlora_settings`, once bitsandbytes is known to work here."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:  # a GPU install without it, or a broken wheel
+        raise UserError(f"4-bit loading (QLoRA) needs bitsandbytes: pip install bitsandbytes ({exc})") from exc
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
         load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-        # Packed 4-bit weights stored as bf16 let FSDP shard them with the bf16 LoRA parameters.
-        bnb_4bit_quant_storage=torch.bfloat16,
+        bnb_4bit_quant_type=settings["quant_type"],
+        bnb_4bit_use_double_quant=settings["double_quant"],
+        bnb_4bit_compute_dtype=getattr(torch, settings["compute_dtype"]),
+        bnb_4bit_quant_storage=getattr(torch, settings["storage_dtype"]),
     )
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def load_tokenizer(model: ResolvedModel, trust_remote_code: bool = False):
@@ -52,10 +66,11 @@ def load_tokenizer(model: ResolvedModel, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_causal_lm(model: ResolvedModel, *, qlora: bool = False, trust_remote_code: bool = False,
+def load_causal_lm(model: ResolvedModel, *, quantization: dict | None = None, trust_remote_code: bool = False,
                    attention: str | None = None, dtype: torch.dtype | None = None):
-    """The model's weights in `dtype` (default: bf16 on a GPU that has it, else fp32), 4-bit when
-    `qlora`; `attention` overrides the device's default attention kernel."""
+    """The model's weights in `dtype` (default: bf16 on a GPU that has it, else fp32), 4-bit as
+    `quantization` (`qlora_settings`) says when given; `attention` overrides the device's default
+    attention kernel."""
     from transformers import AutoModelForCausalLM
 
     kwargs: dict = {
@@ -63,15 +78,20 @@ def load_causal_lm(model: ResolvedModel, *, qlora: bool = False, trust_remote_co
         "attn_implementation": attention or attention_implementation(),
         "trust_remote_code": trust_remote_code,
     }
-    if qlora:
-        kwargs["quantization_config"] = qlora_quantization()
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    if quantization:
+        kwargs |= quantized_loading(quantization)
     try:
         loaded = AutoModelForCausalLM.from_pretrained(model.path, **kwargs)
     except OSError as exc:
         raise hub_error(model.reference, exc) from exc
     contiguous_head_input(loaded)
     return loaded
+
+
+def quantized_loading(quantization: dict) -> dict:
+    """from_pretrained's arguments for a 4-bit base: bitsandbytes quantizes on the device it runs on."""
+    return {"quantization_config": qlora_quantization(quantization),
+            "device_map": {"": torch.cuda.current_device()} if torch.cuda.is_available() else "cpu"}
 
 
 def contiguous_head_input(model) -> None:

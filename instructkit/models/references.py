@@ -154,6 +154,12 @@ def base_reference(explicit: str, adapter: Path) -> str:
                     "or pass --base-model (and --adapter)")
 
 
+def trained_quantization(adapter: Path) -> dict | None:
+    """How stage 1 quantized the base under this adapter (QLoRA), or None: trained unquantized."""
+    summary = adapter / "training_summary.json"
+    return (read_json(summary).get("settings") or {}).get("quantization") if summary.is_file() else None
+
+
 def run_adapter(output_dir: Path, adapter: str) -> Path:
     """The adapter a later stage uses: given with --adapter, else stage 1's in the run folder."""
     return Path(adapter or output_dir / "finetuned")
