@@ -39,7 +39,8 @@ def train(run: Path, qlora: bool, steps: int, batch_size: int, seed: int) -> dic
           *(["--qlora"] if qlora else []))
     summary = json.loads((run / "finetuned" / "training_summary.json").read_text())
     return {"seed": seed, "tokens_per_second": summary["tokens_per_second"], "wall_time_s": summary["wall_time_s"],
-            "peak_rss_mb": summary["peak_memory"]["cpu_rss_mb"], "val_loss_after": round(summary["val_loss_after"], 4)}
+            "peak_rss_mb": summary["peak_memory"]["cpu_rss_mb"], "val_loss_before": round(summary["val_loss_before"], 4),
+            "val_loss_after": round(summary["val_loss_after"], 4)}
 
 
 def answer(run: Path, limit: int, *extra: str) -> tuple[list[str], dict]:
@@ -58,7 +59,7 @@ def answer(run: Path, limit: int, *extra: str) -> tuple[list[str], dict]:
 def summarize(rows: list[dict]) -> dict:
     return {key: {"mean": round(statistics.mean(r[key] for r in rows), 4),
                   "range": [min(r[key] for r in rows), max(r[key] for r in rows)]}
-            for key in ("tokens_per_second", "wall_time_s", "peak_rss_mb", "val_loss_after")}
+            for key in ("tokens_per_second", "wall_time_s", "peak_rss_mb", "val_loss_before", "val_loss_after")}
 
 
 def main() -> None:

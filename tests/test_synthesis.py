@@ -145,6 +145,7 @@ class GeneratorServer(ThreadingHTTPServer):
     def __init__(self, delay: float = 0.0):
         super().__init__(("127.0.0.1", 0), GeneratorHandler)
         self.delay, self.requests, self.lock = delay, 0, threading.Lock()
+        self.down_after: int | None = None  # answer 503 to every request after this many
 
     @property
     def url(self) -> str:
@@ -173,6 +174,8 @@ class GeneratorHandler(JSONHandler):
         if self.headers.get("Authorization") != f"Bearer {SECRET}":
             return self.reply(401, {"error": {"message": "Incorrect API key provided"}})
         time.sleep(self.server.delay)
+        if self.server.down_after is not None and self.server.requests > self.server.down_after:
+            return self.reply(503, {"error": {"message": "overloaded"}})
         content = scripted_reply(body["messages"][-1]["content"])
         self.reply(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                          "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]})
@@ -250,6 +253,23 @@ def test_self_instruct_through_an_openai_server_then_killed_run_resumes_to_the_s
     process.wait()
     result = run_script("part0_generate_instruction_data.py", *openai_args(slow.url, killed, "--overwrite", "--seed", "4"), env=ENV)
     assert result.returncode == 2 and "seed: 3 -> 4" in result.stderr
+
+
+def test_a_round_without_answers_stops_the_run_and_the_rerun_continues_to_the_same_file(generator_server, tmp_path):
+    server = generator_server()
+    whole = run_script("part0_generate_instruction_data.py", *openai_args(server.url, tmp_path / "whole"), env=ENV)
+    assert whole.returncode == 0, whole.stderr
+    server.down_after = server.requests + 10  # the next run: some rounds, then the server is down
+    args = openai_args(server.url, tmp_path / "flaky", "--max-retries", "0")
+    down = run_script("part0_generate_instruction_data.py", *args, env=ENV)
+    assert down.returncode == 2 and "got no answer (InternalServerError" in down.stderr, down.stderr[-2000:]
+    assert "rerun the same command to continue" in down.stderr and "Traceback" not in down.stderr
+    assert not (tmp_path / "flaky" / "generated" / "instruction-data.json").exists()
+    server.down_after = None
+    again = run_script("part0_generate_instruction_data.py", *args, env=ENV)
+    assert again.returncode == 0 and "resuming from" in again.stdout, again.stderr[-2000:]
+    generated = "generated/instruction-data.json"
+    assert (tmp_path / "flaky" / generated).read_text() == (tmp_path / "whole" / generated).read_text()
 
 
 def test_refused_key_stops_at_once_and_leaves_nothing(generator_server, tmp_path):

@@ -58,8 +58,8 @@ class Column:
 
     def stream(self, prompt, settings: dict, stop: threading.Event) -> Iterator[str]:
         limit = self.generator.prompt_limit(self.max_prompt_tokens, settings["max_new_tokens"])
-        length = self.generator.lengths([prompt])[0] if limit else 0
-        if length > limit:  # as stage 2: not cut, not asked
+        length = self.generator.lengths([prompt])[0] if limit is not None else 0
+        if limit is not None and length > limit:  # as stage 2: not cut, not asked
             yield (f"(not answered: the conversation is {length} tokens, over the limit of {limit}: "
                    "--max-prompt-tokens, or the model's context less the answer's tokens; clear the chat to start again)")
         elif hasattr(self.generator, "stream"):

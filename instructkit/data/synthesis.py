@@ -124,10 +124,12 @@ class Rounds:
                                 "pass --restart to discard the partial results")
             return [Reply.from_json(r) for r in entry["replies"]]
         replies = ask(self._seed(key))
-        # A round where a request got no answer is not logged: the rerun asks the whole round again.
-        error = next((r.error for r in replies if r.failed), None)
-        self.progress.settle([(key, {"prompts_sha256": digest, "replies": [r.to_json() for r in replies],
-                                     **({"error": error} if error else {})})], failed=lambda entry: "error" in entry)
+        failed = [r for r in replies if r.failed]
+        if failed:  # later rounds are asked from this one's replies: it must be whole before they are
+            raise UserError(f"{len(failed)} of {len(replies)} requests of round {list(key)} got no answer "
+                            f"({failed[0].error}); the finished rounds are kept in {self.progress.path}: "
+                            "rerun the same command to continue")
+        self.progress.add([(key, {"prompts_sha256": digest, "replies": [r.to_json() for r in replies]})])
         return replies
 
     def chat(self, key: tuple, prompts: list[str], temperature: float = 0.0, prefill: str = "") -> list[Reply]:
@@ -273,7 +275,7 @@ def self_instruct(rounds: Rounds, config: SynthesisConfig, seeds: list[SeedTask]
                                                     _answer(rounds, "instances", prompts, "instances", prefills)):
         item = {"instruction": instruction}
         if reply.text is None:
-            tally.drop("request failed", {**item, "error": reply.error})
+            tally.drop("request refused", {**item, "error": reply.error})
             continue
         if reply.truncated:
             tally.drop("instance cut off by --max-new-tokens", {**item, "reply": reply.text})
@@ -324,7 +326,7 @@ def magpie(rounds: Rounds, config: SynthesisConfig, tally: Tally) -> list[Record
 
 def _reply_problem(reply: Reply) -> str | None:
     if reply.text is None:
-        return "request failed"
+        return "request refused"
     if reply.truncated:
         return "response cut off by --max-new-tokens"
     if not reply.text.strip():

@@ -13,7 +13,7 @@ from instructkit.data.prompts import STYLE_FILE, PromptStyle, get_style, load_st
 from instructkit.data.responses import COLUMN_NAME, RESERVED_NAMES
 from instructkit.errors import UserError, problems_error
 from instructkit.models.backends import OpenAIBackend
-from instructkit.models.references import backend_kind, base_reference, resolve_model
+from instructkit.models.references import backend_kind, base_reference, resolve_model, trained_quantization
 from instructkit.runs.fingerprints import model_input, path_input
 
 
@@ -86,8 +86,8 @@ class OpenAIGenerator:
         return [FailedRequest(reply.error) if reply.failed else reply.text
                 for reply in replies], 0  # the server's token counts are not read
 
-    def prompt_limit(self, max_prompt_tokens: int, max_new_tokens: int) -> int:
-        return 0  # the server knows its model's context and refuses a longer prompt itself
+    def prompt_limit(self, max_prompt_tokens: int, max_new_tokens: int) -> int | None:
+        return None  # the server knows its model's context and refuses a longer prompt itself
 
 
 def load_compare(model: CompareModel, run_style: PromptStyle, generator_cls, *, base_url: str, concurrency: int,
@@ -102,6 +102,7 @@ def load_compare(model: CompareModel, run_style: PromptStyle, generator_cls, *, 
         folder = Path(model.reference).expanduser()
         style = load_style(folder) if (folder / STYLE_FILE).is_file() else run_style
         base = resolve_model(base_reference("", folder))
-        return generator_cls(base, folder, "", trust_remote_code, ["finetuned"], dtype), "finetuned", style
+        return (generator_cls(base, folder, "", trust_remote_code, ["finetuned"], dtype, trained_quantization(folder)),
+                "finetuned", style)
     generator = generator_cls(resolve_model(model.reference), None, "", trust_remote_code, ["base"], dtype)
     return generator, "base", get_style("chat") if generator.tokenizer.chat_template else run_style

@@ -78,12 +78,12 @@ class TransformersGenerator:
     def lengths(self, prompts: list[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
 
-    def prompt_limit(self, max_prompt_tokens: int, max_new_tokens: int) -> int:
+    def prompt_limit(self, max_prompt_tokens: int, max_new_tokens: int) -> int | None:
         """The longest prompt answered, in tokens: --max-prompt-tokens, and never past the context
-        the model was built for (0: no limit)."""
+        the model was built for (None: no limit; below 1 when the answer alone fills the context)."""
         context = context_length((self.model or self.merged).config)
-        limits = [n for n in (max_prompt_tokens, context and context - max_new_tokens) if n and n > 0]
-        return min(limits) if limits else 0
+        limits = ([max_prompt_tokens] if max_prompt_tokens > 0 else []) + ([context - max_new_tokens] if context else [])
+        return min(limits) if limits else None
 
     def __init__(self, base: ResolvedModel, adapter: Path | None, merged: str, trust_remote_code: bool,
                  models: list[str], dtype: torch.dtype | None = None, quantization: dict | None = None):
@@ -221,8 +221,8 @@ class VllmGenerator:
     render = TransformersGenerator.render
     lengths = TransformersGenerator.lengths
 
-    def prompt_limit(self, max_prompt_tokens: int, max_new_tokens: int) -> int:
-        return max_prompt_tokens  # vLLM refuses a prompt past the model's context itself
+    def prompt_limit(self, max_prompt_tokens: int, max_new_tokens: int) -> int | None:
+        return max_prompt_tokens or None  # vLLM refuses a prompt past the model's context itself
 
     def __init__(self, base: ResolvedModel, adapter: Path | None, merged: str, trust_remote_code: bool,
                  models: list[str], dtype: torch.dtype | None = None, quantization: dict | None = None):
@@ -390,8 +390,11 @@ def _reuse_columns(finished: dict | None, progress: ProgressLog, final_path: Pat
         if column not in finished.get("models", []) or any(
                 not same_input(finished["inputs"].get(name), progress.inputs.get(name)) for name in needs):
             continue
+        # A null is an answer (a refusal, a prompt past the limit), unless the output is incomplete:
+        # then it may be a request that got no answer, to be asked again.
         reusable = [((column, i), rows[i].get(response_field(column))) for i in range(min(n_records, len(rows)))
-                    if (column, i) not in progress.done and rows[i].get(response_field(column)) is not None]
+                    if (column, i) not in progress.done
+                    and (rows[i].get(response_field(column)) is not None or not finished.get("failed_items"))]
         if reusable:
             progress.add(reusable)
             print(f"reusing the {column} model's {len(reusable)} responses from {final_path} "
@@ -419,17 +422,18 @@ def _answer_all(generator, model: str, turns: Turns, style: PromptStyle, config:
                    for i in indexes]
         lengths = generator.lengths(prompts)
         label = f"[{model}{f' turn {turn + 1}' if turns.multi else ''}]"
-        if limit:
-            # Cutting a prompt would change the question: one past the limit is not answered (null).
-            over = [j for j, n in enumerate(lengths) if n > limit]
-            too_long += [indexes[j] for j in over]
-            progress.add([(turns.key(model, indexes[j], turn), None) for j in over
-                          if turns.key(model, indexes[j], turn) not in progress.done])
-            if over:
-                print(f"warning: {label} {len(over)} prompts are longer than {limit} tokens (--max-prompt-tokens, "
-                      f"and the model's context less --max-new-tokens) and are not answered: records "
-                      f"{', '.join(map(str, [indexes[j] for j in over][:10]))}{' ...' if len(over) > 10 else ''}")
-        batches = length_sorted_batches(lengths, config.batch_size)
+        # Cutting a prompt would change the question: one past the limit is not answered (null).
+        over = [j for j, n in enumerate(lengths) if limit is not None and n > limit]
+        too_long += [indexes[j] for j in over]
+        progress.add([(turns.key(model, indexes[j], turn), None) for j in over
+                      if turns.key(model, indexes[j], turn) not in progress.done])
+        if over:
+            print(f"warning: {label} {len(over)} prompts are longer than {limit} tokens (--max-prompt-tokens, "
+                  f"and the model's context less --max-new-tokens) and are not answered: records "
+                  f"{', '.join(map(str, [indexes[j] for j in over][:10]))}{' ...' if len(over) > 10 else ''}")
+        fits = [j for j in range(len(prompts)) if j not in set(over)]
+        batches = [[fits[k] for k in batch] for batch in
+                   length_sorted_batches([lengths[j] for j in fits], config.batch_size)]
         todo = [batch for batch in batches if any(turns.key(model, indexes[j], turn) not in progress.done for j in batch)]
         for number, batch in enumerate(todo, start=1):
             responses, generated = generator.generate(role or model, [prompts[j] for j in batch], config.max_new_tokens, style)
@@ -444,6 +448,6 @@ def _answer_all(generator, model: str, turns: Turns, style: PromptStyle, config:
         "seconds": round(seconds, 2),
         "generated_tokens": new_tokens,
         "generated_tokens_per_second": round(new_tokens / seconds, 2) if answered and seconds else None,
-        "prompt_limit_tokens": limit or None,
+        "prompt_limit_tokens": limit,
         "prompts_over_limit": sorted(set(too_long)),
     }

@@ -229,6 +229,10 @@ def litgpt_checkpoint(model: str, trust_remote_code: bool = False) -> Path | str
     if model in LITGPT_NAMES:
         return _converted_for_litgpt(resolve_model(model), LITGPT_NAMES[model])
     if HUB_ID.match(model):
+        if not trust_remote_code:  # LitGPT converts a hub repo's .bin files with its unrestricted unpickler
+            raise UserError(f"litgpt:{model}: LitGPT would download and convert it, unpickling any .bin file in the "
+                            f"repo, which can run code; judge with hf:{model} (safetensors, or .bin weights-only), or "
+                            "pass --trust-remote-code if you trust the repo")
         return model
     raise UserError(f"litgpt judge {model!r}: use {', '.join(LITGPT_NAMES)}, a LitGPT checkpoint folder or a hub id")
 

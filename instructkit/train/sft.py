@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import math
 import resource
@@ -392,7 +393,8 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
         merged_model=str(final_dir / "merged") if config.merge else None,
     )
     if config.merge and config.qlora:  # QLoRA's known rounding gap, measured
-        del trainer, model  # one model in memory at a time
+        del trainer, model, throughput  # one model in memory at a time (the callback held the trainer)
+        gc.collect()
         summary["merged_agrees_with_4bit"] = merge_agreement(base, adapter_dir, record["settings"]["quantization"],
                                                              split.test[:MERGE_CHECK_RECORDS], style, config)
     write_json_atomic(adapter_dir / SUMMARY_FILE, summary)  # it marks the run finished
