@@ -83,7 +83,7 @@ class FaultyJudgeHandler(JSONHandler):
         content = {"down": "Score: 55", "rate": "85", "flaky": "Score: 70", "stall": "**60**", "empty": "", "range": "Score: 150",
                    "prose": "75" if retry else "The response is mostly right."}.get(fault)
         if fault == "echo":  # a server that repeats the request's headers back
-            content = f"Score: 50 (request authorized by {self.headers['Authorization']})"
+            content = f"Score: 50\nrequest authorized by {self.headers['Authorization']}"
         if fault.startswith("ok"):
             content = fault[2:] or "80"
         message = {"role": "assistant", "content": content}
@@ -136,7 +136,7 @@ def test_failing_judge_is_retried_within_bounds_and_nothing_is_dropped(server, t
     assert (summary["n_scored"], summary["n_total"]) == (6, 11)
     assert summary["mean"] == pytest.approx((80 + 50 + 85 + 70 + 60 + 75) / 6)
     assert "base: mean 70.0" in result.stdout and "scored 6/11" in result.stdout
-    assert entries["echo"]["reply"] == "Score: 50 (request authorized by Bearer [OPENAI_API_KEY])"
+    assert entries["echo"]["reply"] == "Score: 50\nrequest authorized by Bearer [OPENAI_API_KEY]"
 
     # Each null says why, with the raw reply where there was one.
     assert entries["range"]["reply"] == "Score: 150" and entries["range"]["parse"] == "unparsed: 150 is outside 0-100"
@@ -374,7 +374,7 @@ def test_output_folder_that_cannot_be_created_is_a_clear_error(steady_judge, kil
     result = run_script("part4_local_evaluation.py", *stage4_args(responses, blocker / "out", steady_judge.url),
                         env=env_with_key())
     assert result.returncode == 2
-    assert f"error: cannot create output folder {blocker / 'out'}: Not a directory" in result.stderr
+    assert f"error: --output-dir {blocker / 'out'}: {blocker} is a file, not a folder" in result.stderr
 
 
 def test_pairwise_any_columns_and_against_the_expected_output(server, tmp_path):
