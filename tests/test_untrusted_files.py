@@ -80,9 +80,9 @@ def test_a_copied_folder_is_the_same_input_and_a_changed_nested_file_is_not(tmp_
     (adapter / "adapter_config.json").write_text("{}")
     (adapter / "checkpoints" / "checkpoint-2" / "optimizer.bin").write_bytes(b"state")  # an artifact of its own
     tasks = tmp_path / "tasks"
-    (tasks / "shared").mkdir(parents=True)
-    (tasks / "task.yaml").write_text("include: shared/base.yaml\n")
-    (tasks / "shared" / "base.yaml").write_text("num_fewshot: 0\n")
+    (tasks / "common").mkdir(parents=True)
+    (tasks / "task.yaml").write_text("include: common/base.yaml\n")
+    (tasks / "common" / "base.yaml").write_text("num_fewshot: 0\n")
 
     recorded = path_input(adapter)
     shutil.copytree(tmp_path / "run1", tmp_path / "run2")
@@ -93,7 +93,7 @@ def test_a_copied_folder_is_the_same_input_and_a_changed_nested_file_is_not(tmp_
     assert not same_input(recorded, path_input(tmp_path / "run2" / "finetuned"))
 
     before = path_input(tasks)
-    (tasks / "shared" / "base.yaml").write_text("num_fewshot: 5\n")  # an included file deeper down
+    (tasks / "common" / "base.yaml").write_text("num_fewshot: 5\n")  # an included file deeper down
     assert not same_input(before, path_input(tasks))
 
 
