@@ -1,11 +1,11 @@
-# make setup | make demo | make chat | make test | make test-fast   (a fresh machine needs python3.11, PyPI, and Debian packages for the report test's chromium)
+# make setup | make demo | make demo-chat | make chat | make test | make test-fast   (a fresh machine needs python3.11, PyPI, and Debian packages for the report test's chromium)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test test-fast chromium chat
+.PHONY: setup demo demo-chat test test-fast chromium chat
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,14 @@ demo: setup
 	$(BIN)/python part2_generate_test_responses.py
 	$(BIN)/python part3_benchmark_evaluation.py
 	$(BIN)/python part4_local_evaluation.py
+
+# The same stages on the default records as conversations, in ChatML (docs/conversations.md), in outputs-chat/
+CHAT_RUN = --output-dir outputs-chat
+demo-chat: setup
+	$(BIN)/python part1_instruction_finetuning.py $(CHAT_RUN) --prompt-style chatml --data instructkit/data/default/conversation-data.json
+	$(BIN)/python part2_generate_test_responses.py $(CHAT_RUN)
+	$(BIN)/python part3_benchmark_evaluation.py $(CHAT_RUN)
+	$(BIN)/python part4_local_evaluation.py $(CHAT_RUN)
 
 # Stage 5, after stage 1: the chat app on http://127.0.0.1:7860/
 chat: setup

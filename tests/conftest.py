@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -39,6 +41,33 @@ def run_script(script: str, *args: str, timeout: int = 900, **kwargs) -> subproc
         [sys.executable, str(ROOT / script), *args],
         cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kwargs,
     )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def chat_app_served(log: Path, *args: str):
+    """Stage 5 serving with `args` on a free local port; yields its URL once it takes connections."""
+    port = free_port()
+    app = subprocess.Popen([sys.executable, str(ROOT / "part5_chat_app.py"), "--port", str(port), *args],
+                           cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and app.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert app.poll() is None, log.read_text()[-3000:]
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
 
 
 def lora_sft_trainer(base_model, tokenizer, output_dir: Path, n_records: int, batch_size: int = 8):

@@ -8,8 +8,6 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -17,7 +15,7 @@ import urllib.parse
 import httpx
 import pytest
 
-from conftest import ROOT, EchoChat, LocalServer, run_script
+from conftest import EchoChat, LocalServer, chat_app_served, run_script
 from instructkit.judge.human import read_human_ratings
 
 MAX_NEW_TOKENS = "24"
@@ -43,12 +41,6 @@ def add_hostile_record(run) -> None:
     (run / "test_base_model.json").write_text(json.dumps(rows, indent=2))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def chat_app(trained_run, tmp_path_factory):
     """(url, run folder): stage 2 answered 2 test records one at a time (batch 1, as the app answers),
@@ -63,23 +55,9 @@ def chat_app(trained_run, tmp_path_factory):
                         "--compare", "echo=openai:echo", "--compare-base-url", echo.url)
     assert stage2.returncode == 0, stage2.stderr[-3000:]
     add_hostile_record(run)
-    port, log = free_port(), run / "app.log"
-    app = subprocess.Popen(
-        [sys.executable, str(ROOT / "part5_chat_app.py"), "--output-dir", str(run), "--adapter",
-         str(trained_run / "finetuned"), "--port", str(port), "--max-new-tokens", MAX_NEW_TOKENS],
-        cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 300
-    while time.time() < deadline and app.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.5)
-    assert app.poll() is None, log.read_text()[-3000:]
-    yield url, run
-    app.terminate()
-    app.wait(timeout=30)
+    with chat_app_served(run / "app.log", "--output-dir", str(run), "--adapter", str(trained_run / "finetuned"),
+                         "--max-new-tokens", MAX_NEW_TOKENS) as url:
+        yield url, run
     echo.shutdown()
 
 

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import free_port, run_script
 from instructkit.evaluate.stats import bootstrap_ci, describe, length_controlled_win_rate, win_rate
 from instructkit.judge.prompts import SCORE_PREFILL, parse_score, parse_verdict
 from instructkit.judge.scoring import pairwise_outcome
@@ -316,12 +315,6 @@ def test_bad_responses_file_names_file_record_and_field(stage4_dir, tmp_path):
 
 
 # --- an OpenAI-compatible server ----------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def litgpt_server(tmp_path_factory):

@@ -31,17 +31,19 @@ def test_phi3_format():
 
 def test_chat_uses_the_tokenizers_template(judge_model):
     tokenizer = load_tokenizer(judge_model)  # SmolLM2-Instruct ships a ChatML template
-    style = get_style("chat")
-    example = style.training_example(WITH_INPUT)
-    assert example["prompt"] == [{"role": "user", "content": "Add the numbers.\n\n2, 3"}]
-    assert example["completion"] == [{"role": "assistant", "content": "5"}]
+    style = get_style("chat").bind(tokenizer)
+    assert style.template.jinja == tokenizer.chat_template and style.template.end_of_turn == "<|im_end|>"
+    assert style.prompt(WITH_INPUT) == [{"role": "user", "content": "Add the numbers.\n\n2, 3"}]
     rendered = style.render(WITH_INPUT, tokenizer)
     assert rendered.endswith("<|im_start|>user\nAdd the numbers.\n\n2, 3<|im_end|>\n<|im_start|>assistant\n")
+    example = style.token_example(WITH_INPUT, tokenizer)  # the answer and its end of turn are learned
+    learned = [i for i, m in zip(example["input_ids"], example["completion_mask"]) if m]
+    assert tokenizer.decode(learned) == "5<|im_end|>"
 
 
 def test_chat_without_template_is_a_clear_error(base_tokenizer):
     with pytest.raises(UserError, match="needs a tokenizer with a chat template"):
-        get_style("chat").check_tokenizer(base_tokenizer)
+        get_style("chat").bind(base_tokenizer)
 
 
 @pytest.mark.fast

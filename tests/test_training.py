@@ -19,7 +19,7 @@ SUMMARY_KEYS = {
     "n_records", "n_train_truncated", "n_duplicates_dropped", "steps", "epochs_done", "resumed", "train_loss", "val_loss",
     "val_loss_before", "val_loss_after", "final_train_loss", "train_tokens", "tokens_per_second",
     "wall_time_s", "peak_memory", "device", "attention", "padding_free", "n_processes", "merged_model", "created_at", "python", "platform", "cpu", "versions",
-    "settings", "inputs", "precision", "precision_reason",
+    "settings", "inputs", "precision", "precision_reason", "template_parity", "template_parity_check",
 }
 
 
@@ -43,6 +43,9 @@ def test_artifacts_and_summary_keys(trained_run, summary):
     assert summary["padding_free"] is True and summary["attention"] == "sdpa", "the CPU default: SDPA, padding-free"
     assert [p["step"] for p in summary["val_loss"]] == [0, 4, 8]
     assert load_style(finetuned).name == "alpaca"
+    # The Alpaca prompts stage 2 builds are the ones TRL trained on, and generation stops on TRL's EOS.
+    assert summary["template_parity_check"]["checked"] and summary["template_parity"]["end_of_answer"] == "<eos>"
+    assert json.loads((finetuned / "prompt_style.json").read_text()).keys() == {"prompt_style", "stop_strings"}
 
 
 def test_interrupted_run_resumed_from_its_checkpoint(summary):

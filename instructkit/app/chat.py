@@ -24,6 +24,8 @@ from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from instructkit.app.config import ChatConfig
+from instructkit.data.conversations import current_turn, earlier_turns
+from instructkit.data.parity import check_parity
 from instructkit.data.prompts import PromptStyle, get_style, load_style
 from instructkit.data.records import Record, split_file, validate_records
 from instructkit.data.responses import RESPONSES_FILE, read_responses
@@ -34,6 +36,7 @@ from instructkit.judge.config import HUMAN_FILE, SCORES_FILE
 from instructkit.judge.human import save_chat_rating
 from instructkit.models.finetune import RunModels
 from instructkit.models.precision import resolve_precision
+from instructkit.models.references import trained_prompts
 from instructkit.runs.artifacts import read_json
 
 TIE = "tie"
@@ -89,6 +92,7 @@ class ChatSession:
         generator = TransformersGenerator(base, None if config.merged else adapter, config.merged,
                                           config.trust_remote_code, ["base", "finetuned"], dtype, run.quantization)
         self.columns = [Column(name, generator, name, self.style, config.max_prompt_tokens) for name in ("base", "finetuned")]
+        self.parity = None if config.merged else self._check_parity(generator, adapter)
         for model, base_url in self._compare_models(config):
             print(f"loading compare model {model.name} ({model.reference})", flush=True)
             try:
@@ -102,6 +106,22 @@ class ChatSession:
                 continue
             self.columns.append(Column(model.name, its_generator, role, its_style, config.max_prompt_tokens))
         self.stops: defaultdict[str, threading.Event] = defaultdict(threading.Event)  # per browser session
+
+    def _check_parity(self, generator: TransformersGenerator, adapter: Path) -> dict:
+        """Stage 1's saved prompts built as this page builds them: each record's last message after
+        its earlier turns (the page sends those only in the chat styles, so the others are checked on
+        single-turn records), see data/parity.py."""
+        saved = trained_prompts(adapter)
+        if saved and not self.style.multi_turn:  # the page sends one instruction at a time
+            saved = saved | {"records": [e for e in saved["records"] if not earlier_turns(e["record"])]}
+        column = self.columns[1]
+        result = check_parity(saved, {"chat app": lambda r: self.style.encode(column.prompt(earlier_turns(r), current_turn(r)),
+                                                                              generator.tokenizer)},
+                              generator.stop_ids(self.style), generator.tokenizer)
+        if result["checked"]:
+            print(f"template parity: the page builds the prompts the adapter was trained on "
+                  f"({result['records']} records), and stops on {result['end_of_answer']!r}", flush=True)
+        return result
 
     def _examples(self, config: ChatConfig) -> tuple[list[dict], list[str]]:
         if self.responses.is_file():
@@ -243,7 +263,7 @@ def settings_of(temperature: float, top_p: float, max_new_tokens: float, seed: f
 
 def user_text(record: Record) -> str:
     """The user's turn as a chat model is sent it (and as the page shows it)."""
-    return get_style("chat").prompt(record)[0]["content"]
+    return get_style("chat").prompt(record)[-1]["content"]
 
 
 def build_app(session: ChatSession, max_new_tokens: int, max_queue: int):
@@ -299,12 +319,18 @@ def build_app(session: ChatSession, max_new_tokens: int, max_queue: int):
 
         def pick(index):
             if index is None:
-                return gr.update(), gr.update(), "", None
+                return gr.update(), gr.update(), "", None, *[gr.update() for _ in names], gr.update()
             record = session.examples[index]
-            return record["instruction"], record["input"], session.describe_example(index), index
+            fields = record["instruction"], record["input"], session.describe_example(index), index
+            if one_instruction:
+                return *fields, *[gr.update() for _ in names], gr.update()
+            # A conversation starts from the record's earlier turns (system prompt included), as stage 2 answered it
+            earlier = earlier_turns(record)
+            return *fields, *[shown(earlier) for _ in names], {n: list(earlier) for n in names}
 
         def shown(history: list, current: str | None = None, answer: str | None = None) -> list:
-            turns = list(history) + ([{"role": "user", "content": current}] if current else [])
+            turns = [turn for turn in history if turn["role"] != "system"]  # sent, not shown as a chat bubble
+            turns += [{"role": "user", "content": current}] if current else []
             turns += [{"role": "assistant", "content": answer}] if answer is not None else []
             return [{**turn, "content": as_text(turn["content"])} for turn in turns]
 
@@ -346,7 +372,7 @@ def build_app(session: ChatSession, max_new_tokens: int, max_queue: int):
 
         answer_inputs = [message, extra, picked, histories, temperature, top_p, length, seed]
         answer_outputs = [*chatbots, histories, last, status]
-        example.change(pick, example, [message, extra, details, picked], queue=False, api_name="pick")
+        example.change(pick, example, [message, extra, details, picked, *chatbots, histories], queue=False, api_name="pick")
         # One generation at a time across every browser: a 2-core CPU runs one well, two badly.
         send.click(respond, answer_inputs, answer_outputs, concurrency_id="model", concurrency_limit=1, api_name="chat")
         message.submit(respond, answer_inputs, answer_outputs, concurrency_id="model", concurrency_limit=1, api_name=False)

@@ -1,4 +1,5 @@
-"""Build `instructkit/data/default/instruction-data.json`, the project's own default instruction dataset.
+"""Build `instructkit/data/default/instruction-data.json`, the project's own default instruction dataset,
+and `conversation-data.json`, the same records as conversations (system prompts, second turns).
 
 Run `python -m instructkit.data.build_default_data` to regenerate it; the output is deterministic and a test
 checks the committed file equals it. Answers that can be computed (arithmetic, unit conversion,
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 OUTPUT = Path(__file__).parent / "default" / "instruction-data.json"
+CONVERSATIONS = Path(__file__).parent / "default" / "conversation-data.json"  # the same records as conversations
 SEED = 20261122
 
 ANTONYMS = [
@@ -476,11 +479,46 @@ def build() -> dict[str, list[dict]]:
     return {kind: [{**r, "category": kind} for r in make(rng)] for kind, make in KINDS.items()}
 
 
+SYSTEM_PROMPTS = (
+    "You are a concise assistant. Answer in one sentence.",
+    "You are a careful tutor. Give the exact answer.",
+    "Answer plainly, without preamble.",
+)
+# Follow-up questions whose answers can be computed from the first exchange (a second user turn).
+FOLLOW_UPS = (
+    (re.compile(r"^What is (\d+) \+ (\d+)\?$"),
+     lambda a, b: ("Now add 10 to that.", f"{int(a) + int(b)} + 10 = {int(a) + int(b) + 10}.")),
+    (re.compile(r"^What is (\d+) times (\d+)\?$"),
+     lambda a, b: ("And double that?", f"2 × {int(a) * int(b)} = {2 * int(a) * int(b)}.")),
+    (re.compile(r"^Convert (\d+) kilometres to metres\.$"),
+     lambda km: ("And how many centimetres is that?", f"{km} kilometres is {int(km) * 100000} centimetres.")),
+    (re.compile(r"^Convert (\d+) hours to minutes\.$"),
+     lambda h: ("And how many seconds?", f"{h} hours is {int(h) * 3600} seconds.")),
+)
+
+
+def conversation(index: int, record: dict) -> dict:
+    """The record as an OpenAI `messages` conversation: every fifth with a system prompt, and a
+    second, computed exchange where a follow-up question is natural."""
+    user = f"{record['instruction']}\n\n{record['input']}" if record["input"] else record["instruction"]
+    messages = [{"role": "system", "content": SYSTEM_PROMPTS[index // 5 % len(SYSTEM_PROMPTS)]}] if index % 5 == 0 else []
+    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
+    for pattern, follow_up in FOLLOW_UPS:
+        if match := pattern.match(record["instruction"]):
+            question, answer = follow_up(*match.groups())
+            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return {"messages": messages, "category": record["category"]}
+
+
 def main() -> None:
     records = [r for group in build().values() for r in group]
     random.Random(SEED).shuffle(records)
     OUTPUT.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {len(records)} records to {OUTPUT}")
+    conversations = [conversation(index, r) for index, r in enumerate(records)]
+    CONVERSATIONS.write_text(json.dumps(conversations, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {len(conversations)} conversations to {CONVERSATIONS} "
+          f"({sum(len(c['messages']) > 3 for c in conversations)} with a second exchange)")
 
 
 if __name__ == "__main__":

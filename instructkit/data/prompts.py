@@ -1,15 +1,18 @@
-"""The one prompt formatter: Alpaca, Phi-3 and the tokenizer's chat template.
+"""The one prompt formatter: Alpaca, Phi-3, the tokenizer's chat template (`chat`) and ChatML for
+models without one (`chatml`).
 
-The style a model was trained with is saved beside its adapter (`prompt_style.json`) and read back
-by later stages, so training and generation can never format prompts differently.
+The style a model was trained with is saved beside its adapter (`prompt_style.json`): for the chat
+styles with the template's Jinja text and the token that ends a turn, so every later stage renders
+prompts with the very template training used and stops where training taught the model to stop.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from instructkit.data.conversations import Message, earlier_turns
 from instructkit.data.records import Record
 from instructkit.errors import UserError
 from instructkit.runs.artifacts import read_json, write_json_atomic
@@ -19,80 +22,178 @@ ALPACA_PREAMBLE = (
     "Below is an instruction that describes a task. "
     "Write a response that appropriately completes the request."
 )
+CHAT_STYLES = ("chat", "chatml")
+# ChatML's turn markers, or failing those a pair of turn tokens the vocabulary already has (Gemma's),
+# written in ChatML's layout: a base model then learns the format without new, untrained embeddings.
+CHATML_TOKENS = (("<|im_start|>", "<|im_end|>"), ("<start_of_turn>", "<end_of_turn>"))
+CHATML = ("{{ BOS }}{% for message in messages %}{{ 'START' + message['role'] + '\\n' }}"
+          "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] + 'END' }}{% endgeneration %}"
+          "{{ '\\n' }}{% else %}{{ message['content'] + 'END\\n' }}{% endif %}{% endfor %}"
+          "{% if add_generation_prompt %}{{ 'STARTassistant\\n' }}{% endif %}")
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A chat template as training used it: its Jinja text and the token that ends an assistant
+    turn (the EOS the model learns, and the one every runtime stops on)."""
+
+    jinja: str
+    end_of_turn: str
 
 
 @dataclass(frozen=True)
 class PromptStyle:
     name: str
     stop_strings: tuple[str, ...]
+    template: ChatTemplate | None = None  # chat styles: set by `bind` in stage 1, read back by `load_style`
 
-    def prompt(self, record: Record) -> str | list[dict[str, str]]:
-        """What the model sees before its response: a string, or chat messages for `chat`."""
-        instruction, extra = record["instruction"], record.get("input", "")
-        if self.name == "alpaca":
-            input_part = f"\n\n### Input:\n{extra}" if extra else ""
-            return f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{instruction}{input_part}\n\n### Response:\n"
-        if self.name == "phi3":
-            input_part = f"\n{extra}" if extra else ""
-            return f"<|user|>\n{instruction}{input_part}\n<|assistant|>\n"
-        return [{"role": "user", "content": f"{instruction}\n\n{extra}" if extra else instruction}]
-
-    def training_example(self, record: Record) -> dict[str, Any]:
-        """A TRL prompt-completion example; TRL adds EOS and masks the prompt out of the loss."""
-        if self.name == "chat":
-            return {"prompt": self.prompt(record), "completion": [{"role": "assistant", "content": record["output"]}]}
-        return {"prompt": self.prompt(record), "completion": record["output"]}
-
-    def render(self, record: Record, tokenizer) -> str:
-        """The prompt as text, ready to tokenize for generation."""
-        prompt = self.prompt(record)
-        if isinstance(prompt, str):
-            return prompt
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    @property
+    def is_chat(self) -> bool:
+        return self.name in CHAT_STYLES
 
     @property
     def multi_turn(self) -> bool:
         """Whether the format has a place for earlier turns of a conversation: a chat template does;
-        the Alpaca and Phi-3 formats were trained on one instruction at a time (earlier turns can
-        still be written out before the new one, as FastChat does for such templates)."""
-        return self.name == "chat"
+        the Alpaca and Phi-3 formats were made for one instruction at a time (earlier turns are
+        still written out before the new one, as FastChat does for such templates)."""
+        return self.is_chat
 
-    def render_turn(self, history: list[dict[str, str]], record: Record, tokenizer) -> str:
-        """The prompt for `record` as the next user turn after `history` (alternating user and
-        assistant messages): through the chat template, or with the earlier exchanges written out
-        in this format before the new instruction."""
-        if not history:
-            return self.render(record, tokenizer)
-        if self.name == "chat":
-            return tokenizer.apply_chat_template(history + self.prompt(record), tokenize=False,
-                                                 add_generation_prompt=True)
-        earlier = "".join(self._exchange(user["content"], assistant["content"])
-                          for user, assistant in zip(history[::2], history[1::2]))
-        current = self.prompt(record)
-        if self.name == "alpaca":  # one preamble, then every exchange
-            return current.replace(f"{ALPACA_PREAMBLE}\n\n", f"{ALPACA_PREAMBLE}\n\n{earlier}", 1)
-        return earlier + current
+    def prompt(self, record: Record, history: list[Message] = ()) -> str | list[Message]:
+        """What the model sees before its answer to `record`, after `history` and the record's own
+        earlier turns: a string, or chat messages for the chat styles."""
+        earlier = list(history) + earlier_turns(record)
+        instruction, extra = record["instruction"], record.get("input", "")
+        if self.is_chat:
+            return earlier + [{"role": "user", "content": f"{instruction}\n\n{extra}" if extra else instruction}]
+        system = earlier[0]["content"] if earlier and earlier[0]["role"] == "system" else None
+        turns = earlier[1:] if system is not None else earlier
+        exchanges = "".join(self._exchange(user["content"], answer["content"]) for user, answer in zip(turns[::2], turns[1::2]))
+        if self.name == "alpaca":  # the preamble is Alpaca's system prompt: a conversation's own replaces it
+            input_part = f"\n\n### Input:\n{extra}" if extra else ""
+            return (f"{ALPACA_PREAMBLE if system is None else system}\n\n{exchanges}"
+                    f"### Instruction:\n{instruction}{input_part}\n\n### Response:\n")
+        input_part = f"\n{extra}" if extra else ""
+        system_part = f"<|system|>\n{system}\n" if system is not None else ""
+        return f"{system_part}{exchanges}<|user|>\n{instruction}{input_part}\n<|assistant|>\n"
 
     def _exchange(self, user: str, assistant: str) -> str:
         if self.name == "alpaca":
             return f"### Instruction:\n{user}\n\n### Response:\n{assistant}\n\n"
         return f"<|user|>\n{user}\n<|assistant|>\n{assistant}\n"
 
-    def check_tokenizer(self, tokenizer) -> None:
-        if self.name == "chat" and not tokenizer.chat_template:
-            raise UserError(
-                "--prompt-style chat needs a tokenizer with a chat template, and this model has none "
-                "(base models usually do not); use --prompt-style alpaca or phi3"
-            )
+    def conversation(self, record: Record) -> list[Message]:
+        """The whole conversation of a record, its answer last (chat styles)."""
+        return self.prompt(record) + [{"role": "assistant", "content": record["output"]}]
+
+    def training_example(self, record: Record) -> dict[str, Any]:
+        """A TRL prompt-completion example for the text styles; TRL adds EOS and masks the prompt out
+        of the loss. (The chat styles train on `token_example`, every answer of the conversation.)"""
+        return {"prompt": self.prompt(record), "completion": record["output"]}
+
+    def render_turn(self, history: list[Message], record: Record, tokenizer) -> str:
+        """The prompt for `record` as the next user turn after `history` (and the record's own
+        earlier turns), as text ready to tokenize with `encode`."""
+        prompt = self.prompt(record, history)
+        return prompt if isinstance(prompt, str) else self.apply(prompt, tokenizer, add_generation_prompt=True)
+
+    def render(self, record: Record, tokenizer) -> str:
+        return self.render_turn([], record, tokenizer)
+
+    def apply(self, messages: list[Message], tokenizer, add_generation_prompt: bool) -> str:
+        """Messages through the saved template (the tokenizer's own for a style saved without one)."""
+        return tokenizer.apply_chat_template(messages, chat_template=self.template.jinja if self.template else None,
+                                             tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def encode(self, text: str, tokenizer) -> list[int]:
+        """Token ids of a rendered prompt: a chat template writes its own BOS; plain prompts get the
+        tokenizer's, as TRL gave them in training."""
+        return tokenizer(text, add_special_tokens=not self.is_chat)["input_ids"]
+
+    def token_example(self, record: Record, tokenizer) -> dict[str, list[int]]:
+        """A tokenized conversation for TRL with `completion_mask` on every assistant turn (its text
+        and the template's end-of-turn token), the system and user turns masked out.
+
+        Each answer's span is where the conversation up to it, rendered with the generation prompt,
+        ends, to where the conversation including it ends; a template that renders earlier turns
+        differently once later ones follow (some drop reasoning from old turns) cannot be trained
+        turn by turn, and is refused."""
+        messages = self.conversation(record)
+        ids = self.encode(self.apply(messages, tokenizer, add_generation_prompt=False), tokenizer)
+        mask = [0] * len(ids)
+        for turn, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            start = self.encode(self.apply(messages[:turn], tokenizer, add_generation_prompt=True), tokenizer)
+            end = self.encode(self.apply(messages[:turn + 1], tokenizer, add_generation_prompt=False), tokenizer)
+            if ids[:len(start)] != start or ids[:len(end)] != end:
+                raise UserError(f"the {self.name} template renders turn {turn} of a conversation differently once "
+                                "later turns follow, so its answers cannot be learned turn by turn; "
+                                "train with --prompt-style chatml")
+            stop = tokenizer.convert_tokens_to_ids(self.stop_token(tokenizer))
+            answer = ids[len(start):len(end)]
+            # Up to the end-of-turn token, as a template's {% generation %} block marks it (not the newline after)
+            length = len(answer) - answer[::-1].index(stop) if stop in answer else len(answer)
+            mask[len(start):len(start) + length] = [1] * length
+        return {"input_ids": ids, "completion_mask": mask}
+
+    def stop_token(self, tokenizer) -> str:
+        """The token training puts after each answer: the template's end of turn, or TRL's EOS."""
+        return self.template.end_of_turn if self.template else tokenizer.eos_token
+
+    def bind(self, tokenizer) -> PromptStyle:
+        """This style with the template it trains with on `tokenizer` (stage 1): the tokenizer's own
+        for `chat`, ChatML for `chatml`; the text styles need none."""
+        if self.name == "chat":
+            if not tokenizer.chat_template:
+                raise UserError("--prompt-style chat needs a tokenizer with a chat template, and this model has none "
+                                "(base models usually do not); use --prompt-style chatml, alpaca or phi3")
+            # get_chat_template: the default one where a tokenizer names several
+            return replace(self, template=ChatTemplate(tokenizer.get_chat_template(), _end_of_turn(tokenizer)))
+        if self.name == "chatml":
+            return replace(self, template=chatml_template(tokenizer))
+        return self
 
     def save(self, folder: str | Path) -> None:
-        write_json_atomic(Path(folder) / STYLE_FILE, {"prompt_style": self.name, "stop_strings": list(self.stop_strings)})
+        saved: dict[str, Any] = {"prompt_style": self.name, "stop_strings": list(self.stop_strings)}
+        if self.template:
+            saved |= {"chat_template": self.template.jinja, "end_of_turn": self.template.end_of_turn}
+        write_json_atomic(Path(folder) / STYLE_FILE, saved)
+
+
+def chatml_template(tokenizer) -> ChatTemplate:
+    """ChatML with the first pair of turn tokens the vocabulary has as single tokens, and the BOS
+    the tokenizer puts first when it has one (Gemma is trained with it)."""
+    vocabulary = tokenizer.get_vocab()
+    for start, end in CHATML_TOKENS:
+        # each must be one token in text too (a special token), or the model never writes the end
+        if start in vocabulary and end in vocabulary and tokenizer(start + end, add_special_tokens=False)[
+                "input_ids"] == [vocabulary[start], vocabulary[end]]:
+            bos = tokenizer.bos_token or ""
+            adds_bos = bool(bos) and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
+            jinja = (CHATML.replace("{{ BOS }}", "{{ bos_token }}" if adds_bos else "")
+                     .replace("START", start).replace("END", end))
+            return ChatTemplate(jinja, end)
+    raise UserError("--prompt-style chatml writes ChatML with turn tokens the vocabulary already has "
+                    f"({' or '.join('/'.join(pair) for pair in CHATML_TOKENS)}), and this tokenizer has neither pair; "
+                    "use --prompt-style alpaca or phi3, or chat if the model has a chat template")
+
+
+def _end_of_turn(tokenizer) -> str:
+    """The special token a chat template writes right after an assistant's text, else EOS."""
+    marker = "\x00ANSWER\x00"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
+                                         tokenize=False)
+    after = text[text.index(marker) + len(marker):] if marker in text else ""
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    ids = [i for i in tokenizer(after, add_special_tokens=False)["input_ids"] if i in special]
+    return tokenizer.convert_ids_to_tokens(ids[0]) if ids else tokenizer.eos_token
 
 
 STYLES = {
     "alpaca": PromptStyle("alpaca", ("### Instruction:", "### Input:", "### Response:")),
     "phi3": PromptStyle("phi3", ("<|user|>", "<|assistant|>", "<|end|>")),
     "chat": PromptStyle("chat", ()),
+    "chatml": PromptStyle("chatml", ()),
 }
 
 
@@ -103,6 +204,19 @@ def get_style(name: str) -> PromptStyle:
 
 
 def load_style(folder: str | Path) -> PromptStyle:
-    """The style saved with a checkpoint by stage 1."""
+    """The style saved with a checkpoint by stage 1, with its chat template (an adapter saved
+    before templates were saved uses its tokenizer's own)."""
     path = Path(folder) / STYLE_FILE
-    return get_style(read_json(path)["prompt_style"])
+    saved = read_json(path)
+    name = saved.get("prompt_style") if isinstance(saved, dict) else None
+    if name not in STYLES:
+        raise UserError(f"{path}: 'prompt_style' must be one of {', '.join(STYLES)}, found {name!r}")
+    style = STYLES[name]
+    if not style.is_chat or ("chat_template" not in saved and name == "chat"):  # `chat` before 0.4.0: the tokenizer's own
+        if "chat_template" in saved:
+            raise UserError(f"{path}: a {name} style has no chat template; remove 'chat_template'")
+        return style
+    jinja, end = saved.get("chat_template"), saved.get("end_of_turn")
+    if not (isinstance(jinja, str) and jinja.strip() and isinstance(end, str) and end):
+        raise UserError(f"{path}: 'chat_template' and 'end_of_turn' must be non-empty text (stage 1 saves them)")
+    return replace(style, template=ChatTemplate(jinja, end))

@@ -1,4 +1,4 @@
-"""Instruction data: loading (Alpaca JSON/JSONL/CSV, Dolly, hub datasets), validation that names
+"""Instruction data: loading (Alpaca JSON/JSONL/CSV, Dolly, conversations, hub datasets), validation that names
 the file, record and field of every problem, and the seeded train/val/test split."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from instructkit.data.conversations import conversation_problems, conversation_record, earlier_turns, is_conversation
 from instructkit.errors import UserError, not_unicode, problems_error
 from instructkit.runs.artifacts import parse_json, read_text
 
@@ -19,7 +20,7 @@ FIELDS = ("instruction", "input", "output")
 DOLLY_FIELDS = {"context": "input", "response": "output"}
 HUB_DATASETS = {"alpaca": "tatsu-lab/alpaca", "dolly": "databricks/databricks-dolly-15k"}
 
-Record = dict[str, str]
+Record = dict[str, Any]  # instruction, input, output (text), optional category, and `messages` for a conversation
 SPLIT_DIR = "data"  # stage 1 writes the split it used to <output-dir>/data/{train,val,test}.json
 
 
@@ -36,9 +37,10 @@ class Split:
 
 
 def load_records(source: str) -> list[Record]:
-    """Records with exactly `instruction`, `input`, `output` from a file or a hub dataset name.
+    """Records with `instruction`, `input`, `output` from a file or a hub dataset name.
 
-    Dolly's `context`/`response` become `input`/`output`. Every problem in the file is reported at
+    Dolly's `context`/`response` become `input`/`output`; a conversation (OpenAI `messages`,
+    ShareGPT `conversations`, TRL's `prompt`/`completion`) also keeps its turns in `messages`. Every problem in the file is reported at
     once in one `UserError`, each line naming the file, the record index and the field.
     """
     path = Path(source).expanduser()
@@ -48,7 +50,8 @@ def load_records(source: str) -> list[Record]:
         raw, label = _read_hub(HUB_DATASETS.get(source, source)), HUB_DATASETS.get(source, source)
     else:
         raise UserError(
-            f"{source}: no such file; give an Alpaca/Dolly .json, .jsonl or .csv file, "
+            f"{source}: no such file; give an Alpaca/Dolly .json, .jsonl or .csv file or a "
+            f"conversations .json/.jsonl (messages, ShareGPT, prompt-completion), "
             f"or a hub dataset ({', '.join(HUB_DATASETS)} or owner/name)"
         )
     return validate_records(raw, label)
@@ -107,7 +110,8 @@ def _read_hub(name: str) -> list[dict[str, Any]]:
     except Exception as exc:  # the hub client raises many types when offline
         raise UserError(
             f"could not load dataset {name!r} from the Hugging Face hub: {type(exc).__name__}: {exc}. "
-            "Without the hub, pass a local Alpaca/Dolly .json, .jsonl or .csv file with --data."
+            "Without the hub, pass a local Alpaca/Dolly .json, .jsonl or .csv file, or a conversations "
+            ".json/.jsonl file, with --data."
         ) from exc
     return list(dataset)
 
@@ -130,24 +134,12 @@ def record_problems(raw: Any, label: str | Path) -> tuple[list[Record], list[str
         if not isinstance(item, dict):
             problems.append(f"{label}: record {index}: expected an object, found {type(item).__name__}")
             continue
-        problems += [f"{label}: record {index}: fields '{field}' and '{dolly}' (Dolly's name for it) differ; keep one"
-                     for dolly, field in DOLLY_FIELDS.items() if dolly in item and field in item and item[dolly] != item[field]]
-        item = {DOLLY_FIELDS.get(key, key): value for key, value in item.items()}
-        record: Record = {}
-        for field in FIELDS:
-            value = item.get(field, "" if field == "input" else None)
-            if value is None and field == "input":
-                value = ""
-            if value is None:
-                problems.append(f"{label}: record {index}: missing field '{field}'")
-            elif not isinstance(value, str):
-                problems.append(f"{label}: record {index}: field '{field}' must be text, found {type(value).__name__}")
-            elif field != "input" and not value.strip():
-                problems.append(f"{label}: record {index}: field '{field}' is empty")
-            elif why := not_unicode(value):
-                problems.append(f"{label}: record {index}: field '{field}' {why}")
-            else:
-                record[field] = value
+        if is_conversation(item):
+            record, found = _conversation(item, f"{label}: record {index}")
+            problems += found
+        else:
+            record, found = _single_turn(item, f"{label}: record {index}")
+            problems += found
         category = item.get("category")  # optional (Dolly has it): the report breaks results down by it
         if category is not None and not (isinstance(category, str) and category.strip()):
             problems.append(f"{label}: record {index}: field 'category' must be non-empty text, found {reprlib.repr(category)}")
@@ -160,14 +152,52 @@ def record_problems(raw: Any, label: str | Path) -> tuple[list[Record], list[str
     return records, problems
 
 
+def _conversation(item: dict, where: str) -> tuple[Record, list[str]]:
+    """A `messages`, ShareGPT or prompt-completion record; the fields derived from its last exchange
+    may be present (stage 1's split files hold them) but must agree with it."""
+    messages, problems = conversation_problems(item, where)
+    if problems:
+        return {}, problems
+    record = conversation_record(messages)
+    what = {"instruction": "the conversation's last user turn", "input": "'' (a conversation has no input)",
+            "output": "the conversation's last answer"}
+    problems = [f"{where}: field '{field}' differs from {what[field]}"
+                for field in FIELDS if item.get(field) is not None and item[field] != record[field]]
+    return record, problems
+
+
+def _single_turn(item: dict, where: str) -> tuple[Record, list[str]]:
+    """An Alpaca or Dolly record."""
+    problems = [f"{where}: fields '{field}' and '{dolly}' (Dolly's name for it) differ; keep one"
+                for dolly, field in DOLLY_FIELDS.items() if dolly in item and field in item and item[dolly] != item[field]]
+    item = {DOLLY_FIELDS.get(key, key): value for key, value in item.items()}
+    record: Record = {}
+    for field in FIELDS:
+        value = item.get(field, "" if field == "input" else None)
+        if value is None and field == "input":
+            value = ""
+        if value is None:
+            problems.append(f"{where}: missing field '{field}'")
+        elif not isinstance(value, str):
+            problems.append(f"{where}: field '{field}' must be text, found {type(value).__name__}")
+        elif field != "input" and not value.strip():
+            problems.append(f"{where}: field '{field}' is empty")
+        elif why := not_unicode(value):
+            problems.append(f"{where}: field '{field}' {why}")
+        else:
+            record[field] = value
+    return record, problems
+
+
 def drop_duplicates(records: list[Record]) -> tuple[list[Record], list[tuple[int, int]]]:
     """Records without exact repeats (same instruction, input and output, ignoring surrounding
     whitespace), and (index dropped, index kept) for each repeat: a repeat could land in both the
     training and the test split and make the test score a memory test."""
-    first_seen: dict[tuple[str, str, str], int] = {}
+    first_seen: dict[tuple, int] = {}
     unique, repeats = [], []
     for index, record in enumerate(records):
-        key = (record["instruction"].strip(), record["input"].strip(), record["output"].strip())
+        earlier = tuple((m["role"], m["content"].strip()) for m in earlier_turns(record))
+        key = (record["instruction"].strip(), record["input"].strip(), record["output"].strip(), earlier)
         if key in first_seen:
             repeats.append((index, first_seen[key]))
         else:

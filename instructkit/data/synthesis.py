@@ -362,8 +362,9 @@ def curate(records: list[Record], config: SynthesisConfig, excluded: list[tuple[
            ) -> tuple[list[Record], list[dict]]:
     """Exact duplicates, then near duplicates, then records too like an evaluation record: the kept
     records, and the contaminated ones kept under --contamination flag."""
-    def task(record: Record) -> str:
-        return f"{record['instruction']}\n{record['input']}".strip()
+    def task(record: Record) -> str:  # a conversation's task is every user turn of it
+        users = [m["content"] for m in record.get("messages", []) if m["role"] == "user"]
+        return "\n".join(users) if users else f"{record['instruction']}\n{record['input']}".strip()
 
     seen: dict[str, int] = {}
     unique = []
@@ -432,6 +433,9 @@ def generate_data(config: SynthesisConfig) -> Path | None:
     check(config)
     seeds = load_seed_tasks(config.seeds) if config.method == "self-instruct" else []
     records = load_records(config.data) if config.method in ("reflect", "curate") else []
+    if config.method == "reflect" and any("messages" in record for record in records):
+        raise UserError(f"{config.data}: --method reflect rewrites single-turn records, and this file holds "
+                        "conversations; curate it (--method curate), or give Alpaca records")
     excluded = [(path, record) for path in config.exclude for record in load_records(path)]
     if config.dry_run:
         _dry_run(config, seeds, records)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from instructkit.errors import UserError
-from instructkit.evaluate.config import HARNESS_DIR, RESULTS_FILE, BenchmarkConfig
+from instructkit.evaluate.config import HARNESS_DIR, RESULTS_FILE, BenchmarkConfig, chat_style
 from instructkit.evaluate.stats import fmt
 from instructkit.models.finetune import RunModels
 from instructkit.models.loading import quantized_loading
@@ -198,6 +198,9 @@ def _model_args(config: BenchmarkConfig, run: RunModels, model: str) -> dict:
     base, adapter = run.base, run.adapter
     dtype = resolve_precision(config.precision, "inference").dtype
     args = {"pretrained": base.path, "dtype": str(dtype).removeprefix("torch."), "trust_remote_code": config.trust_remote_code}
+    style = chat_style(run.adapter)
+    if style and style.template:
+        args["chat_template_text"] = style.template.jinja
     if run.quantization and (model == "base" or not config.merged):
         loading = quantized_loading(run.quantization)
         args |= {"qlora_base": loading["quantization_config"], "device_map": loading["device_map"]}
@@ -226,6 +229,10 @@ def evaluate(config: BenchmarkConfig) -> Path:
     settings["lm_eval_version"] = library_versions()["lm_eval"]
     precision = resolve_precision(config.precision, "inference")
     settings |= precision_setting(precision) | run.quantization_setting()
+    style = chat_style(run.adapter)
+    if style:  # questions go through the template training used (both models, as in stage 2)
+        settings |= {"chat_template": style.template.jinja if style.template else style.name,
+                     "system_prompt": config.system_prompt}
     with output_lock(output_dir, "benchmark"):
         work = open_work(final_path, settings, inputs, overwrite=config.overwrite, restart=config.restart,
                          stage="stage 3", verb="evaluating")
@@ -365,6 +372,8 @@ def _evaluate_model(config, model, run, task_names, task_manager, offline, outpu
         log_samples=True,
         evaluation_tracker=tracker,
         task_manager=task_manager,
+        apply_chat_template=chat_style(run.adapter) is not None,
+        system_instruction=config.system_prompt or None,  # only with a chat style (evaluate refuses it otherwise)
         random_seed=config.seed, numpy_random_seed=config.seed, torch_random_seed=config.seed, fewshot_random_seed=config.seed,
     )
     seconds = time.perf_counter() - started

@@ -9,7 +9,8 @@ plus the most right-padding any row has; lm-eval's slicing already handles a log
 shorter than the input (it was written for prefix-tuned models). Requests, batching, the one-token
 logits cache, scoring and every task stay lm-eval's. Models whose forward takes no
 `logits_to_keep`, and seq2seq models, fall back to the stock path. One addition: a QLoRA adapter's
-base can be loaded in 4-bit (`qlora_base`, a BitsAndBytesConfig).
+base can be loaded in 4-bit (`qlora_base`, a BitsAndBytesConfig), and a chat-style finetune's saved
+template replaces the tokenizer's (`chat_template_text`) for lm-eval's `apply_chat_template`.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ MODEL_NAME = "instructkit-hf"
 class ContinuationHFLM(HFLM):
     _longest_continuation: int | None = None
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, chat_template_text: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        if chat_template_text:  # the finetune's saved template (stage 1's prompt_style.json)
+            self.tokenizer.chat_template = chat_template_text
         model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         contiguous_head_input(model)
 

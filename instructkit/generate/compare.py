@@ -105,4 +105,7 @@ def load_compare(model: CompareModel, run_style: PromptStyle, generator_cls, *, 
         return (generator_cls(base, folder, "", trust_remote_code, ["finetuned"], dtype, trained_quantization(folder)),
                 "finetuned", style)
     generator = generator_cls(resolve_model(model.reference), None, "", trust_remote_code, ["base"], dtype)
-    return generator, "base", get_style("chat") if generator.tokenizer.chat_template else run_style
+    if generator.tokenizer.chat_template:
+        return generator, "base", get_style("chat")
+    # The run's format, written for this model's vocabulary: ChatML has to be built from its own tokens
+    return generator, "base", get_style("chatml").bind(generator.tokenizer) if run_style.is_chat else run_style

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from instructkit.data.parity import check_parity, stop_ids
 from instructkit.data.prompts import PromptStyle, load_style
 from instructkit.data.questions import MT_RESPONSES_FILE, questions_file, read_questions
 from instructkit.data.records import Record, split_file, validate_records
@@ -23,7 +24,7 @@ from instructkit.models.backends import context_length
 from instructkit.models.finetune import RunModels
 from instructkit.models.loading import load_causal_lm, load_tokenizer
 from instructkit.models.precision import precision_setting, resolve_precision
-from instructkit.models.references import ResolvedModel, resolve_model
+from instructkit.models.references import ResolvedModel, resolve_model, trained_prompts
 from instructkit.runs.artifacts import manifest, output_lock, read_json
 from instructkit.runs.fingerprints import path_input, same_input, same_settings
 from instructkit.runs.reuse import ProgressLog, open_work
@@ -63,17 +64,24 @@ class StopAtStrings(StoppingCriteria):
         return torch.tensor([any(s in tail for s in self.stop_strings) for tail in tails], device=input_ids.device)
 
 
-def _eos_ids(model) -> list[int]:
-    eos = model.generation_config.eos_token_id
-    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-
-
 class TransformersGenerator:
     """Batched greedy decoding with one model load: the base answers with the adapter disabled."""
 
     def render(self, style: PromptStyle, record: Record, history: list[dict[str, str]] = ()) -> str:
         """The prompt for `record`, after the earlier turns of its conversation if there are any."""
         return style.render_turn(list(history), record, self.tokenizer)
+
+    def prompt_ids(self, style: PromptStyle, record: Record, history: list[dict[str, str]] = ()) -> list[int]:
+        """The token ids the model is given for `record`: what the template parity check compares."""
+        return style.encode(self.render(style, record, history), self.tokenizer)
+
+    def stop_ids(self, style: PromptStyle) -> list[int]:
+        return stop_ids((self.model or self.merged).generation_config, style, self.tokenizer)
+
+    def check_parity(self, style: PromptStyle, adapter: Path, path: str) -> dict:
+        """Stage 1's saved prompts rebuilt by this generator (`path` names the caller), see parity.py."""
+        return check_parity(trained_prompts(adapter), {path: lambda record: self.prompt_ids(style, record)}, self.stop_ids(style),
+                            self.tokenizer)
 
     def lengths(self, prompts: list[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
@@ -103,12 +111,12 @@ class TransformersGenerator:
     def _inputs(self, prompts: list[str], style: PromptStyle):
         # A chat template writes its own <bos>; plain prompts get it from the tokenizer, as in training.
         return self.tokenizer(prompts, return_tensors="pt", padding=True,
-                              add_special_tokens=style.name != "chat").to((self.model or self.merged).device)
+                              add_special_tokens=not style.is_chat).to((self.model or self.merged).device)
 
     def _greedy_kwargs(self, max_new_tokens: int, style: PromptStyle, prompt_length: int) -> dict:
         stops = [StopAtStrings(self.tokenizer, style.stop_strings, prompt_length)] if style.stop_strings else []
         return dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
-                    stopping_criteria=StoppingCriteriaList(stops))
+                    eos_token_id=self.stop_ids(style), stopping_criteria=StoppingCriteriaList(stops))
 
     @contextmanager
     def _answering(self, model: str):
@@ -143,7 +151,7 @@ class TransformersGenerator:
         ids, mask, cache = inputs["input_ids"], inputs["attention_mask"], None
         rows = torch.arange(ids.shape[0], device=ids.device)
         new: list[list[torch.Tensor]] = [[] for _ in range(ids.shape[0])]
-        eos = torch.tensor(_eos_ids(model), device=ids.device)
+        eos = torch.tensor(self.stop_ids(style), device=ids.device)
         while True:
             steps = min(self.span, prompt_length + max_new_tokens - ids.shape[1])
             out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, return_dict_in_generate=True,
@@ -220,6 +228,11 @@ class VllmGenerator:
 
     render = TransformersGenerator.render
     lengths = TransformersGenerator.lengths
+    prompt_ids = TransformersGenerator.prompt_ids
+    check_parity = TransformersGenerator.check_parity
+
+    def stop_ids(self, style: PromptStyle) -> list[int]:
+        return stop_ids((self.llm or self.merged_llm).llm_engine.get_model_config().hf_config, style, self.tokenizer)
 
     def prompt_limit(self, max_prompt_tokens: int, max_new_tokens: int) -> int | None:
         return max_prompt_tokens or None  # vLLM refuses a prompt past the model's context itself
@@ -246,11 +259,13 @@ class VllmGenerator:
     def generate(self, model: str, prompts: list[str], max_new_tokens: int, style: PromptStyle) -> tuple[list[str], int]:
         """Responses to `prompts`, and how many tokens were generated for them."""
         from vllm import SamplingParams
-
-        stop_strings = style.stop_strings
         from vllm.lora.request import LoRARequest
 
-        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop=list(stop_strings) or None)
+        stop_strings = style.stop_strings
+        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop=list(stop_strings) or None,
+                                stop_token_ids=self.stop_ids(style))
+        # Token ids, not text: vLLM would add a second BOS to a chat template's own (template parity)
+        prompts = [{"prompt_token_ids": style.encode(prompt, self.tokenizer)} for prompt in prompts]
         if model == "finetuned" and self.merged_llm is not None:
             outputs = self.merged_llm.generate(prompts, params)
         else:
@@ -306,9 +321,12 @@ def generate_responses(config: GenerationConfig) -> Path:
             _reuse_columns(work.finished, progress, final_path, len(items), columns)
         engine_cls = VllmGenerator if config.engine == "vllm" else TransformersGenerator
         timings: dict[str, dict] = {}
+        parity = None  # checked when the adapter is loaded
         if any(not turns.finished(m, progress) for m in models):
             generator = engine_cls(base, adapter if "finetuned" in models else None, config.merged,
                                    config.trust_remote_code, models, precision.dtype, run.quantization)
+            if "finetuned" in models and not config.merged:
+                parity = generator.check_parity(style, adapter, f"stage 2 ({config.engine})")
             timings = {m: _answer_all(generator, m, turns, style, config, progress) for m in models}
         styles = {m: style.name for m in models}
         for model in compared:  # one model in memory at a time
@@ -329,6 +347,7 @@ def generate_responses(config: GenerationConfig) -> Path:
             stage="part2_generate_test_responses",
             prompt_style=style.name,
             prompt_styles=styles,
+            template_parity=parity,
             n_records=len(items),
             models=columns,
             compare={m.name: m.reference for m in compared},

@@ -10,13 +10,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from instructkit.data.conversations import earlier_turns
+
 SYSTEM = "You are a strict, fair grader of answers to instructions. You follow the requested reply format exactly."
 
 SCORE_TEMPLATE = """Score the response to the instruction below on a scale from 0 to 100, where 100 means \
 it is fully correct and complete and matches the expected output in substance, and 0 means it is \
 wrong, off-topic or empty.
 
-### Instruction:
+{context_block}### Instruction:
 {instruction}
 {input_block}
 ### Expected output:
@@ -34,7 +36,7 @@ PAIRWISE_TEMPLATE = """Compare two responses to the instruction below{against}. 
 Judge correctness first, then helpfulness; do not let the order of the responses or their length \
 influence you.
 
-### Instruction:
+{context_block}### Instruction:
 {instruction}
 {input_block}{reference_block}
 ### Response A:
@@ -58,9 +60,19 @@ def _input_block(record: dict) -> str:
     return f"\n### Input:\n{record['input']}\n" if record.get("input") else ""
 
 
+def _context_block(record: dict) -> str:
+    """A conversation's turns before the instruction (system prompt included): the judge needs them
+    to judge an answer to "And in seconds?"; nothing for a single-turn record."""
+    earlier = earlier_turns(record)
+    if not earlier:
+        return ""
+    turns = "\n".join(f"{turn['role'].capitalize()}: {turn['content']}" for turn in earlier)
+    return f"### Earlier in the conversation (context only: judge the response to the last instruction):\n{turns}\n\n"
+
+
 def score_prompt(record: dict, response: str) -> str:
-    return SCORE_TEMPLATE.format(instruction=record["instruction"], input_block=_input_block(record),
-                                 expected=record["output"], response=response)
+    return SCORE_TEMPLATE.format(context_block=_context_block(record), instruction=record["instruction"],
+                                 input_block=_input_block(record), expected=record["output"], response=response)
 
 
 def pairwise_prompt(record: dict, response_a: str, response_b: str, with_reference: bool = True) -> str:
@@ -68,8 +80,8 @@ def pairwise_prompt(record: dict, response_a: str, response_b: str, with_referen
     setup: a model against a reference answer, judged on their merits)."""
     reference = f"\n### Expected output:\n{record['output']}\n" if with_reference else ""
     return PAIRWISE_TEMPLATE.format(against=" against the expected output" if with_reference else "",
-                                    instruction=record["instruction"], input_block=_input_block(record),
-                                    reference_block=reference, response_a=response_a, response_b=response_b)
+                                    context_block=_context_block(record), instruction=record["instruction"],
+                                    input_block=_input_block(record), reference_block=reference, response_a=response_a, response_b=response_b)
 
 
 @dataclass(frozen=True)

@@ -160,6 +160,22 @@ def trained_quantization(adapter: Path) -> dict | None:
     return (read_json(summary).get("settings") or {}).get("quantization") if summary.is_file() else None
 
 
+def trained_prompts(adapter: Path) -> dict | None:
+    """The prompts stage 1 saved for the template parity check (data/parity.py), or None."""
+    summary = adapter / "training_summary.json"
+    saved = read_json(summary).get("template_parity") if summary.is_file() else None
+    if saved is None:
+        return None
+    entries = saved.get("records") if isinstance(saved, dict) else None
+    if not (isinstance(entries, list) and entries and isinstance(saved.get("end_of_answer"), str)
+            and isinstance(saved.get("end_of_answer_id"), int)
+            and all(isinstance(e, dict) and isinstance(e.get("record"), dict) and isinstance(e.get("prompt_ids"), list)
+                    and all(isinstance(i, int) for i in e["prompt_ids"]) for e in entries)):
+        raise UserError(f"{summary}: 'template_parity' is not as stage 1 writes it (records with record and "
+                        "prompt_ids, end_of_answer, end_of_answer_id); train again, or restore the file")
+    return saved
+
+
 def run_adapter(output_dir: Path, adapter: str) -> Path:
     """The adapter a later stage uses: given with --adapter, else stage 1's in the run folder."""
     return Path(adapter or output_dir / "finetuned")

@@ -17,6 +17,7 @@ from peft import LoraConfig
 from transformers import EarlyStoppingCallback, ProgressCallback, TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
+from instructkit.data.parity import check_parity, parity_sample, stop_ids
 from instructkit.data.prompts import PromptStyle, get_style
 from instructkit.data.records import Split, drop_duplicates, load_records, split_file, split_records
 from instructkit.errors import UserError
@@ -50,17 +51,23 @@ def _planned_steps(config: TrainingConfig, n_train: int) -> int:
     return max(1, math.ceil(config.epochs * per_epoch))
 
 
-def _count_truncated(examples: list[dict], style: PromptStyle, tokenizer, max_length: int) -> int:
+def _count_truncated(examples: list[dict], tokenizer, max_length: int) -> int:
     """Records whose prompt + response exceed max_length: TRL keeps their start, so their end is lost."""
     count = 0
     for example in examples:
-        if style.name == "chat":
-            ids = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=True)
-            ids = ids["input_ids"] if isinstance(ids, dict) else ids
+        if "input_ids" in example:  # a tokenized conversation, its end-of-turn tokens included
+            count += len(example["input_ids"]) > max_length
         else:
-            ids = tokenizer(example["prompt"] + example["completion"])["input_ids"]
-        count += len(ids) + 1 > max_length  # +1: the EOS TRL appends
+            count += len(tokenizer(example["prompt"] + example["completion"])["input_ids"]) + 1 > max_length  # +1: TRL's EOS
     return count
+
+
+def training_examples(style: PromptStyle, records: list, tokenizer) -> list[dict]:
+    """TRL examples: prompt-completion text for the text styles; for the chat styles the tokenized
+    conversation with every answer in the loss (`PromptStyle.token_example`)."""
+    if style.is_chat:
+        return [style.token_example(record, tokenizer) for record in records]
+    return [style.training_example(record) for record in records]
 
 
 class QuietProgressCallback(ProgressCallback):
@@ -290,10 +297,12 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
            output_dir: Path, staging: Path, record: dict, n_repeats: int) -> Path:
     set_seed(config.seed)
     tokenizer = load_tokenizer(base, config.trust_remote_code)
-    style.check_tokenizer(tokenizer)
-    train_examples = [style.training_example(r) for r in split.train]
-    val_examples = [style.training_example(r) for r in split.val]
-    n_truncated = _count_truncated(train_examples, style, tokenizer, config.max_length)
+    style = style.bind(tokenizer)
+    if style.template:  # the adapter's saved tokenizer carries it too, for runtimes that read it from there
+        tokenizer.chat_template = style.template.jinja
+    train_examples = training_examples(style, split.train, tokenizer)
+    val_examples = training_examples(style, split.val, tokenizer)
+    n_truncated = _count_truncated(train_examples, tokenizer, config.max_length)
     if n_truncated and is_main_process():
         print(f"warning: {n_truncated} of {len(train_examples)} training records exceed --max-length "
               f"{config.max_length} tokens and are truncated (their end and EOS are not learned)")
@@ -303,6 +312,10 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
     model = load_causal_lm(base, quantization=record["settings"].get("quantization"),
                            trust_remote_code=config.trust_remote_code, dtype=precision.dtype)
     padding_free = _padding_free(config, model, tokenizer)
+    # Before anything is written: the prompts inference will build are the ones trained on (parity.py)
+    parity = parity_sample(style, split.train, tokenizer)
+    built = {"stage 2 and the chat app (transformers)": lambda record: style.encode(style.render(record, tokenizer), tokenizer)}
+    parity_check = check_parity(parity, built, stop_ids(model.generation_config, style, tokenizer), tokenizer)
 
     adapter_dir = staging / "finetuned"
     checkpoints = adapter_dir / "checkpoints"
@@ -366,6 +379,8 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
         base_model_path=base.path,
         base_model_source=base.source,
         prompt_style=style.name,
+        template_parity=parity,
+        template_parity_check=parity_check,
         data=config.data,
         hyperparameters=asdict(config),
         settings=record["settings"],
