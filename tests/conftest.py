@@ -53,8 +53,9 @@ def free_port() -> int:
 def chat_app_served(log: Path, *args: str):
     """Stage 5 serving with `args` on a free local port; yields its URL once it takes connections."""
     port = free_port()
-    app = subprocess.Popen([sys.executable, str(ROOT / "part5_chat_app.py"), "--port", str(port), *args],
-                           cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+    with log.open("w") as out:
+        app = subprocess.Popen([sys.executable, str(ROOT / "part5_chat_app.py"), "--port", str(port), *args],
+                               cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 300
         while time.time() < deadline and app.poll() is None:

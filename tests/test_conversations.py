@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
+from html import unescape
 
 import pytest
 
@@ -228,15 +229,15 @@ def test_the_chat_app_answers_picked_conversations_as_stage_2(chatml_run):
         assert multi, "the test split should hold a multi-turn record"
         for index in multi[:1] + [i for i in range(len(stored)) if i not in multi][:1]:
             client = Client(url, verbose=False)  # a fresh page: its own conversation
-            message, _, _, base, finetuned = client.predict(index, api_name="/pick")
+            message, extra, _, base, finetuned = client.predict(index, api_name="/pick")
             record = stored[index]
-            assert message == record["instruction"]
+            assert (message, extra) == (record["instruction"], "")  # a conversation record has no input
             shown = [m for m in earlier_turns(record) if m["role"] != "system"]
-            assert [text_of(m) for m in finetuned] == [m["content"] for m in shown]
+            assert [unescape(text_of(m)) for m in finetuned] == [m["content"] for m in shown]  # the page shows text
             base, finetuned, status = client.predict(message, "", *greedy, api_name="/chat")
             assert status.startswith("Answered in")
-            assert text_of(base[-1]) == record["base_model_response"]
-            assert text_of(finetuned[-1]) == record["finetuned_model_response"]
+            assert unescape(text_of(base[-1])) == record["base_model_response"]
+            assert unescape(text_of(finetuned[-1])) == record["finetuned_model_response"]
 
 
 def test_an_edited_template_stops_stage_2_saying_where_and_writes_nothing(chatml_run, tmp_path):

@@ -24,7 +24,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from instructkit.app.config import ChatConfig
-from instructkit.data.conversations import current_turn, earlier_turns
+from instructkit.data.conversations import earlier_turns
 from instructkit.data.parity import check_parity
 from instructkit.data.prompts import PromptStyle, get_style, load_style
 from instructkit.data.records import Record, split_file, validate_records
@@ -114,10 +114,16 @@ class ChatSession:
         saved = trained_prompts(adapter)
         if saved and not self.style.multi_turn:  # the page sends one instruction at a time
             saved = saved | {"records": [e for e in saved["records"] if not earlier_turns(e["record"])]}
+            if not saved["records"]:
+                return {"checked": False, "reason": "no single-turn record among the prompts stage 1 saved"}
         column = self.columns[1]
-        result = check_parity(saved, {"chat app": lambda r: self.style.encode(column.prompt(earlier_turns(r), current_turn(r)),
-                                                                              generator.tokenizer)},
-                              generator.stop_ids(self.style), generator.tokenizer)
+
+        def page_prompt(record: Record) -> list[int]:
+            message, extra = self.page_message(record)
+            sent = column.prompt(earlier_turns(record), {"instruction": message, "input": extra})
+            return self.style.encode(sent, generator.tokenizer)
+
+        result = check_parity(saved, {"chat app": page_prompt}, generator.stop_ids(self.style), generator.tokenizer)
         if result["checked"]:
             print(f"template parity: the page builds the prompts the adapter was trained on "
                   f"({result['records']} records), and stops on {result['end_of_answer']!r}", flush=True)
@@ -148,12 +154,16 @@ class ChatSession:
     def names(self) -> list[str]:
         return [column.name for column in self.columns]
 
+    def page_message(self, record: Record) -> tuple[str, str]:
+        """What picking a test record puts in the message and input boxes: in the chat styles, whose
+        page has no input box, the user turn as the template is sent it."""
+        return (user_text(record), "") if self.style.multi_turn else (record["instruction"], record["input"])
+
     def example_index(self, message: str, extra: str, picked: int | None) -> int | None:
         """The test record this message is, if it is one picked from the examples and left unedited."""
         if picked is None or picked >= len(self.examples):
             return None
-        record = self.examples[picked]
-        return picked if (record["instruction"], record["input"]) == (message.strip(), extra.strip()) else None
+        return picked if self.page_message(self.examples[picked]) == (message.strip(), extra.strip()) else None
 
     def stored_answer(self, model: str, index: int | None) -> str | None:
         return self.examples[index].get(model) if index is not None and model in self.stored_models else None
@@ -318,15 +328,17 @@ def build_app(session: ChatSession, max_new_tokens: int, max_queue: int):
         status = gr.Textbox(elem_id="status", show_label=False, container=False, interactive=False)  # text, as details
 
         def pick(index):
+            unchanged = [gr.update() for _ in names] + [gr.update(), gr.update()]  # chats, histories, last exchange
             if index is None:
-                return gr.update(), gr.update(), "", None, *[gr.update() for _ in names], gr.update()
+                return gr.update(), gr.update(), "", None, *unchanged
             record = session.examples[index]
-            fields = record["instruction"], record["input"], session.describe_example(index), index
+            fields = *session.page_message(record), session.describe_example(index), index
             if one_instruction:
-                return *fields, *[gr.update() for _ in names], gr.update()
-            # A conversation starts from the record's earlier turns (system prompt included), as stage 2 answered it
+                return *fields, *unchanged
+            # A conversation starts from the record's earlier turns (system prompt included), as stage 2
+            # answered it; the exchange on the page before is gone, so is its rating and regeneration
             earlier = earlier_turns(record)
-            return *fields, *[shown(earlier) for _ in names], {n: list(earlier) for n in names}
+            return *fields, *[shown(earlier) for _ in names], {n: list(earlier) for n in names}, {}
 
         def shown(history: list, current: str | None = None, answer: str | None = None) -> list:
             turns = [turn for turn in history if turn["role"] != "system"]  # sent, not shown as a chat bubble
@@ -372,7 +384,8 @@ def build_app(session: ChatSession, max_new_tokens: int, max_queue: int):
 
         answer_inputs = [message, extra, picked, histories, temperature, top_p, length, seed]
         answer_outputs = [*chatbots, histories, last, status]
-        example.change(pick, example, [message, extra, details, picked, *chatbots, histories], queue=False, api_name="pick")
+        example.change(pick, example, [message, extra, details, picked, *chatbots, histories, last], queue=False,
+                       api_name="pick")
         # One generation at a time across every browser: a 2-core CPU runs one well, two badly.
         send.click(respond, answer_inputs, answer_outputs, concurrency_id="model", concurrency_limit=1, api_name="chat")
         message.submit(respond, answer_inputs, answer_outputs, concurrency_id="model", concurrency_limit=1, api_name=False)

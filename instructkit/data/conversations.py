@@ -139,7 +139,3 @@ def earlier_turns(record: dict) -> list[Message]:
     """The turns before a record's last user turn (system prompt included): none for Alpaca records."""
     return list(record.get("messages", [])[:-2])
 
-
-def current_turn(record: dict) -> dict[str, str]:
-    """A record's last user turn alone, as a message typed into the chat app."""
-    return {"instruction": record["instruction"], "input": record.get("input", "")}

@@ -107,5 +107,12 @@ def load_compare(model: CompareModel, run_style: PromptStyle, generator_cls, *, 
     generator = generator_cls(resolve_model(model.reference), None, "", trust_remote_code, ["base"], dtype)
     if generator.tokenizer.chat_template:
         return generator, "base", get_style("chat")
+    if not run_style.is_chat:
+        return generator, "base", run_style
     # The run's format, written for this model's vocabulary: ChatML has to be built from its own tokens
-    return generator, "base", get_style("chatml").bind(generator.tokenizer) if run_style.is_chat else run_style
+    try:
+        return generator, "base", get_style("chatml").bind(generator.tokenizer)
+    except UserError as exc:
+        raise UserError(f"--compare {model.name}: {model.reference} has no chat template and no ChatML turn tokens, "
+                        f"so it cannot be asked in this run's {run_style.name} format; compare an instruct model, "
+                        "or compare it in a run with a text prompt style (alpaca, phi3)") from exc

@@ -163,17 +163,21 @@ def trained_quantization(adapter: Path) -> dict | None:
 def trained_prompts(adapter: Path) -> dict | None:
     """The prompts stage 1 saved for the template parity check (data/parity.py), or None."""
     summary = adapter / "training_summary.json"
-    saved = read_json(summary).get("template_parity") if summary.is_file() else None
+    from instructkit.data.records import record_problems
+
+    content = read_json(summary) if summary.is_file() else {}
+    saved = content.get("template_parity") if isinstance(content, dict) else None
     if saved is None:
         return None
     entries = saved.get("records") if isinstance(saved, dict) else None
-    if not (isinstance(entries, list) and entries and isinstance(saved.get("end_of_answer"), str)
-            and isinstance(saved.get("end_of_answer_id"), int)
-            and all(isinstance(e, dict) and isinstance(e.get("record"), dict) and isinstance(e.get("prompt_ids"), list)
-                    and all(isinstance(i, int) for i in e["prompt_ids"]) for e in entries)):
-        raise UserError(f"{summary}: 'template_parity' is not as stage 1 writes it (records with record and "
-                        "prompt_ids, end_of_answer, end_of_answer_id); train again, or restore the file")
-    return saved
+    if (isinstance(entries, list) and entries and isinstance(saved.get("end_of_answer"), str)
+            and type(saved.get("end_of_answer_id")) is int
+            and all(isinstance(e, dict) and isinstance(e.get("prompt_ids"), list)
+                    and all(type(i) is int for i in e["prompt_ids"]) for e in entries)
+            and not record_problems([e.get("record") for e in entries], f"{summary}: template_parity")[1]):
+        return saved
+    raise UserError(f"{summary}: 'template_parity' is not as stage 1 writes it (records with record and "
+                    "prompt_ids, end_of_answer, end_of_answer_id); train again, or restore the file")
 
 
 def run_adapter(output_dir: Path, adapter: str) -> Path:
