@@ -19,6 +19,7 @@ $(VENV)/.installed: pyproject.toml requirements.txt requirements-dev.txt constra
 
 demo: setup
 	$(BIN)/python part1_instruction_finetuning.py
+	$(BIN)/python part1b_preference_tuning.py
 	$(BIN)/python part2_generate_test_responses.py
 	$(BIN)/python part3_benchmark_evaluation.py
 	$(BIN)/python part4_local_evaluation.py

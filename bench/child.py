@@ -30,6 +30,20 @@ def run_child(script: str, *args: str) -> dict:
     return json.loads(lines[-1])
 
 
+def alternating_trials(script: str, variants: tuple[str, ...], trials: int, *args: str) -> list[dict]:
+    """`trials` rounds of every variant, alternating (so drift in the machine's speed spreads over
+    all of them), each in a child given `--one VARIANT --seed 42+round` and `args`; stops at a failure."""
+    results = []
+    for trial in range(trials):
+        for variant in variants:
+            result = run_child(script, "--one", variant, *args, "--seed", str(42 + trial))
+            if "failed" in result:
+                sys.exit(f"{variant} failed:\n{result['failed']}")
+            results.append({"trial": trial, **result})
+            print(json.dumps(results[-1]), flush=True)
+    return results
+
+
 class Stopwatch:
     """Seconds spent between a module's forward pre-hook and its forward hook, summed over calls."""
 

@@ -32,7 +32,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from child import report, run_child
+from child import alternating_trials, report
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("plain_trl", "ours_trl_head", "ours_padded", "ours_grouped", "ours")
@@ -113,15 +113,8 @@ def main() -> None:
 
     from instructkit.runs.artifacts import manifest, write_json_atomic
 
-    trials = []
-    for trial in range(args.trials):
-        for variant in VARIANTS:
-            result = run_child(__file__, "--one", variant, "--steps", str(args.steps), "--batch-size",
-                               str(args.batch_size), "--lr", str(args.lr), "--seed", str(42 + trial))
-            if "failed" in result:
-                sys.exit(f"{variant} failed:\n{result['failed']}")
-            trials.append({"trial": trial, **result})
-            print(json.dumps(trials[-1]), flush=True)
+    trials = alternating_trials(__file__, VARIANTS, args.trials, "--steps", str(args.steps), "--batch-size",
+                                str(args.batch_size), "--lr", str(args.lr))
     summary = {}
     for variant in VARIANTS:
         rows = [t for t in trials if t["variant"] == variant]

@@ -129,10 +129,12 @@ def judge_model():
     return resolve_model(EMBEDDED_JUDGE)
 
 
-def kill_at_checkpoint(command: list[str], cwd: Path, output_dir: Path, step: int) -> None:
-    """Run stage 1 and SIGKILL it once the checkpoint of `step` is saved in its staging folder."""
+def kill_at_checkpoint(command: list[str], cwd: Path, output_dir: Path, step: int,
+                       staged: str = ".stage1.partial/finetuned") -> None:
+    """Run a training stage (stage 1; stage 1b with `staged` ".stage1b.partial/preference") and
+    SIGKILL it once the checkpoint of `step` is saved in its staging folder."""
     first = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = output_dir / ".stage1.partial" / "finetuned" / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json"
+    state = output_dir / staged / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json"
     deadline = time.time() + 600
     while not state.exists() and first.poll() is None and time.time() < deadline:
         time.sleep(0.5)

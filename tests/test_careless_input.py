@@ -124,7 +124,7 @@ def test_yaml_values_become_their_fields_types(tmp_path):
     config = yaml_config(tmp_path, "compare: small=gpt2\n", GenerationConfig)
     assert config.compare == ["small=gpt2"]  # one item stands for a list
     assert yaml_config(tmp_path, "temperature: null\n", SynthesisConfig).temperature is None
-    assert yaml_config(tmp_path, "pairwise: true\n", JudgeConfig).pairwise == "finetuned:base"  # the flag alone
+    assert yaml_config(tmp_path, "pairwise: true\n", JudgeConfig).pairwise == "each-step"  # the flag alone
     assert yaml_config(tmp_path, "pairwise: false\n", JudgeConfig).pairwise == ""
     # Range rules do not care where a value came from.
     with pytest.raises(UserError, match=r"--batch-size must be at least 1 \(got 0\)"):

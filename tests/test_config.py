@@ -19,7 +19,7 @@ from instructkit.train.config import TrainingConfig
 
 pytestmark = pytest.mark.fast
 
-SCRIPTS = sorted(p.name for p in ROOT.glob("part[0-9]_*.py"))
+SCRIPTS = sorted(p.name for p in ROOT.glob("part[0-9]*_*.py"))  # part1b too
 HEAVY = ("torch", "transformers", "trl", "peft", "datasets", "gradio", "lm_eval")
 
 
@@ -47,6 +47,10 @@ def test_help_answers_without_importing_torch(script):
     ("part4_local_evaluation.py", ["--input", "BAD"], "record 0: missing field 'output'"),
     ("part4_local_evaluation.py", ["--judge", "openai:x", "--scoring", "probability"], "use an hf: judge"),
     ("part0_generate_instruction_data.py", ["--method", "curate"], "needs --data FILE"),
+    ("part1b_preference_tuning.py", ["--data", "BAD"], "record 0: missing field 'chosen'"),
+    ("part1b_preference_tuning.py", ["--adapter", "NOWHERE"], "NOWHERE: no adapter_config.json"),
+    ("part1b_preference_tuning.py", ["--method", "kto", "--batch-size", "1", "--loss-type", "ipo"],
+     "--loss-type ipo is not a kto loss; use one of kto, apo_zero_unpaired\n--method kto needs --batch-size 2"),
 ])
 def test_bad_input_is_refused_before_torch_loads(tmp_path, script, args, message):
     bad = tmp_path / "bad.json"
@@ -65,7 +69,7 @@ def test_flags_parse_as_trl_parsed_them(tmp_path):
     compare = parse_config(build_parser(GenerationConfig, ""), ["--compare", "a=b", "c=d"]).compare
     assert compare == ["a=b", "c=d"]
     judge = build_parser(JudgeConfig, "")
-    assert parse_config(judge, ["--pairwise"]).pairwise == "finetuned:base"
+    assert parse_config(judge, ["--pairwise"]).pairwise == "each-step"
     assert parse_config(judge, ["--pairwise", "a:b"]).pairwise == "a:b"
     assert parse_config(build_parser(SynthesisConfig, ""), ["--temperature", "none"]).temperature is None
     assert parse_config(build_parser(SynthesisConfig, ""), ["--temperature", "0.5"]).temperature == 0.5

@@ -24,6 +24,7 @@ README_MAX_LINES = 250
 STAGE_CONFIGS = {
     0: ("instructkit.data.synthesis", "SynthesisConfig"),
     1: ("instructkit.train.sft", "TrainingConfig"),
+    "1b": ("instructkit.train.preference_config", "PreferenceConfig"),
     2: ("instructkit.generate.generator", "GenerationConfig"),
     3: ("instructkit.evaluate.benchmark", "BenchmarkConfig"),
     4: ("instructkit.judge.scoring", "JudgeConfig"),
@@ -59,7 +60,7 @@ def mentioned_flags(markdown: str) -> set[str]:
 
 
 @cache
-def stage_flags() -> dict[int, frozenset[str]]:
+def stage_flags() -> dict[int | str, frozenset[str]]:
     flags = {}
     for stage, (module, name) in STAGE_CONFIGS.items():
         parser = build_parser(getattr(importlib.import_module(module), name), f"stage {stage}")

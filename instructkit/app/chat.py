@@ -23,14 +23,14 @@ import gradio as gr
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from instructkit.app.config import ChatConfig
+from instructkit.app.config import NO_ANSWER, NOT_ANSWERED, STOPPED, ChatConfig
 from instructkit.data.conversations import earlier_turns
 from instructkit.data.parity import check_parity
 from instructkit.data.prompts import PromptStyle, get_style, load_style
 from instructkit.data.records import Record, split_file, validate_records
-from instructkit.data.responses import RESPONSES_FILE, read_responses
+from instructkit.data.responses import PREFERENCE_MODEL, RESPONSES_FILE, read_responses
 from instructkit.errors import UserError
-from instructkit.generate.compare import CompareModel, load_compare, parse_compare
+from instructkit.generate.compare import CompareModel, load_compare, parse_compare, with_preference_model
 from instructkit.generate.generator import TransformersGenerator
 from instructkit.judge.config import HUMAN_FILE, SCORES_FILE
 from instructkit.judge.human import save_chat_rating
@@ -63,7 +63,7 @@ class Column:
         limit = self.generator.prompt_limit(self.max_prompt_tokens, settings["max_new_tokens"])
         length = self.generator.lengths([prompt])[0] if limit is not None else 0
         if limit is not None and length > limit:  # as stage 2: not cut, not asked
-            yield (f"(not answered: the conversation is {length} tokens, over the limit of {limit}: "
+            yield (f"{NOT_ANSWERED}the conversation is {length} tokens, over the limit of {limit}: "
                    "--max-prompt-tokens, or the model's context less the answer's tokens; clear the chat to start again)")
         elif hasattr(self.generator, "stream"):
             yield from self.generator.stream(self.role, prompt, settings["max_new_tokens"], self.style,
@@ -72,7 +72,7 @@ class Column:
         else:  # a served model answers whole
             texts, _ = self.generator.generate(self.role, [prompt], settings["max_new_tokens"], self.style)
             # None or a FailedRequest when no answer came back
-            yield texts[0] if isinstance(texts[0], str) and texts[0] else "(no answer: see the app's log)"
+            yield texts[0] if isinstance(texts[0], str) and texts[0] else NO_ANSWER
 
 
 class ChatSession:
@@ -81,7 +81,7 @@ class ChatSession:
 
     def __init__(self, config: ChatConfig):
         self.output_dir = Path(config.output_dir)
-        run = RunModels.of(config, self.output_dir, "finetuned")
+        self.run = run = RunModels.of(config, self.output_dir, "finetuned")
         adapter, base = run.adapter, run.base
         self.style = load_style(adapter)
         self.responses = self.output_dir / RESPONSES_FILE
@@ -144,11 +144,11 @@ class ChatSession:
     def _compare_models(self, config: ChatConfig) -> list[tuple[CompareModel, str]]:
         """The --compare models with --compare-base-url, else stage 2's, each with the server it used."""
         if config.compare:
-            return [(model, config.compare_base_url) for model in parse_compare(config.compare)]
-        meta = self.responses.with_suffix(".meta.json")
-        if not meta.is_file():
-            return []
-        return stored_compare_models(read_json(meta))
+            found = [(model, config.compare_base_url) for model in parse_compare(config.compare)]
+        else:
+            meta = self.responses.with_suffix(".meta.json")
+            found = stored_compare_models(read_json(meta)) if meta.is_file() else []
+        return [(model, "") for model in with_preference_model([], self.run.preference(self.output_dir))] + found
 
     @property
     def names(self) -> list[str]:
@@ -186,7 +186,7 @@ class ChatSession:
         answers: dict[str, str] = {}
         for column in self.columns:
             if stop.is_set():
-                answers[column.name] = "(stopped)"
+                answers[column.name] = STOPPED
                 continue
             prompt = column.prompt(histories.get(column.name, []), record)
             for text in column.stream(prompt, settings, stop):
@@ -229,7 +229,8 @@ def stored_compare_models(meta: dict) -> list[tuple[CompareModel, str]]:
     not the user's word: a served model is asked again only on OpenAI's API or on this machine, so a
     run folder from elsewhere cannot send the chat (and OPENAI_API_KEY) to a server it names."""
     found = []
-    for model in parse_compare([f"{name}={ref}" for name, ref in meta.get("compare", {}).items()]):
+    stored = meta.get("compare", {})  # stage 1b's model is taken from the run folder itself
+    for model in parse_compare([f"{name}={ref}" for name, ref in stored.items() if name != PREFERENCE_MODEL]):
         server = meta.get("inputs", {}).get(f"compare_{model.name}", {}).get("base_url", "")
         server = "" if server == OPENAI_URL else server
         if server and not is_loopback(urlsplit(server).hostname or ""):

@@ -19,6 +19,10 @@ from instructkit.data.responses import RESPONSES_FILE
 from instructkit.errors import problems_error
 from instructkit.models.references import require_adapter, run_adapter
 
+# What a column shows in place of an answer (kept with a rating, never taken for a model's answer).
+STOPPED, NOT_ANSWERED, NO_ANSWER = "(stopped)", "(not answered: ", "(no answer: see the app's log)"
+PLACEHOLDERS = (STOPPED, NOT_ANSWERED, NO_ANSWER)
+
 
 @dataclass
 class ChatConfig(RunFolder, Finetune, LocalModel, PromptLimit, CompareModels, APIRetries):

@@ -1,5 +1,8 @@
 """Build `instructkit/data/default/instruction-data.json`, the project's own default instruction dataset,
-and `conversation-data.json`, the same records as conversations (system prompts, second turns).
+`conversation-data.json`, the same records as conversations (system prompts, second turns), and
+`preference-data.json`, the same records as preference pairs (the answer, and a plausible wrong one
+that the task's own rule computes: a sum off by a little, another country's capital, the sentence
+left uncorrected).
 
 Run `python -m instructkit.data.build_default_data` to regenerate it; the output is deterministic and a test
 checks the committed file equals it. Answers that can be computed (arithmetic, unit conversion,
@@ -16,6 +19,7 @@ from pathlib import Path
 
 OUTPUT = Path(__file__).parent / "default" / "instruction-data.json"
 CONVERSATIONS = Path(__file__).parent / "default" / "conversation-data.json"  # the same records as conversations
+PREFERENCES = Path(__file__).parent / "default" / "preference-data.json"  # the same records as preference pairs
 SEED = 20261122
 
 ANTONYMS = [
@@ -510,6 +514,68 @@ def conversation(index: int, record: dict) -> dict:
     return {"messages": messages, "category": record["category"]}
 
 
+LAST_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?!.*\d)", re.DOTALL)
+# Categories whose answer is one entry of a table: the wrong answer is another entry of it.
+TABLES = {
+    "antonyms": [b for _, b in ANTONYMS], "synonyms": [b for _, b in SYNONYMS], "capitals": [c for _, c in CAPITALS],
+    "chemical_symbols": [s for _, s in ELEMENTS], "definitions": [m for _, m in DEFINITIONS],
+}
+FLIPS = {"even": "odd", "odd": "even", "fruit": "vegetable", "vegetable": "fruit", "Positive": "Negative",
+         "Negative": "Positive"}
+ANIMAL_KINDS = ("mammal", "bird", "fish", "reptile", "amphibian")
+
+
+def _nudged(match: re.Match, rng: random.Random) -> str:
+    """A number a careless answer would give: off by one, two or ten."""
+    text = match.group()
+    step = rng.choice((-10, -2, -1, 1, 2, 10))
+    return f"{float(text) + step:g}" if "." in text else str(int(text) + step)
+
+
+def wrong_answer(record: dict, rng: random.Random) -> str:
+    """A plausible wrong answer to a default record, computed by its category's rule."""
+    kind, output, given = record["category"], record["output"], record["input"]
+    if kind in TABLES:
+        value = max((v for v in TABLES[kind] if output.rstrip(".'").endswith(v)), key=len)
+        other = rng.choice([v for v in TABLES[kind] if v != value])
+        cut = output.rstrip(".'")
+        return cut[:len(cut) - len(value)] + other + output[len(cut):]
+    if kind in ("grammar", "rewriting"):  # the sentence given back, the task not done
+        return given
+    if kind == "classification":
+        if output.startswith(("Yes, ", "No, ")):  # is n prime
+            n = output.split()[1]
+            return f"No, {n} is not a prime number." if output.startswith("Yes") else f"Yes, {n} is a prime number."
+        words = output.rstrip(".").split()
+        if words[-1] in ANIMAL_KINDS:
+            other = rng.choice([k for k in ANIMAL_KINDS if k != words[-1]])
+            return " ".join(words[:-2] + ["an" if other[0] in "aeiou" else "a", other]) + "."
+        return " ".join(words[:-1] + [FLIPS[words[-1]]]) + ("." if output.endswith(".") else "")
+    if kind == "sorting":
+        items = output.split(", ")
+        i = rng.randrange(len(items) - 1)
+        items[i], items[i + 1] = items[i + 1], items[i]
+        return ", ".join(items)
+    if kind == "comparison":
+        a, b = re.findall(r"\d+", record["instruction"])
+        return f"{min(int(a), int(b))} is larger."
+    if kind == "numbers_in_words":
+        return number_words(int(given) + rng.choice((-1, 1, 10))).capitalize() + "."
+    if kind == "summarization":
+        return given.split(". ")[0].rstrip(".") + "."  # the first sentence, not a summary
+    if kind == "extraction" and not LAST_NUMBER.search(output):
+        if output in CITIES:
+            return rng.choice([c for c in CITIES if c != output])
+        return output.split("@")[0] + "@example.com"  # the address with the wrong domain
+    return LAST_NUMBER.sub(lambda m: _nudged(m, rng), output, count=1)  # arithmetic, units, counts, years, prices
+
+
+def preference_pair(record: dict, rng: random.Random) -> dict:
+    """The record in LLMs-from-scratch's preference form: the right answer chosen, a wrong one rejected."""
+    return {"instruction": record["instruction"], "input": record["input"], "chosen": record["output"],
+            "rejected": wrong_answer(record, rng), "category": record["category"]}
+
+
 def main() -> None:
     records = [r for group in build().values() for r in group]
     random.Random(SEED).shuffle(records)
@@ -519,6 +585,10 @@ def main() -> None:
     CONVERSATIONS.write_text(json.dumps(conversations, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {len(conversations)} conversations to {CONVERSATIONS} "
           f"({sum(len(c['messages']) > 3 for c in conversations)} with a second exchange)")
+    rng = random.Random(SEED)
+    pairs = [preference_pair(r, rng) for r in records]
+    PREFERENCES.write_text(json.dumps(pairs, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {len(pairs)} preference pairs to {PREFERENCES}")
 
 
 if __name__ == "__main__":

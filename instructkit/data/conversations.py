@@ -58,21 +58,21 @@ def conversation_problems(item: dict, where: str) -> tuple[list[Message], list[s
             return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], problems
         if not (isinstance(prompt, list) and isinstance(completion, list)):
             return [], [f"{where}: fields 'prompt' and 'completion' must both be text or both be lists of turns"]
-        messages, problems = _turns(prompt, where, "prompt", FORMATS["prompt"], {}, ordered=False)
-        answer, more = _turns(completion, where, "completion", FORMATS["prompt"], {}, ordered=False)
+        messages, problems = read_turns(prompt, where, "prompt", FORMATS["prompt"], {}, ordered=False)
+        answer, more = read_turns(completion, where, "completion", FORMATS["prompt"], {}, ordered=False)
         if not more and [m["role"] for m in answer] != ["assistant"]:
             more = [f"{where}: field 'completion' must be one assistant turn"]
         if not problems and messages[-1]["role"] != "user":
             problems = [f"{where}: prompt turn {len(messages) - 1}: field 'prompt' must end with a user turn"]
         if problems or more:
             return [], problems + more
-        return messages + answer, _order_problems(messages + answer, where, "prompt")
+        return messages + answer, order_problems(messages + answer, where, "prompt")
     key = formats[0]
     names = SHAREGPT_ROLES if key == "conversations" else {}
-    return _turns(item[key], where, key, FORMATS[key], names)
+    return read_turns(item[key], where, key, FORMATS[key], names)
 
 
-def _turns(turns: Any, where: str, key: str, fields: tuple[str, str], role_names: dict[str, str],
+def read_turns(turns: Any, where: str, key: str, fields: tuple[str, str], role_names: dict[str, str],
            ordered: bool = True) -> tuple[list[Message], list[str]]:
     role_field, text_field = fields
     if not isinstance(turns, list) or not turns:
@@ -103,10 +103,10 @@ def _turns(turns: Any, where: str, key: str, fields: tuple[str, str], role_names
             messages.append({"role": allowed[role], "content": text})
     if problems or not ordered:
         return ([] if problems else messages), problems
-    return messages, _order_problems(messages, where, key)
+    return messages, order_problems(messages, where, key)
 
 
-def _order_problems(messages: list[Message], where: str, key: str) -> list[str]:
+def order_problems(messages: list[Message], where: str, key: str) -> list[str]:
     """A system turn first at most, then user and assistant turns in turn, ending on an answer."""
     problems = []
     expected = "user"

@@ -47,7 +47,7 @@ def load_records(source: str) -> list[Record]:
     if path.is_file():
         raw, label = read_raw_records(path), str(path)
     elif source in HUB_DATASETS or (not path.exists() and "/" in source and not path.suffix):
-        raw, label = _read_hub(HUB_DATASETS.get(source, source)), HUB_DATASETS.get(source, source)
+        raw, label = read_hub(HUB_DATASETS.get(source, source)), HUB_DATASETS.get(source, source)
     else:
         raise UserError(
             f"{source}: no such file; give an Alpaca/Dolly .json, .jsonl or .csv file or a "
@@ -67,10 +67,10 @@ def read_raw_records(path: Path) -> list[Any]:
     if suffix == ".jsonl":
         # Lines end at \n only: splitlines() would also cut at a U+2028 that a JSON string may hold.
         return [parse_json(line, path, number) for number, line in enumerate(text.split("\n"), start=1) if line.strip()]
-    return _record_list(parse_json(text, path), path)
+    return record_list(parse_json(text, path), path)
 
 
-def _record_list(raw: Any, label: str | Path) -> list[Any]:
+def record_list(raw: Any, label: str | Path) -> list[Any]:
     if not isinstance(raw, list):
         found = {dict: "an object", str: "a string", bool: "true or false", type(None): "null"}.get(type(raw), "a number")
         raise UserError(f"{label}: expected a JSON list of records, found {found}")
@@ -102,16 +102,15 @@ def _read_csv(path: Path, text: str) -> list[dict[str, str]]:
     return rows
 
 
-def _read_hub(name: str) -> list[dict[str, Any]]:
+def read_hub(name: str, split: str = "train") -> list[dict[str, Any]]:
     import datasets
 
     try:
-        dataset = datasets.load_dataset(name, split="train")
+        dataset = datasets.load_dataset(name, split=split)
     except Exception as exc:  # the hub client raises many types when offline
         raise UserError(
             f"could not load dataset {name!r} from the Hugging Face hub: {type(exc).__name__}: {exc}. "
-            "Without the hub, pass a local Alpaca/Dolly .json, .jsonl or .csv file, or a conversations "
-            ".json/.jsonl file, with --data."
+            "Without the hub, pass a local file with --data (--help lists the forms it reads)."
         ) from exc
     return list(dataset)
 
@@ -128,7 +127,7 @@ def record_problems(raw: Any, label: str | Path) -> tuple[list[Record], list[str
     """The valid records of a JSON list, and one line per problem (for a reader that adds its own)."""
     problems: list[str] = []
     records: list[Record] = []
-    if not _record_list(raw, label):
+    if not record_list(raw, label):
         raise UserError(f"{label}: contains no records")
     for index, item in enumerate(raw):
         if not isinstance(item, dict):

@@ -17,7 +17,8 @@ RESPONSE_FIELDS = {"base": "base_model_response", "finetuned": "finetuned_model_
 SUFFIX = "_model_response"
 # A --compare model's name becomes a column: lower-case letters, digits and _, none of these.
 COLUMN_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-RESERVED_NAMES = ("base", "finetuned", "output", "instruction", "input")
+PREFERENCE_MODEL = "preference"  # stage 1b's adapter in the run folder: a column stages 2 and 5 add themselves
+RESERVED_NAMES = ("base", "finetuned", PREFERENCE_MODEL, "output", "instruction", "input")
 
 
 def response_field(model: str) -> str:

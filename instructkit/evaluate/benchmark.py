@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
+from instructkit.data.responses import PREFERENCE_MODEL
 from instructkit.errors import UserError
 from instructkit.evaluate.config import HARNESS_DIR, RESULTS_FILE, BenchmarkConfig, chat_style
-from instructkit.evaluate.stats import fmt
+from instructkit.evaluate.stats import STEPS, fmt
 from instructkit.models.finetune import RunModels
 from instructkit.models.loading import quantized_loading
 from instructkit.models.precision import precision_setting, resolve_precision
@@ -182,8 +183,9 @@ def _is_offline(config: BenchmarkConfig, base: ResolvedModel) -> bool:
     return env_offline or base.source in ("embedded", "gguf")
 
 
-def mcnemar(base_correct: dict, tuned_correct: dict) -> dict:
-    """Exact McNemar test on per-question correctness of the two models (paired)."""
+def mcnemar(base_correct: dict, tuned_correct: dict, names: tuple[str, str] = ("base", "finetuned")) -> dict:
+    """Exact McNemar test on per-question correctness of two models (paired): the one before a
+    training step and the one after it, named by `names`."""
     from scipy.stats import binomtest
 
     shared = sorted(set(base_correct) & set(tuned_correct))
@@ -191,7 +193,8 @@ def mcnemar(base_correct: dict, tuned_correct: dict) -> dict:
     only_tuned = sum(tuned_correct[d] and not base_correct[d] for d in shared)
     discordant = only_base + only_tuned
     p_value = binomtest(only_tuned, discordant, 0.5).pvalue if discordant else 1.0
-    return {"n_paired": len(shared), "base_only_correct": only_base, "finetuned_only_correct": only_tuned, "p_value": p_value}
+    return {"n_paired": len(shared), f"{names[0]}_only_correct": only_base, f"{names[1]}_only_correct": only_tuned,
+            "p_value": p_value}
 
 
 def _model_args(config: BenchmarkConfig, run: RunModels, model: str) -> dict:
@@ -209,6 +212,8 @@ def _model_args(config: BenchmarkConfig, run: RunModels, model: str) -> dict:
             args["pretrained"] = resolve_model(config.merged).path
         else:
             args["peft"] = str(adapter)
+    if model == PREFERENCE_MODEL:  # stage 1b's adapter: on the same base, as stage 2 loads it
+        args["peft"] = str(run.preference(config.output_dir))
     return args
 
 
@@ -217,6 +222,9 @@ def evaluate(config: BenchmarkConfig) -> Path:
     output_dir = Path(config.output_dir)
     run = RunModels.of(config, output_dir, config.models)
     base, models = run.base, list(run.roles)
+    preference = run.preference(output_dir)
+    if preference:  # stage 1b ran on this finetune: its model is evaluated too
+        models.append(PREFERENCE_MODEL)
     offline = _is_offline(config, base)
     workdir = cache_dir() / "lm_eval_tasks"
     task_names, task_manager = resolve_tasks(config, offline, workdir)
@@ -225,6 +233,8 @@ def evaluate(config: BenchmarkConfig) -> Path:
     inputs = {"base_model": run.base_input(), **task_inputs(config, task_names, task_manager, offline)}
     if "finetuned" in models:
         inputs["finetuned"] = run.finetuned_input()
+    if PREFERENCE_MODEL in models:
+        inputs[PREFERENCE_MODEL] = path_input(preference)
     settings = {k: v for k, v in asdict(config).items() if k in BENCHMARK_SETTINGS}
     settings["lm_eval_version"] = library_versions()["lm_eval"]
     precision = resolve_precision(config.precision, "inference")
@@ -250,33 +260,38 @@ def evaluate(config: BenchmarkConfig) -> Path:
                 work.progress.add([((model,), _evaluate_model(config, model, run, task_names, task_manager,
                                                               offline, output_dir))])
         per_model = {m: work.progress.done[(m,)]["results"] for m in models}
-        comparison = {}
-        if len(models) == 2:
-            base_run, tuned_run = (work.progress.done[(m,)] for m in models)
-            for task in task_names:
-                comparison[task] = _compare(base_run["results"][task], tuned_run["results"][task],
-                                            base_run["correct"].get(task), tuned_run["correct"].get(task))
+        comparisons = {}  # finetuned - base, preference - finetuned
+        for step, (before, after) in STEPS.items():
+            if before in models and after in models:
+                first, second = work.progress.done[(before,)], work.progress.done[(after,)]
+                comparisons[step] = {task: _compare(first["results"][task], second["results"][task],
+                                                    first["correct"].get(task), second["correct"].get(task),
+                                                    (before, after))
+                                     for task in task_names}
         results = manifest(
             stage="part3_benchmark_evaluation",
             base_model=base.reference,
             smoke_run=config.limit > 0,
             **precision.describe(),
             models=per_model,
-            finetuned_minus_base=comparison,
+            finetuned_minus_base=comparisons.get("finetuned_minus_base", {}),
+            **{step: c for step, c in comparisons.items() if step != "finetuned_minus_base"},
         )
         # Each model's results with per-question correctness, so that a rerun can keep the base model's.
         work.finish(results, {"stage": "part3_benchmark_evaluation", "models": models,
                               "evaluations": {m: work.progress.done[(m,)] for m in models}})
-    _print_table(per_model, comparison, final_path)
+    _print_table(per_model, comparisons, final_path)
     return final_path
 
 
-def _compare(base: dict, tuned: dict, base_correct: dict | None, tuned_correct: dict | None) -> dict:
-    """Finetuned minus base on the primary metric; McNemar where each question was right or wrong."""
+def _compare(base: dict, tuned: dict, base_correct: dict | None, tuned_correct: dict | None,
+             names: tuple[str, str]) -> dict:
+    """The model after a step minus the one before on the primary metric; McNemar where each
+    question was right or wrong."""
     return {
         "metric": base["metric"],
         "difference": tuned["value"] - base["value"] if None not in (tuned["value"], base["value"]) else None,
-        "mcnemar": mcnemar(base_correct, tuned_correct) if base_correct and tuned_correct else None,
+        "mcnemar": mcnemar(base_correct, tuned_correct, names) if base_correct and tuned_correct else None,
     }
 
 
@@ -388,7 +403,7 @@ def _evaluate_model(config, model, run, task_names, task_manager, offline, outpu
     return {"results": results, "correct": correct}
 
 
-def _print_table(per_model: dict, comparison: dict, path: Path) -> None:
+def _print_table(per_model: dict, comparisons: dict, path: Path) -> None:
     print("\n== stage 3 results")
     print(f"{'task':<36} {'model':<10} {'metric':<12} {'value':>8} {'stderr':>8} {'n':>6}")
     for model, tasks in per_model.items():
@@ -397,10 +412,11 @@ def _print_table(per_model: dict, comparison: dict, path: Path) -> None:
             for name, entry in rows:
                 print(f"{name:<36} {model:<10} {entry['metric']:<12} {fmt(entry['value']):>8} {fmt(entry['stderr']):>8} "
                       f"{entry['n_questions']:>6}")
-    for task, c in comparison.items():
-        test = f" (McNemar p = {c['mcnemar']['p_value']:.3g})" if c["mcnemar"] else ""
-        difference = fmt(c["difference"], "+.4f")
-        print(f"{task}: finetuned - base = {difference} {c['metric']}{test}")
+    for step, comparison in comparisons.items():
+        for task, c in comparison.items():
+            test = f" (McNemar p = {c['mcnemar']['p_value']:.3g})" if c["mcnemar"] else ""
+            difference = fmt(c["difference"], "+.4f")
+            print(f"{task}: {' - '.join(STEPS[step][::-1])} = {difference} {c['metric']}{test}")
     print(f"results: {path}")
 
 

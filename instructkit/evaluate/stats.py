@@ -4,7 +4,7 @@ agreement between two sets of scores. Unscored items are counted, never averaged
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -47,6 +47,16 @@ def paired_difference(first: Sequence[float | None], second: Sequence[float | No
     summary["n_pairs"] = summary.pop("n_scored")
     summary["n_total"] = len(first)
     return summary
+
+
+# The paired differences a run reports: each training step against the model it started from.
+STEPS = {"finetuned_minus_base": ("base", "finetuned"), "preference_minus_finetuned": ("finetuned", "preference")}
+
+
+def step_differences(models: Sequence[str], values: Callable[[str], Sequence[float | None]], seed: int) -> dict:
+    """`paired_difference` of every step in STEPS whose two models both answered."""
+    return {name: paired_difference(values(before), values(after), seed)
+            for name, (before, after) in STEPS.items() if before in models and after in models}
 
 
 def wilson_interval(successes: float, n: int, level: float = 0.95) -> tuple[float, float] | None:

@@ -13,6 +13,7 @@ Sentence BLEU stays noisy on short answers ("Cats sleep." against "Rivers flow n
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 import sacrebleu
 from rouge_score import rouge_scorer
 
-from instructkit.evaluate.stats import describe, paired_difference
+from instructkit.evaluate.stats import describe, step_differences
 
 METRIC_NAMES = {"exact_match": "exact match", "rouge_l": "ROUGE-L", "chrf": "chrF", "bleu": "BLEU"}
 METRICS = tuple(METRIC_NAMES)
@@ -67,7 +68,7 @@ def task_metrics(records: Sequence[dict], models: Sequence[str], seed: int) -> d
             "chrf": round(sacrebleu.corpus_chrf(hypotheses, references).score, 4) if answered else None,
         }
     result = {"metrics": list(METRICS), "scale": "0-100", "summary": summary, "records": per_record}
-    if "base" in models and "finetuned" in models:
-        result["finetuned_minus_base"] = {metric: paired_difference(column("base", metric), column("finetuned", metric), seed)
-                                          for metric in METRICS}
+    for metric in METRICS:  # finetuned - base, preference - finetuned
+        for name, difference in step_differences(models, functools.partial(column, metric=metric), seed).items():
+            result.setdefault(name, {})[metric] = difference
     return result

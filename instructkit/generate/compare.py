@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from instructkit.data.prompts import STYLE_FILE, PromptStyle, get_style, load_style
-from instructkit.data.responses import COLUMN_NAME, RESERVED_NAMES
+from instructkit.data.responses import COLUMN_NAME, PREFERENCE_MODEL, RESERVED_NAMES
 from instructkit.errors import UserError, problems_error
 from instructkit.models.backends import OpenAIBackend
 from instructkit.models.references import backend_kind, base_reference, resolve_model, trained_quantization
@@ -46,6 +46,12 @@ def parse_compare(specs: list[str]) -> list[CompareModel]:
     if problems:
         raise problems_error(problems)
     return models
+
+
+def with_preference_model(compared: list[CompareModel], preference: Path | None) -> list[CompareModel]:
+    """The compare models after stage 1b's adapter (`RunModels.preference`), if any: stages 2 and 5
+    answer with it as `preference` without being asked."""
+    return [CompareModel(PREFERENCE_MODEL, str(preference)), *compared] if preference else compared
 
 
 def compare_input(model: CompareModel, base_url: str) -> dict:

@@ -18,7 +18,7 @@ from instructkit.data.questions import MT_RESPONSES_FILE, questions_file, read_q
 from instructkit.data.records import Record, split_file, validate_records
 from instructkit.data.responses import RESPONSE_FIELDS, RESPONSES_FILE, response_field
 from instructkit.errors import UserError
-from instructkit.generate.compare import FailedRequest, compare_input, load_compare, parse_compare
+from instructkit.generate.compare import FailedRequest, compare_input, load_compare, parse_compare, with_preference_model
 from instructkit.generate.config import GenerationConfig
 from instructkit.models.backends import context_length
 from instructkit.models.finetune import RunModels
@@ -280,8 +280,8 @@ def generate_responses(config: GenerationConfig) -> Path:
     `mt_bench_responses.json`)."""
     output_dir = Path(config.output_dir)
     test_file = split_file(output_dir, "test", config.test_file)
-    compared = parse_compare(config.compare)
     run = RunModels.of(config, output_dir, config.models)
+    compared = with_preference_model(parse_compare(config.compare), run.preference(output_dir))
     base, adapter, models = run.base, run.adapter, list(run.roles)
     style: PromptStyle = load_style(adapter)
     if config.questions:  # conversations of one or more user turns

@@ -14,7 +14,7 @@ TASK_METRICS_FILE = "task_metrics.json"
 MT_SCORES_FILE = "mt_bench_scores.json"
 HUMAN_FILE = "human_ratings.json"
 REFERENCE = "output"  # the expected answer, as a column a model can be compared with (AlpacaEval's setup)
-DEFAULT_PAIR = "finetuned:base"
+EACH_STEP = "each-step"  # --pairwise alone: finetuned:base, and preference:finetuned after stage 1b
 
 
 @dataclass
@@ -23,7 +23,7 @@ class JudgeConfig(Reruns, LocalModel, APIClient):
     judge: str = field(default=f"hf:{EMBEDDED_JUDGE}", metadata={"help": "hf:<model> (transformers), litgpt:<model> or openai:<model>"})
     judge_base_url: str = field(default="", metadata={"help": "an OpenAI-compatible server for openai: judges (vLLM, Ollama, litgpt serve); the key comes from OPENAI_API_KEY"})
     scoring: str = field(default="auto", metadata={"help": "generate: parse the judge's reply; probability: expected score from its token probabilities (hf: judges; always a number, no retries); auto: probability for hf: judges, generate for the others (bench/judge_scoring.py)", "choices": ["auto", "generate", "probability"]})
-    pairwise: str = field(default="", metadata={"nargs": "?", "const": DEFAULT_PAIR, "help": f"also ask which of two answers is better, in both orders (MT-Bench style): --pairwise alone compares finetuned with base; --pairwise A:B[,C:D] any response columns, or {REFERENCE} (the expected answer, as AlpacaEval's reference); the win rate is A's"})
+    pairwise: str = field(default="", metadata={"nargs": "?", "const": EACH_STEP, "help": f"also ask which of two answers is better, in both orders (MT-Bench style): --pairwise alone compares finetuned with base (and preference with finetuned after stage 1b); --pairwise A:B[,C:D] any response columns, or {REFERENCE} (the expected answer, as AlpacaEval's reference); the win rate is A's"})
     rubric: str = field(default="default", metadata={"help": "default: 0-100 against the expected output of stage 2's test records; mt-bench: stage 2 --questions answers graded per turn 1-10 ([[rating]], against the reference answer for math, reasoning and coding), --pairwise as [[A]]/[[B]]/[[C]], into mt_bench_scores.json", "choices": ["default", "mt-bench"]})
     compare_with: str = field(default="", metadata={"help": "another judge_scores.json or human_ratings.json to measure agreement with"})
     human: bool = field(default=False, metadata={"help": "rate responses yourself in the terminal (blind, shuffled) instead of running the judge"})

@@ -110,7 +110,7 @@ def read_human_ratings(path: str | Path) -> dict:
         checks = {
             "index": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
             "model": lambda v: isinstance(v, str) and bool(COLUMN_NAME.match(v)),
-            "rating": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 100,
+            "rating": _is_rating,
         }
         for field, valid in checks.items():
             if field not in rating:
@@ -119,9 +119,38 @@ def read_human_ratings(path: str | Path) -> dict:
                 problems.append(f"{path}: rating {number}: field '{field}' is {reprlib.repr(rating[field])}; expected "
                                 + {"index": "a record index (0 or more)", "model": "a response column (base, finetuned or a compare model's name)",
                                    "rating": "a number from 0 to 100"}[field])
+    chats = data.setdefault("chat_ratings", [])
+    if not isinstance(chats, list):
+        problems.append(f"{path}: field 'chat_ratings' must be a list (of the chat app's rated exchanges)")
+    for number, entry in enumerate(chats if isinstance(chats, list) else ()):
+        problems += _chat_rating_problems(entry, f"{path}: chat rating {number}")
     if problems:
         raise problems_error(problems)
     return data
+
+
+def _is_rating(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 100
+
+
+def _chat_rating_problems(entry, where: str) -> list[str]:
+    """What is wrong with one exchange the chat app saved (stage 1b reads them as preferences)."""
+    if not isinstance(entry, dict):
+        return [f"{where}: expected an object, found {type(entry).__name__}"]
+    entry.setdefault("history_turns", 0)  # saved before the app counted earlier turns
+    entry.setdefault("input", "")
+    checks = {
+        "message": (lambda v: isinstance(v, str), "text"),
+        "input": (lambda v: isinstance(v, str), "text"),
+        "record_index": (lambda v: v is None or (type(v) is int and v >= 0), "null or a record index (0 or more)"),
+        "history_turns": (lambda v: type(v) is int and v >= 0, "a count of earlier exchanges (0 or more)"),
+        "answers": (lambda v: isinstance(v, dict) and all(isinstance(t, str) for t in v.values()), "an object of model -> answer text"),
+        "preference": (lambda v: v is None or isinstance(v, str), "null or the better model's name (or tie)"),
+        "ratings": (lambda v: isinstance(v, dict) and all(_is_rating(r) for r in v.values()), "an object of model -> rating from 0 to 100"),
+    }
+    return [f"{where}: missing field '{field}'" if field not in entry
+            else f"{where}: field '{field}' is {reprlib.repr(entry[field])}; expected {expected}"
+            for field, (valid, expected) in checks.items() if field not in entry or not valid(entry[field])]
 
 
 def _ask_rating(ask: Callable[[str], str]) -> int | str:

@@ -12,17 +12,18 @@ from typing import Any
 from instructkit.data.responses import read_responses, responses_path
 from instructkit.errors import UserError
 from instructkit.evaluate.stats import (
+    STEPS,
     agreement,
     describe,
     fmt,
     fmt_interval,
     length_controlled_win_rate,
-    paired_difference,
+    step_differences,
     win_rate,
 )
 from instructkit.evaluate.task_metrics import METRIC_NAMES, task_metrics
 from instructkit.judge.config import (
-    DEFAULT_PAIR,
+    EACH_STEP,
     REFERENCE,
     SCORES_FILE,
     TASK_METRICS_FILE,
@@ -149,9 +150,11 @@ def print_task_metrics(result: dict, path: Path) -> None:
     print(f"  {'':18s}" + "".join(f"{name:>26s}" for name in METRIC_NAMES.values()))
     for model, summary in result["summary"].items():
         print(f"  {model:18s}" + "".join(f"{fmt(summary[m]['mean'], '.1f') + fmt_interval(summary[m], '.1f', ' [{}, {}]'):>26s}" for m in METRIC_NAMES))
-    for metric, d in result.get("finetuned_minus_base", {}).items():
-        if d["mean"] is not None:
-            print(f"  finetuned - base {METRIC_NAMES[metric]}: {d['mean']:+.1f}{fmt_interval(d, '.1f', WITH_CI, EQUAL)} over {d['n_pairs']} pairs")
+    for step, (before, after) in STEPS.items():
+        for metric, d in result.get(step, {}).items():
+            if d["mean"] is not None:
+                print(f"  {after} - {before} {METRIC_NAMES[metric]}: {d['mean']:+.1f}"
+                      f"{fmt_interval(d, '.1f', WITH_CI, EQUAL)} over {d['n_pairs']} pairs")
 
 
 def _same_judge(finished: dict | None, settings: dict) -> bool:
@@ -188,8 +191,9 @@ def parse_pairs(spec: str, models: list[str]) -> list[tuple[str, str]]:
     spec = str(spec)  # `pairwise: true` in a YAML config of the version where it was a switch
     if spec in ("", "False", "false"):
         return []
-    if spec in ("True", "true"):
-        spec = DEFAULT_PAIR
+    if spec in ("True", "true", EACH_STEP):  # alone: each training step against the model it started from
+        steps = [f"{after}:{before}" for before, after in STEPS.values() if before in models and after in models]
+        spec = ",".join(steps) or "finetuned:base"  # (refused below, naming the columns there are)
     columns = [*models, REFERENCE]
     pairs = []
     for part in spec.split(","):
@@ -300,8 +304,7 @@ def summarize(records: list[dict], models: list[str], pairs: list[tuple[str, str
         for model in models:
             coverages = [r["scores"][model].get("coverage") for r in rows if r["scores"][model].get("coverage") is not None]
             summary[model]["mean_probability_on_a_score"] = round(sum(coverages) / len(coverages), 4) if coverages else None
-    if "base" in models and "finetuned" in models:
-        summary["finetuned_minus_base"] = paired_difference(scores["base"], scores["finetuned"], config.seed)
+    summary |= step_differences(models, scores.get, config.seed)  # finetuned - base, preference - finetuned
     return {
         "judge": {**judge, "scoring": config.scoring, "seed": config.seed},
         "input": str(responses_path(config.output_dir, config.input)),
@@ -374,9 +377,10 @@ def compare_scores(rows: list[dict], other: dict[tuple[str, int], float]) -> dic
 def print_summary(result: dict, path: Path) -> None:
     print(f"\n== stage 4: judge {result['judge']['kind']}:{result['judge']['model']} ({result['judge']['scoring']})")
     for model, s in result["summary"].items():
-        if model == "finetuned_minus_base":
-            print(f"  finetuned - base: {s['mean']:+.1f}{fmt_interval(s, '.1f', WITH_CI, EQUAL)} over {s['n_pairs']} pairs"
-                  if s["mean"] is not None else "  finetuned - base: no record has both scores")
+        if model in STEPS:
+            step = " - ".join(STEPS[model][::-1])
+            print(f"  {step}: {s['mean']:+.1f}{fmt_interval(s, '.1f', WITH_CI, EQUAL)} over {s['n_pairs']} pairs"
+                  if s["mean"] is not None else f"  {step}: no record has both scores")
             continue
         print(f"  {model}: mean {fmt(s['mean'], '.1f')}{fmt_interval(s, '.1f', WITH_CI, EQUAL)}, scored {s['n_scored']}/{s['n_total']}")
         coverage = s.get("mean_probability_on_a_score")

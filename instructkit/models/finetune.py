@@ -1,5 +1,6 @@
 """The models a run compares, for stages 2, 3 and 5: the base model and its finetune (stage 1's
-adapter in the run folder, or a merged model), resolved and fingerprinted in one place."""
+adapter in the run folder, or a merged model), and stage 1b's preference-tuned adapter where it
+was tuned from that finetune, resolved and fingerprinted in one place."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from instructkit.config import Finetune
 from instructkit.models.references import (
+    PREFERENCE_DIR,
     ResolvedModel,
     base_reference,
     require_adapter,
@@ -15,7 +17,8 @@ from instructkit.models.references import (
     run_adapter,
     trained_quantization,
 )
-from instructkit.runs.fingerprints import finetuned_input, model_input
+from instructkit.runs.artifacts import read_json
+from instructkit.runs.fingerprints import finetuned_input, model_input, path_input, same_input
 
 
 @dataclass(frozen=True)
@@ -51,3 +54,22 @@ class RunModels:
 
     def base_input(self) -> dict:
         return model_input(self.base)
+
+    def preference(self, output_dir: str | Path) -> Path | None:
+        """Stage 1b's adapter in the run folder, when it was tuned from this run's finetune: stages
+        2, 3 and 5 add it as the model `preference`. Left out, saying why, beside another adapter
+        (--adapter) or a merged model, or after stage 1 was trained again."""
+        folder = Path(output_dir) / PREFERENCE_DIR
+        summary = folder / "training_summary.json"
+        if not summary.is_file() or "finetuned" not in self.roles:
+            return None
+        if self.merged:
+            why = "--merged replaces the adapter it was tuned from"
+        elif self.adapter.resolve() != run_adapter(Path(output_dir), "").resolve():
+            why = f"--adapter {self.adapter} is not the adapter it was tuned from"
+        elif not same_input((read_json(summary).get("inputs") or {}).get("sft_adapter"), path_input(self.adapter)):
+            why = f"it was tuned from another adapter than {self.adapter} (stage 1 trained again since); run stage 1b again"
+        else:
+            return folder
+        print(f"note: not answering with {folder}: {why}")
+        return None

@@ -180,6 +180,9 @@ def trained_prompts(adapter: Path) -> dict | None:
                     "prompt_ids, end_of_answer, end_of_answer_id); train again, or restore the file")
 
 
+PREFERENCE_DIR = "preference"  # in the run folder: stage 1b's adapter, beside stage 1's finetuned/
+
+
 def run_adapter(output_dir: Path, adapter: str) -> Path:
     """The adapter a later stage uses: given with --adapter, else stage 1's in the run folder."""
     return Path(adapter or output_dir / "finetuned")

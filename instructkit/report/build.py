@@ -25,11 +25,11 @@ from markupsafe import Markup
 from instructkit.data.responses import RESPONSE_FIELDS, RESPONSES_FILE, response_columns, response_field
 from instructkit.errors import UserError
 from instructkit.evaluate.config import RESULTS_FILE
-from instructkit.evaluate.stats import agreement, describe, fmt, fmt_interval, paired_difference
+from instructkit.evaluate.stats import STEPS, agreement, describe, fmt, fmt_interval, paired_difference
 from instructkit.evaluate.task_metrics import METRIC_NAMES
 from instructkit.judge.config import HUMAN_FILE, MT_SCORES_FILE, REFERENCE, SCORES_FILE, TASK_METRICS_FILE
 from instructkit.judge.human import read_human_ratings
-from instructkit.models.references import EMBEDDED_JUDGE
+from instructkit.models.references import EMBEDDED_JUDGE, PREFERENCE_DIR
 from instructkit.report.plots import plot_category_changes, plot_category_means, plot_score_histograms
 from instructkit.runs.artifacts import read_json, write_text_atomic
 from instructkit.runs.fingerprints import sha256_file, stale_on_disk
@@ -154,23 +154,48 @@ def _training_section(output_dir: Path) -> dict:
             "loss_image": _image(loss_png, "training and validation loss") if loss_png.is_file() else None}
 
 
+def _preference_section(output_dir: Path) -> dict:
+    """Stage 1b, when it ran: the pairs, the method, and the held-out DPO metrics before and after."""
+    path = output_dir / PREFERENCE_DIR / SUMMARY_FILE
+    summary = _read_optional(path)
+    if summary is None:
+        return {"template": "preference.html.j2", "not_run": True}
+    if missing := _missing(summary, "Stage 1b (preference tuning)", path):
+        return missing
+    pairs, method = summary["pairs"], summary["method"]
+    before, after = summary.get("val_before") or {}, summary.get("val_after") or {}
+    rows = [("started from", summary.get("sft_adapter")), ("method", f"{method['loss_type']} ({method['trainer']}), beta {method['beta']}"),
+            ("pairs train / held out", f"{pairs['train']} / {pairs['val']}"),
+            ("pairs by source", ", ".join(f"{kind} {n}" for kind, n in pairs["by_source"].items())),
+            ("optimizer steps", summary.get("steps")), ("seconds per step", summary.get("seconds_per_step"))]
+    rows += [(f"held-out {label} before → after", f"{fmt(before.get(key), '.3f')} → {fmt(after.get(key), '.3f')}")
+             for key, label in (("loss", "loss"), ("margin", "reward margin"), ("accuracy", "preference accuracy"))]
+    image = output_dir / PREFERENCE_DIR / "preference.png"
+    return {"template": "preference.html.j2", "not_run": False, "stale": _stale(summary, path, "stage 1b"), "rows": rows,
+            "test_prompts": pairs["n_test_prompts"] if pairs.get("test_prompts_kept") else 0,
+            "image": _image(image, "loss and held-out reward margin (and DPO's preference accuracy)") if image.is_file() else None}
+
+
 def _benchmark_section(output_dir: Path) -> dict:
     path = output_dir / RESULTS_FILE
     results = _read_optional(path)
     if missing := _missing(results, "Stage 3 (benchmark)", path):
         return missing
     models = results.get("models", {})
+    columns = [*RESPONSE_FIELDS, *(m for m in models if m not in RESPONSE_FIELDS)]  # base, finetuned, preference
+    steps = [(step, before, after) for step, (before, after) in STEPS.items() if step in results and after in columns]
     tasks = list(dict.fromkeys(task for per_model in models.values() for task in per_model))
     rows = []
     for task in tasks:
         rows.append({"task": task, "subtask": False,
-                     "results": [models.get(model, {}).get(task) for model in RESPONSE_FIELDS],
-                     "difference": results.get("finetuned_minus_base", {}).get(task)})
+                     "results": [models.get(model, {}).get(task) for model in columns],
+                     "differences": [results[step].get(task) for step, _, _ in steps]})
         subtasks = list(dict.fromkeys(sub for m in models.values() for sub in m.get(task, {}).get("subtasks", {})))
         rows += [{"task": sub, "subtask": True,
-                  "results": [models.get(m, {}).get(task, {}).get("subtasks", {}).get(sub) for m in RESPONSE_FIELDS]}
+                  "results": [models.get(m, {}).get(task, {}).get("subtasks", {}).get(sub) for m in columns]}
                  for sub in subtasks]
     return {"template": "benchmark.html.j2", "stale": _stale(_stage_record(path), path, "stage 3"), "rows": rows,
+            "columns": columns, "steps": [f"{after} − {before}" for _, before, after in steps],
             "smoke_run": bool(results.get("smoke_run"))}
 
 
@@ -181,13 +206,13 @@ def _task_metrics_section(output_dir: Path) -> dict:
         return missing
     rows = [{"model": model, "n": summary["rouge_l"]["n_scored"], "metrics": [summary[m] for m in METRIC_NAMES]}
             for model, summary in result["summary"].items()]
-    difference = result.get("finetuned_minus_base")
     responses = output_dir / RESPONSES_FILE
     upstream = _changed_inputs(_stage_record(responses), responses)
     return {"template": "task_metrics.html.j2",
             "stale": _stale(_stage_record(path), path, "stages 2 and 4" if upstream else "stage 4", upstream),
             "metric_names": list(METRIC_NAMES.values()), "rows": rows,
-            "difference": [difference[m] for m in METRIC_NAMES] if difference else None,
+            "differences": [(after, before, [result[step][m] for m in METRIC_NAMES])
+                            for step, (before, after) in STEPS.items() if step in result],
             "corpus": [(model, s["corpus"]) for model, s in result["summary"].items()],
             "losses": _largest_losses(result, output_dir)}
 
@@ -243,7 +268,7 @@ def _category_section(output_dir: Path, scores: dict | None) -> dict:
 
 def _models(columns) -> list[str]:
     """Base and finetuned, then any --compare models, in that order."""
-    return response_columns(m for m in columns if m != "finetuned_minus_base")
+    return response_columns(m for m in columns if m not in STEPS)
 
 
 def _pairs(scores: dict) -> dict:
@@ -267,7 +292,7 @@ def _judge_section(scores: dict | None, path: Path, output_dir: Path) -> dict:
             "stale": _stale(_stage_record(path), path, "stages 2 and 4" if upstream else "stage 4", upstream),
             "judge": judge, "embedded_judge": judge["model"] == EMBEDDED_JUDGE,
             "cards": [(model, summary[model]) for model in _models(summary) if model in summary],
-            "difference": summary.get("finetuned_minus_base"),
+            "differences": [(after, before, summary[step]) for step, (before, after) in STEPS.items() if step in summary],
             "pairwise": _pairwise_table(pairwise) if pairwise else None,
             "agreement": scores.get("agreement"),
             "histogram": _image(histogram, "judge score histogram per model") if histogram else None}
@@ -383,6 +408,7 @@ def build_report(output_dir: str | Path) -> Path:
     human_ok = human if isinstance(human, dict) and "_error" not in human else None
     sections = [
         ("Training (stage 1)", lambda: _training_section(output_dir)),
+        ("Preference tuning (stage 1b)", lambda: _preference_section(output_dir)),
         ("Benchmark (stage 3)", lambda: _benchmark_section(output_dir)),
         ("Task metrics (stage 4, no judge)", lambda: _task_metrics_section(output_dir)),
         ("By kind of task", lambda: _category_section(output_dir, scores_ok)),

@@ -41,6 +41,36 @@ def plot_loss(train: list[dict], val: list[dict], path: str | Path, title: str) 
 
 
 @_plain_text
+def plot_preference(train: list[dict], val: list[dict], path: str | Path, title: str) -> Path:
+    """Stage 1b: the loss (training per step, held-out per evaluation) beside the held-out reward
+    margin and, for DPO, preference accuracy."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
+    left.plot([p["step"] for p in train], [p["loss"] for p in train], label="train loss", alpha=0.8)
+    if val:
+        left.plot([p["step"] for p in val], [p["loss"] for p in val], "o-", label="held-out loss")
+        right.plot([p["step"] for p in val], [p.get("margin") for p in val], "o-", label="held-out reward margin")
+        if all("accuracy" in p for p in val):  # DPO's; KTO has no pairs to rank
+            accuracy = right.twinx()
+            accuracy.plot([p["step"] for p in val], [p["accuracy"] for p in val], "s--", color="tab:green",
+                          label="held-out preference accuracy")
+            accuracy.set_ylim(-0.02, 1.02)
+            accuracy.set_ylabel("chosen ranked above rejected")
+            accuracy.legend(loc="lower right")
+        right.legend(loc="upper left")
+    if train and abs(train[0]["loss"] - 0.6931) < 0.05:  # DPO starts at the reference: ln 2
+        left.axhline(0.6931, color="grey", linestyle=":", label="ln 2 (the reference itself)")
+    left.set_xlabel("optimizer step")
+    left.set_ylabel("loss")
+    left.legend()
+    right.set_xlabel("optimizer step")
+    right.set_ylabel("reward margin (beta x log-ratio)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+@_plain_text
 def plot_score_histograms(scores: dict[str, list[float | None]], path: str | Path) -> Path:
     """One histogram of 0-100 judge scores per model, on shared bins; unscored responses noted."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)

@@ -245,11 +245,11 @@ def open_work(final_path: Path, settings: dict, inputs: dict, *, overwrite: bool
 
 def base_part_holds(finished: dict | None, progress: ProgressLog) -> bool:
     """Whether the base model's part of a finished output still holds for this run: the same
-    settings and the same inputs but the finetuned model (a retraining changes only that)."""
+    settings and the same inputs but the trained models (a retraining changes only those)."""
     if not finished or "base" not in finished.get("models", []) or not same_settings(finished.get("settings"), progress.settings):
         return False
-    def others(inputs: dict | None) -> dict:
-        return {name: entry for name, entry in (inputs or {}).items() if name != "finetuned"}
+    def others(inputs: dict | None) -> dict:  # the trained models' inputs left out
+        return {name: entry for name, entry in (inputs or {}).items() if name not in ("finetuned", "preference")}
     return same_inputs(others(finished.get("inputs")), others(progress.inputs))
 
 

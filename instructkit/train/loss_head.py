@@ -1,4 +1,4 @@
-"""The LM head of stage 1's loss, projected only at the positions where the loss is taken.
+"""The LM head of stages 1's and 1b's losses, projected only at the positions where the loss is taken.
 
 TRL's SFTTrainer computes the loss through a chunked "fused" LM head that never builds the
 (batch, sequence, vocabulary) logits. On CUDA its Triton path scores only the positions with a label;
@@ -15,7 +15,7 @@ import types
 
 import torch
 from torch.distributed.tensor import DTensor
-from trl import SFTTrainer
+from trl import DPOTrainer, SFTTrainer
 from trl.kernels import ChunkedLogProbFunction
 from trl.trainer.utils import FusedCausalLMOutput
 
@@ -36,13 +36,16 @@ def supports_compact_head(model: torch.nn.Module) -> bool:
     )
 
 
-def use_compact_head(trainer: SFTTrainer) -> bool:
+def use_compact_head(trainer: SFTTrainer | DPOTrainer) -> bool:
     """Give the trainer's model the compact head where TRL's is not compact: every device but
-    CUDA/XPU, where its Triton kernel already skips unlabelled positions. Returns whether it did."""
+    CUDA/XPU, where its Triton kernel already skips unlabelled positions. Returns whether it did
+    (once per model: a second call finds it there)."""
     model = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     if trainer.args.device.type in ("cuda", "xpu") or not supports_compact_head(model):
         return False
-    _patch_fused_forward(model)
+    if not getattr(model, "_compact_head", False):
+        _patch_fused_forward(model)
+        model._compact_head = True
     return True
 
 
@@ -64,14 +67,14 @@ def _patch_fused_forward(model: torch.nn.Module) -> None:
         mask = labels != -100
         per_token = ChunkedLogProbFunction.apply(
             hidden[mask], head.weight, head.bias, labels[mask], 1.0, VOCAB_CHUNK, softcap, 1.0,
-            ("log_probs", "entropy", "is_top1"),
+            ("log_probs", "entropy", "mean_logits", "is_top1"),  # what SFTTrainer and DPOTrainer log
         )
         # masked_scatter keeps a batch without labels connected to the graph (a zero loss, not an error)
-        log_probs, entropy, _, _, is_top1 = (
+        log_probs, entropy, _, mean_logits, is_top1 = (
             None if x is None else x.new_zeros(mask.shape).masked_scatter(mask, x) for x in per_token
         )
         n_items = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
         return FusedCausalLMOutput(loss=-log_probs.sum() / n_items, log_probs=log_probs, entropy=entropy,
-                                   is_top1=is_top1, label_mask=mask)
+                                   mean_logits=mean_logits, is_top1=is_top1, label_mask=mask)
 
     model.forward = types.MethodType(compact_forward, model)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gc
 import importlib.util
-import math
-import resource
 import shutil
 import time
 from dataclasses import asdict
@@ -26,13 +24,21 @@ from instructkit.models.precision import precision_setting, resolve_precision
 from instructkit.models.references import ResolvedModel, resolve_model
 from instructkit.report.plots import plot_loss
 from instructkit.runs.artifacts import is_main_process, manifest, output_lock, read_json, write_json_atomic
-from instructkit.runs.fingerprints import changed, reference_input, same_inputs, same_settings, settings_changes
+from instructkit.runs.fingerprints import reference_input
 from instructkit.runs.reuse import why_redo
+from instructkit.train.common import (
+    RUN_CONFIG_FILE,
+    QuietProgressCallback,
+    check_resumable,
+    last_logged,
+    peak_memory_mb,
+    swap_in,
+    trainer_arguments,
+)
 from instructkit.train.config import SUMMARY_FILE, TRACKERS, TrainingConfig
 from instructkit.train.loss_head import use_compact_head
 from instructkit.train.padding_free import padding_free_collator, records_stay_apart
 
-RUN_CONFIG_FILE = "run_config.json"
 # After QLoRA --merge: greedy answers of the merged model compared with the 4-bit adapter's.
 MERGE_CHECK_RECORDS, MERGE_CHECK_TOKENS = 8, 48
 # A run in progress trains here, beside the finished one, and is swapped in only when it finishes.
@@ -42,13 +48,6 @@ STAGED = ("data", "finetuned")
 # `precision` is recorded as what it resolved to on this machine (precision_setting), not as asked.
 NOT_RUN_SETTINGS = ("overwrite", "restart", "merge", "compact_loss_head", "padding_free", "output_dir", "report_to",
                     "precision")
-
-
-def _planned_steps(config: TrainingConfig, n_train: int) -> int:
-    if config.max_steps > 0:
-        return config.max_steps
-    per_epoch = math.ceil(n_train / (config.batch_size * config.grad_accum))
-    return max(1, math.ceil(config.epochs * per_epoch))
 
 
 def _count_truncated(examples: list[dict], tokenizer, max_length: int) -> int:
@@ -70,21 +69,6 @@ def training_examples(style: PromptStyle, records: list, tokenizer) -> list[dict
     return [style.training_example(record) for record in records]
 
 
-class QuietProgressCallback(ProgressCallback):
-    """transformers' progress bar, with the latest loss on the bar instead of a printed dict per
-    step and per evaluation (the full log is kept in training_summary.json)."""
-
-    def __init__(self):
-        super().__init__()
-        self.shown: dict[str, str] = {}  # the latest training and validation loss
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and self.training_bar is not None and logs:
-            self.shown.update({key: f"{logs[key]:.4f}" for key in ("loss", "eval_loss") if isinstance(logs.get(key), float)})
-            if self.shown:
-                self.training_bar.set_postfix(self.shown, refresh=False)
-
-
 class ThroughputCallback(TrainerCallback):
     """Tokens per second over the training steps (evaluations left out), counting real tokens of
     every process, not padding."""
@@ -94,7 +78,7 @@ class ThroughputCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.seconds = 0.0
-        self.start_tokens = _last_logged(state.log_history, "num_tokens") or 0
+        self.start_tokens = last_logged(state.log_history, "num_tokens") or 0
         # TRL counts num_tokens from 0 in every process, so a resumed run's count would restart
         # below the checkpoint's: continue it from there, as the step count continues.
         self.trainer._total_train_tokens = self.start_tokens
@@ -109,24 +93,12 @@ class ThroughputCallback(TrainerCallback):
         self.tokens = self.trainer._total_train_tokens - self.start_tokens
 
 
-def _last_logged(history: list[dict], key: str):
-    values = [entry[key] for entry in history if key in entry]
-    return values[-1] if values else None
-
-
 def _final_val_loss(trainer: SFTTrainer) -> float:
     """The validation loss at the last step: reuse the evaluation made there, else run one."""
     last = [e for e in trainer.state.log_history if "eval_loss" in e and e["step"] == trainer.state.global_step]
     if last and not trainer.args.load_best_model_at_end:  # early stopping reloads the best model
         return last[-1]["eval_loss"]
     return trainer.evaluate()["eval_loss"]
-
-
-def _peak_memory_mb() -> dict[str, float]:
-    peak = {"cpu_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    if torch.cuda.is_available():
-        peak["gpu_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return peak
 
 
 def _write_split(split: Split, output_dir: Path) -> None:
@@ -142,50 +114,6 @@ def run_settings(config: TrainingConfig) -> dict:
     if config.qlora:
         settings["quantization"] = qlora_settings(precision.dtype)
     return settings | precision_setting(precision)
-
-
-def _check_resumable(checkpoints: Path, record: dict, restart: bool) -> bool:
-    """Resume only a run made from the same data with the same settings; anything else would mix
-    two experiments. Checkpoints from data that has changed since are discarded, saying so."""
-    for partial in checkpoints.glob("checkpoint-*"):
-        if not (partial / "trainer_state.json").is_file():  # killed while saving: unusable
-            shutil.rmtree(partial, ignore_errors=True)  # every rank of a DDP job may get here
-    if not any(checkpoints.glob("checkpoint-*")):
-        return False
-    saved_path = checkpoints / RUN_CONFIG_FILE
-    saved = read_json(saved_path) if saved_path.is_file() else {}
-    discard = None
-    if restart:
-        discard = "--restart"
-    elif not same_inputs(saved.get("inputs"), record["inputs"]):
-        discard = f"{', '.join(changed(saved.get('inputs'), record['inputs']))} changed since they were made"
-    elif not same_settings(saved.get("settings"), record["settings"]):
-        raise UserError(
-            f"{checkpoints} holds checkpoints of an interrupted run with other settings "
-            f"({'; '.join(settings_changes(saved.get('settings'), record['settings']))}); "
-            "rerun with the same settings to resume, or pass --restart to discard them"
-        )
-    if discard is None:
-        return True
-    if is_main_process():
-        print(f"note: discarding the checkpoints in {checkpoints}: {discard}")
-        shutil.rmtree(checkpoints, ignore_errors=True)
-    return False
-
-
-def _swap_in(output_dir: Path, staging: Path) -> None:
-    """Replace data/ and finetuned/ with the finished run from `staging`. Each folder is replaced by
-    two renames; a run killed in between finds the finished run still staged and completes the swap."""
-    for name in STAGED:
-        new, current, old = staging / name, output_dir / name, output_dir / f".{name}.old"
-        if not new.exists():
-            continue
-        shutil.rmtree(old, ignore_errors=True)
-        if current.exists():
-            current.rename(old)
-        new.rename(current)
-        shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _with_record(summary: dict, path: Path) -> dict:
@@ -224,7 +152,7 @@ def train(config: TrainingConfig) -> Path:
     with output_lock(output_dir, "train"):
         if is_main_process() and (staging / "finetuned" / SUMMARY_FILE).is_file():
             print(f"note: completing the swap-in of the run finished in {staging}")
-            _swap_in(output_dir, staging)
+            swap_in(output_dir, staging, STAGED)
         if summary_path.is_file() and not config.overwrite:
             summary = read_json(summary_path)
             reason = why_redo(_with_record(summary, summary_path), record["settings"], record["inputs"],
@@ -245,51 +173,15 @@ def train(config: TrainingConfig) -> Path:
 
 def sft_arguments(config: TrainingConfig, checkpoints: Path, n_train: int, has_val: bool,
                   resuming: bool = False) -> SFTConfig:
-    """Stage 1's SFTConfig. Unlike TRL's defaults: no gradient checkpointing unless asked (always
-    with QLoRA), and no bf16 autocast on a CPU, where it casts the weights at every step (bf16 there
-    means bf16 base weights instead); bench/train_throughput.py and bench/precision.py measure it."""
-    total_steps = _planned_steps(config, n_train)
-    eval_steps = config.eval_steps or max(1, total_steps // 10)
-    on_gpu = torch.cuda.is_available()
+    """Stage 1's SFTConfig: the shared arguments (common.trainer_arguments), the prompt-completion
+    loss, packing, and early stopping's best model."""
     return SFTConfig(
-        output_dir=str(checkpoints),
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.lr,
-        lr_scheduler_type="cosine",
-        warmup_ratio=0.03,
-        max_length=config.max_length,
+        **trainer_arguments(config, checkpoints, n_train, has_val, resuming, quantized=config.qlora),
         packing=config.packing,
         completion_only_loss=True,
-        logging_steps=1,
-        eval_strategy="steps" if has_val else "no",
-        # The base model's validation loss (LoRA B starts at 0), logged as step 0 and kept in every
-        # checkpoint's log. Evaluated inside train(): a trainer.evaluate() before train() leaves the
-        # model unwrapped by DDP, and each rank then trains its own copy without syncing gradients.
-        eval_on_start=has_val and not resuming,
-        eval_steps=eval_steps,
-        save_strategy="steps",
-        save_steps=eval_steps,
-        save_total_limit=2,
         load_best_model_at_end=has_val and config.early_stopping_patience > 0,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
-        seed=config.seed,
-        data_seed=config.seed,
-        # DDP broadcasts buffers by position, and transformers 5.3 (our pin) registers Gemma 3's two RoPE
-        # tables in `set` order, which differs per process: rank 1 got the wrong table (found by
-        # tests/test_multiprocess.py; upstream fix huggingface/transformers#48162). The buffers are
-        # functions of the config, identical on every rank, so there is nothing to broadcast.
-        ddp_broadcast_buffers=False,
-        bf16=on_gpu and resolve_precision(config.precision, "training").name == "bf16",
-        use_cpu=not on_gpu,
-        # QLoRA is for a GPU's memory: there activations are recomputed too (a CPU has the room).
-        gradient_checkpointing=config.gradient_checkpointing or (config.qlora and on_gpu),
-        report_to=config.report_to,
-        disable_tqdm=False,
     )
 
 
@@ -319,7 +211,7 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
 
     adapter_dir = staging / "finetuned"
     checkpoints = adapter_dir / "checkpoints"
-    resuming = _check_resumable(checkpoints, record, config.restart)  # may refuse: nothing is written before
+    resuming = check_resumable(checkpoints, record, config.restart)  # may refuse: nothing is written before
     if is_main_process():
         _write_split(split, staging)
         write_json_atomic(checkpoints / RUN_CONFIG_FILE, record)
@@ -399,7 +291,7 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
         train_tokens=throughput.tokens,
         tokens_per_second=round(throughput.tokens / throughput.seconds, 2) if throughput.seconds else None,
         wall_time_s=round(wall_time, 1),
-        peak_memory=_peak_memory_mb(),
+        peak_memory=peak_memory_mb(),
         device="cuda:" + torch.cuda.get_device_name() if on_gpu else "cpu",
         attention=model.config._attn_implementation,
         **precision.describe(),
@@ -414,7 +306,7 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
                                                              split.test[:MERGE_CHECK_RECORDS], style, config)
     write_json_atomic(adapter_dir / SUMMARY_FILE, summary)  # it marks the run finished
     shutil.rmtree(checkpoints, ignore_errors=True)  # a finished run is never resumed; its curves are in the summary
-    _swap_in(output_dir, staging)
+    swap_in(output_dir, staging, STAGED)
     _print_summary(summary, final_dir)
     return final_dir
 
