@@ -24,7 +24,7 @@ from instructkit.evaluate.stats import STEPS, fmt
 from instructkit.models.finetune import RunModels
 from instructkit.models.loading import quantized_loading
 from instructkit.models.precision import precision_setting, resolve_precision
-from instructkit.models.references import ResolvedModel, cache_dir, resolve_model
+from instructkit.models.references import PREFERENCE_DIR, ResolvedModel, cache_dir, resolve_model
 from instructkit.runs.artifacts import library_versions, manifest, output_lock
 from instructkit.runs.fingerprints import path_input
 from instructkit.runs.reuse import base_part_holds, open_work
@@ -212,8 +212,8 @@ def _model_args(config: BenchmarkConfig, run: RunModels, model: str) -> dict:
             args["pretrained"] = resolve_model(config.merged).path
         else:
             args["peft"] = str(adapter)
-    if model == PREFERENCE_MODEL:  # stage 1b's adapter: on the same base, as stage 2 loads it
-        args["peft"] = str(run.preference(config.output_dir))
+    if model == PREFERENCE_MODEL:  # stage 1b's adapter (evaluate() checked it): on the same base, as stage 2 loads it
+        args["peft"] = str(Path(config.output_dir) / PREFERENCE_DIR)
     return args
 
 
@@ -274,8 +274,7 @@ def evaluate(config: BenchmarkConfig) -> Path:
             smoke_run=config.limit > 0,
             **precision.describe(),
             models=per_model,
-            finetuned_minus_base=comparisons.get("finetuned_minus_base", {}),
-            **{step: c for step, c in comparisons.items() if step != "finetuned_minus_base"},
+            **({"finetuned_minus_base": {}} | comparisons),  # the first key even for one model, as before
         )
         # Each model's results with per-question correctness, so that a rerun can keep the base model's.
         work.finish(results, {"stage": "part3_benchmark_evaluation", "models": models,
