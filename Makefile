@@ -1,11 +1,11 @@
-# make setup | make demo | make demo-chat | make chat | make test | make test-fast   (a fresh machine needs python3.11, PyPI, and Debian packages for the report test's chromium)
+# make setup | make demo | make demo-chat | make demo-sql | make chat | make test | make test-fast   (a fresh machine needs python3.11, PyPI, and Debian packages for the report test's chromium)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo demo-chat test test-fast chromium chat
+.PHONY: setup demo demo-chat demo-sql test test-fast chromium chat
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,14 @@ demo-chat: setup
 	$(BIN)/python part2_generate_test_responses.py $(CHAT_RUN)
 	$(BIN)/python part3_benchmark_evaluation.py $(CHAT_RUN)
 	$(BIN)/python part4_local_evaluation.py $(CHAT_RUN)
+
+# Text-to-SQL offline (docs/domain-metrics.md): the shop database's questions, execution accuracy
+# base vs finetuned with McNemar, in outputs-sql/
+SQL_RUN = --output-dir outputs-sql
+demo-sql: setup
+	$(BIN)/python part1_instruction_finetuning.py $(SQL_RUN) --data instructkit/data/default/sql-data.json --test-fraction 0.2
+	$(BIN)/python part2_generate_test_responses.py $(SQL_RUN) --max-new-tokens 96
+	$(BIN)/python part4_local_evaluation.py $(SQL_RUN) --judge none --metric sql-execution --metric sql-exact-set-match
 
 # Stage 5, after stage 1: the chat app on http://127.0.0.1:7860/
 chat: setup

@@ -40,15 +40,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 class OneCall(TransformersGenerator):
     """One `generate` call per batch: every row stays until the batch's longest answer ends."""
 
-    def _new_tokens(self, model, inputs, max_new_tokens, style):
-        output = model.generate(**inputs, **self._greedy_kwargs(max_new_tokens, style, inputs["input_ids"].shape[1]))
+    def _new_tokens(self, model, inputs, max_new_tokens, style, temperature=0.0, top_p=1.0):
+        output = model.generate(**inputs, **self._decoding_kwargs(max_new_tokens, style, inputs["input_ids"].shape[1]))
         return list(output[:, inputs["input_ids"].shape[1]:])
 
 
 class TransformersStopStrings(OneCall):
     """The baseline: transformers' own stop_strings check, as stage 2 generated before."""
 
-    def _greedy_kwargs(self, max_new_tokens, style, prompt_length):
+    def _decoding_kwargs(self, max_new_tokens, style, prompt_length, temperature=0.0, top_p=1.0):
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
         if style.stop_strings:
             kwargs.update(stop_strings=list(style.stop_strings), tokenizer=self.tokenizer)

@@ -2,7 +2,7 @@
 
 import logging
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 
 class _OptionalKernelNotice(logging.Filter):

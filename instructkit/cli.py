@@ -44,6 +44,21 @@ def _or_none(kind: type) -> Callable[[str], object]:
     return convert
 
 
+class _ListFlag(argparse.Action):
+    """A list flag: `--flag a b` and `--flag a --flag b` alike give [a, b] (a repeated flag adds to
+    what the command line gave, never silently replaces it), and the command line replaces the
+    default, a --config file's list included."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._given: set[int] = set()  # the namespaces this flag has been given in
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        earlier = getattr(namespace, self.dest) if id(namespace) in self._given else []
+        self._given.add(id(namespace))
+        setattr(namespace, self.dest, [*earlier, *values])
+
+
 def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, kind: type) -> None:
     """`--name` and `--name-with-dashes` for a field, as transformers' HfArgumentParser makes them."""
     names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
@@ -57,7 +72,7 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, kind: type
             parser.add_argument(f"--no_{f.name}", f"--no-{f.name.replace('_', '-')}", action="store_false",
                                 dest=f.name, default=False, **kwargs)
     elif typing.get_origin(kind) is list:
-        parser.add_argument(*names, type=typing.get_args(kind)[0], nargs="+", default=default, **kwargs)
+        parser.add_argument(*names, type=typing.get_args(kind)[0], nargs="+", action=_ListFlag, default=default, **kwargs)
     else:
         if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `float | None`
             kind = _or_none(next(arg for arg in typing.get_args(kind) if arg is not type(None)))

@@ -6,7 +6,8 @@ import datasets
 import pytest
 
 from conftest import run_script
-from instructkit.evaluate.benchmark import BenchmarkConfig, mcnemar, resolve_tasks
+from instructkit.evaluate.benchmark import BenchmarkConfig, resolve_tasks
+from instructkit.evaluate.stats import mcnemar
 
 
 def _load_task(task_manager, name):

@@ -30,6 +30,20 @@ def test_yaml_config_is_overridden_by_flags(tmp_path):
 
 
 @pytest.mark.fast
+def test_a_list_flag_adds_up_when_repeated_and_replaces_the_files_list(tmp_path):
+    from instructkit.judge.config import JudgeConfig
+
+    parser = build_parser(JudgeConfig, "")
+    assert parse_config(parser, ["--metric", "bleu", "--metric", "chrf", "rouge_l"]).metric == ["bleu", "chrf", "rouge_l"]
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("metric: [sql-execution]\n")
+    assert parse_config(build_parser(JudgeConfig, ""), ["--config", str(config_file)]).metric == ["sql-execution"]
+    flagged = parse_config(build_parser(JudgeConfig, ""), ["--config", str(config_file), "--metric", "bleu", "--metric", "chrf"])
+    assert flagged.metric == ["bleu", "chrf"]
+    assert parse_config(build_parser(JudgeConfig, ""), []).metric == []
+
+
+@pytest.mark.fast
 def test_yaml_with_an_unknown_key_is_rejected(tmp_path, capsys):
     config_file = tmp_path / "run.yaml"
     config_file.write_text("learning_rate_typo: 0.1\n")

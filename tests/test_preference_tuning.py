@@ -33,15 +33,33 @@ class OverlapJudge(JSONHandler):
     and prefers the response closer to it, in either order (a deterministic stand-in for an API judge)."""
 
     def do_POST(self):
-        prompt = self.chat_messages()[-1]["content"]
+        self.reply_chat(self.answer(self.chat_messages()[-1]["content"]))
+
+    def answer(self, prompt: str) -> str:
         expected = re.search(r"### Expected output:\n(.*?)\n\n###", prompt, re.S).group(1)
         if "### Response A:" in prompt:
             a, b = re.search(r"### Response A:\n(.*?)\n\n### Response B:\n(.*?)\n\nWhich", prompt, re.S).groups()
             diff = _overlap(a, expected) - _overlap(b, expected)
-            self.reply_chat("A" if diff > 0 else "B" if diff < 0 else "tie")
-        else:
-            response = re.search(r"### Response to score:\n(.*?)\n\nReply", prompt, re.S).group(1)
-            self.reply_chat(str(round(100 * _overlap(response, expected))))
+            return "A" if diff > 0 else "B" if diff < 0 else "tie"
+        response = re.search(r"### Response to score:\n(.*?)\n\nReply", prompt, re.S).group(1)
+        return str(round(100 * _overlap(response, expected)))
+
+
+class PairMaker(OverlapJudge):
+    """OverlapJudge that also rewrites an answer as stage 0's pairs-rewrite asks: "Certainly! " before
+    it to be more polite, "Whatever. " before it to be impolite, and for `unchanged` the answer as it was."""
+
+    unchanged = ""
+
+    def answer(self, prompt: str) -> str:
+        found = re.search(r"rewrite the response to be (.*?)\. Keep.*### Instruction:\n(.*?)\n.*### Response:\n(.*)$",
+                          prompt, re.S)
+        if not found:
+            return super().answer(prompt)
+        aspect, instruction, answer = found.groups()
+        if instruction == self.unchanged:
+            return answer
+        return ("Certainly! " if aspect == "more polite" else "Whatever. ") + answer
 
 
 def _copy_run(trained_run, target):
@@ -233,3 +251,69 @@ def test_a_killed_preference_run_resumes_its_trained_adapter(preference_run, tra
     assert summary["train_curve"][2]["step"] == 3 and abs(summary["train_curve"][2]["loss"] - math.log(2)) > 1e-4
     sft = load_file(trained_run / "finetuned" / "adapter_model.safetensors")
     assert any(not torch.equal(saved[name], sft[name]) for name in saved), "step 2's checkpoint holds the SFT weights"
+
+
+def test_stage0_makes_pairs_by_rewriting_and_by_sampling_the_sft_model_and_stage_1b_tunes_on_them(
+        trained_run, tmp_path, local_servers):
+    run = _copy_run(trained_run, tmp_path / "made")
+    train = json.loads((run / "data" / "train.json").read_text())
+    maker = type("Maker", (PairMaker,), {"unchanged": train[1]["instruction"]})
+    server = local_servers(LocalServer, handler=maker)
+    env = {**os.environ, "OPENAI_API_KEY": "sk-pair-maker-test"}  # (replies are redacted of the key)
+    generator = ["--generator", "openai:maker", "--base-url", server.url, "--batch-size", "4", "--keep-dropped"]
+
+    # LLMs-from-scratch's recipe: each answer rewritten more polite (chosen) or impolite (rejected)
+    rewrite = run_script("part0_generate_instruction_data.py", "--method", "pairs-rewrite", "--max-records", "10",
+                         "--data", str(run / "data" / "train.json"), "--output-dir", str(tmp_path / "rewrite"),
+                         *generator, env=env)
+    assert rewrite.returncode == 0, rewrite.stderr[-3000:]
+    pairs = json.loads((tmp_path / "rewrite" / "generated" / "pairs-rewrite.json").read_text())
+    meta = json.loads((tmp_path / "rewrite" / "generated" / "pairs-rewrite.meta.json").read_text())
+    assert meta["counts"]["dropped"] == {"rewrite is the answer unchanged": 1} and meta["counts"]["requests"] == 10
+    dropped = json.loads((tmp_path / "rewrite" / "generated" / "pairs-rewrite.dropped.json").read_text())
+    assert [d["record"] for d in dropped] == [1] and dropped[0]["reply"] == train[1]["output"]
+    assert len(pairs) == 9 and 1 not in {p["source"]["record"] for p in pairs}
+    assert {p["source"]["rewritten"] for p in pairs} == {"better", "worse"}  # --direction both: drawn per record
+    for pair in pairs:
+        record = train[pair["source"]["record"]]
+        assert (pair["instruction"], pair["input"]) == (record["instruction"], record["input"])
+        expected = ((f"Certainly! {record['output']}", record["output"]) if pair["source"]["rewritten"] == "better"
+                    else (record["output"], f"Whatever. {record['output']}"))
+        assert (pair["chosen"], pair["rejected"]) == expected
+
+    # Best-of-n: the SFT model answers each record 3 times, the judge scores each different answer,
+    # the best and the worst are the pair
+    sample_args = ["part0_generate_instruction_data.py", "--method", "pairs-sample", "--samples", "3",
+                   "--temperature", "1.3", "--max-new-tokens", "24", "--max-records", "8", "--min-score-gap", "1",
+                   "--output-dir", str(run), *generator]
+    sample = run_script(*sample_args, env=env)
+    assert sample.returncode == 0, sample.stderr[-3000:]
+    made = run / "generated" / "pairs-sample.json"
+    pairs = json.loads(made.read_text())
+    meta = json.loads(made.with_name("pairs-sample.meta.json").read_text())
+    dropped = json.loads(made.with_name("pairs-sample.dropped.json").read_text())
+    assert meta["counts"]["records"] == 8 and meta["template_parity"]["checked"] and meta["temperature"] == 1.3
+    assert len(pairs) + len(dropped) == 8 and pairs, meta["counts"]
+    assert meta["counts"]["requests"] == sum(len(item["source"]["scores"]) for item in pairs) + sum(
+        len(item["scores"]) for item in dropped)
+    for pair in pairs:
+        source, record = pair["source"], train[pair["source"]["record"]]
+        assert pair["instruction"] == record["instruction"] and len(source["answers"]) == 3
+        scored = source["scores"]
+        assert set(scored) <= {a.strip() for a in source["answers"]} and source["scoring"] == "generate"
+        assert scored == {a: round(100 * _overlap(a, record["output"])) for a in scored}  # what the judge said
+        assert scored[pair["chosen"]] == max(scored.values()) and scored[pair["rejected"]] == min(scored.values())
+        assert scored[pair["chosen"]] - scored[pair["rejected"]] >= 1
+    again = run_script(*sample_args, env=env)
+    assert again.returncode == 0 and "stage 0 already finished" in again.stdout and json.loads(made.read_text()) == pairs
+    # The sampling is seeded: done again from nothing, the same answers, scores and pairs
+    redone = run_script(*sample_args, "--overwrite", env=env)
+    assert redone.returncode == 0 and json.loads(made.read_text()) == pairs
+
+    tune = run_script("part1b_preference_tuning.py", "--output-dir", str(run), "--data", str(made), "--max-steps", "1",
+                      "--batch-size", "2", "--val-fraction", "0")
+    assert tune.returncode == 0, tune.stderr[-3000:]
+    summary = json.loads((run / "preference" / "training_summary.json").read_text())
+    assert summary["pairs"]["by_source"] == {"file (sampled)": len(pairs)}
+    tuned = json.loads((run / "preference" / "pairs" / "train.json").read_text())
+    assert all(p["source"]["made"]["kind"] == "sampled" and p["source"]["file"] == str(made) for p in tuned)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from bs4 import BeautifulSoup
 
+from instructkit.evaluate.metrics import resolve_metrics
 from instructkit.evaluate.task_metrics import task_metrics
 from instructkit.judge.mt_bench import summarize_mt
 from instructkit.judge.scoring import JudgeConfig, summarize
@@ -81,7 +82,7 @@ def run(tmp_path_factory) -> Path:
     write(out / "test_base_model.meta.json", {"inputs": {"test": {"path": str(out / p["changed input"]), "sha256": "0" * 64}}})
     records = [{"instruction": r["instruction"], "input": r["input"], "output": r["output"],
                 **{m: r[f"{m}_model_response"] for m in models}} for r in rows]
-    write(out / "task_metrics.json", task_metrics(records, models, 0))
+    write(out / "task_metrics.json", task_metrics(records, models, 0, resolve_metrics([], out), "test records"))
 
     done = {}
     for m in models:

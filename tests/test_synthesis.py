@@ -129,6 +129,34 @@ def test_seeds_in_alpaca_format_and_every_flag_problem_at_once(tmp_path):
     assert result.returncode == 2 and "use an hf: generator" in result.stderr
 
 
+@pytest.mark.fast
+def test_preference_pair_methods_refuse_what_they_cannot_use(tmp_path):
+    out = tmp_path / "out"
+    result = run_script("part0_generate_instruction_data.py", "--method", "pairs-sample", "--temperature", "0",
+                        "--samples", "1", "--exclude", "test.json", "--output-dir", str(out))
+    assert result.returncode == 2
+    assert "--temperature above 0" in result.stderr and "--samples must be at least 2" in result.stderr, result.stderr
+    assert "--exclude is for the instruction-data methods" in result.stderr
+    result = run_script("part0_generate_instruction_data.py", "--method", "pairs-rewrite", "--output-dir", str(out))
+    assert result.returncode == 2 and f"{out / 'data' / 'train.json'}: no such file; run stage 1 first" in result.stderr
+    conversations = tmp_path / "chats.json"
+    conversations.write_text(json.dumps([{"messages": [{"role": "user", "content": "Hi"},
+                                                       {"role": "assistant", "content": "Hello."}]}]))
+    result = run_script("part0_generate_instruction_data.py", "--method", "pairs-rewrite", "--data", str(conversations),
+                        "--output-dir", str(out))
+    assert result.returncode == 2 and f"{conversations}: record 0 is a conversation" in result.stderr
+    result = run_script("part0_generate_instruction_data.py", "--method", "pairs-sample", "--data", str(PROJECT_DATA),
+                        "--max-requests", "3", "--output-dir", str(out))
+    assert result.returncode == 2 and "--max-requests 3 is too few for one record" in result.stderr
+    result = run_script("part0_generate_instruction_data.py", "--method", "pairs-sample", "--data", str(PROJECT_DATA),
+                        "--output-dir", str(out))
+    assert result.returncode == 2 and f"{out / 'finetuned'}: no adapter_config.json; run stage 1 first, or pass --policy" in result.stderr
+    result = run_script("part0_generate_instruction_data.py", "--method", "pairs-rewrite", "--data", str(PROJECT_DATA),
+                        "--max-records", "5", "--direction", "worse", "--dry-run", "--output-dir", str(out))
+    assert result.returncode == 0 and "rewrite the response to be impolite" in result.stdout, result.stderr
+    assert "== requests: 5 (5 records)" in result.stdout and not out.exists()
+
+
 # --- the OpenAI path, against a real server on 127.0.0.1 -------------------------------------------
 
 POOL = RECORDS[:300]  # what the scripted server proposes as new tasks: real instructions

@@ -1,11 +1,18 @@
 """Judge-free task metrics: the libraries' documented values on fixed strings, the normalization of
 exact match, and the per-model summary with its paired difference."""
 
+from pathlib import Path
+
 import pytest
 
-from instructkit.evaluate.task_metrics import normalize, record_metrics, task_metrics
+from instructkit.evaluate.metrics import TEXT_METRICS, normalize, resolve_metrics
+from instructkit.evaluate.task_metrics import task_metrics
 
 pytestmark = pytest.mark.fast
+
+
+def record_metrics(response: str, reference: str) -> dict[str, float]:
+    return {name: function(response, {"output": reference}) for name, (_, function) in TEXT_METRICS.items()}
 
 
 def test_rouge_l_is_rouge_scores_documented_value():
@@ -47,10 +54,14 @@ def test_summary_with_intervals_and_paired_difference():
                {"output": "4", "base": "4", "finetuned": "4"},
                {"output": "blue whale", "base": "a shark", "finetuned": "The blue whale."},
                {"output": "water", "base": None, "finetuned": "water"}]
-    result = task_metrics(records, ["base", "finetuned"], seed=0)
+    result = task_metrics(records, ["base", "finetuned"], 0, resolve_metrics([], Path(".")), "test records")
     assert result["summary"]["base"]["exact_match"]["n_scored"] == 3  # no response: counted, not averaged
     assert result["summary"]["finetuned"]["exact_match"]["mean"] == 100.0
     assert result["summary"]["base"]["exact_match"]["mean"] == pytest.approx(100 / 3, abs=1e-3)
     difference = result["finetuned_minus_base"]["exact_match"]
     assert difference["n_pairs"] == 3 and difference["mean"] == pytest.approx(200 / 3, abs=1e-3)
     assert result["records"][3]["base"] is None and result["records"][0]["finetuned"]["exact_match"] == 100.0
+    # exact match is pass/fail: its paired difference carries McNemar's test (2 records only the finetune gets)
+    assert result["pass_fail"] == ["exact_match"] and result["lead"] == "rouge_l"
+    assert difference["mcnemar"]["base_only_correct"] == 0 and difference["mcnemar"]["finetuned_only_correct"] == 2
+    assert "mcnemar" not in result["finetuned_minus_base"]["rouge_l"]

@@ -52,6 +52,13 @@ def load_pairs(source: str, drop_identical: bool = False) -> list[Pair]:
     return [pair for pair in pairs if pair["chosen"].strip() != pair["rejected"].strip()]
 
 
+def source_kind(pair: Pair) -> str:
+    """Where a pair came from, in a word: a file's pair that stage 0 made says how (file (sampled))."""
+    source = pair["source"]
+    made = source.get("made") or {}
+    return f"{source['kind']} ({made['kind']})" if isinstance(made.get("kind"), str) else source["kind"]
+
+
 def pair_problems(raw: list, label: str) -> tuple[list[Pair], list[str]]:
     """The pairs of a list of records, and one line per problem naming the record and the field."""
     if not raw:
@@ -65,7 +72,9 @@ def pair_problems(raw: list, label: str) -> tuple[list[Pair], list[str]]:
         pair, found = _pair(item, where)
         problems += found
         if not found or all(p.endswith(SAME_ANSWER) for p in found):
-            pairs.append(pair | {"source": {"kind": "file", "file": label, "record": index}})
+            # A pair stage 0 made says how (`made`): its record, the models, the scores
+            made = {"made": item["source"]} if isinstance(item.get("source"), dict) else {}
+            pairs.append(pair | {"source": {"kind": "file", "file": label, "record": index, **made}})
     return pairs, problems
 
 

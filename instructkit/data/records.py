@@ -13,11 +13,21 @@ from pathlib import Path
 from typing import Any
 
 from instructkit.data.conversations import conversation_problems, conversation_record, earlier_turns, is_conversation
+from instructkit.data.databases import schema
 from instructkit.errors import UserError, not_unicode, problems_error
 from instructkit.runs.artifacts import parse_json, read_text
 
 FIELDS = ("instruction", "input", "output")
-DOLLY_FIELDS = {"context": "input", "response": "output"}
+SPIDER_DATABASES = "database"  # Spider's folder of <db_id>/<db_id>.sqlite, beside its question files
+# Other datasets' names for our fields: Dolly's context/response (they must agree with ours where
+# both are given; sql-create-context names its schema `context` too)
+ALIASES = {"context": "input", "response": "output"}
+# ... and names read only where ours are absent (elsewhere a record may hold a `question` or an
+# `answer` of its own): sql-create-context's question/answer, and Spider's query (for a record with a db_id)
+STAND_INS = {"question": "instruction", "answer": "output"}
+# Optional text a record may carry: a kind of task (the report breaks results down by it) and the
+# database a text-to-SQL record's query runs on (stage 4's sql-execution)
+OPTIONAL_FIELDS = ("category", "db_id")
 HUB_DATASETS = {"alpaca": "tatsu-lab/alpaca", "dolly": "databricks/databricks-dolly-15k"}
 
 Record = dict[str, Any]  # instruction, input, output (text), optional category, and `messages` for a conversation
@@ -46,6 +56,7 @@ def load_records(source: str) -> list[Record]:
     path = Path(source).expanduser()
     if path.is_file():
         raw, label = read_raw_records(path), str(path)
+        raw = _spider_schemas(raw, path.parent / SPIDER_DATABASES, label)
     elif source in HUB_DATASETS or (not path.exists() and "/" in source and not path.suffix):
         raw, label = read_hub(HUB_DATASETS.get(source, source)), HUB_DATASETS.get(source, source)
     else:
@@ -55,6 +66,31 @@ def load_records(source: str) -> list[Record]:
             f"or a hub dataset ({', '.join(HUB_DATASETS)} or owner/name)"
         )
     return validate_records(raw, label)
+
+
+def _spider_schemas(raw: Any, folder: Path, label: str) -> Any:
+    """Spider's records (`question`, `query`, `db_id`) hold no schema: it is read from the database
+    Spider ships beside them (database/<db_id>/<db_id>.sqlite) and given as `context`, the CREATE
+    TABLE statements sql-create-context's records carry, so that stage 1 trains with it in the prompt."""
+    if not isinstance(raw, list):
+        return raw
+    problems, schemas = [], {}
+    for index, item in enumerate(raw):
+        if not (isinstance(item, dict) and "query" in item and isinstance(item.get("db_id"), str)
+                and item.get("context") is None and item.get("input") is None):
+            continue
+        database = folder / item["db_id"] / f"{item['db_id']}.sqlite"
+        if item["db_id"] not in schemas and database.is_file():
+            schemas[item["db_id"]] = schema(database)
+        if item["db_id"] in schemas:
+            raw[index] = {**item, "context": schemas[item["db_id"]]}
+        else:
+            problems.append(f"{label}: record {index}: a Spider record (question, query, db_id) holds no schema, and "
+                            f"{database} is missing: keep Spider's database/ folder beside the file, or give the "
+                            "record a 'context' with its CREATE TABLE statements")
+    if problems:
+        raise problems_error(problems)
+    return raw
 
 
 def read_raw_records(path: Path) -> list[Any]:
@@ -139,13 +175,14 @@ def record_problems(raw: Any, label: str | Path) -> tuple[list[Record], list[str
         else:
             record, found = _single_turn(item, f"{label}: record {index}")
             problems += found
-        category = item.get("category")  # optional (Dolly has it): the report breaks results down by it
-        if category is not None and not (isinstance(category, str) and category.strip()):
-            problems.append(f"{label}: record {index}: field 'category' must be non-empty text, found {reprlib.repr(category)}")
-        elif category is not None and (why := not_unicode(category)):
-            problems.append(f"{label}: record {index}: field 'category' {why}")
-        elif category is not None:
-            record["category"] = category
+        for name in OPTIONAL_FIELDS:
+            value = item.get(name)
+            if value is not None and not (isinstance(value, str) and value.strip()):
+                problems.append(f"{label}: record {index}: field '{name}' must be non-empty text, found {reprlib.repr(value)}")
+            elif value is not None and (why := not_unicode(value)):
+                problems.append(f"{label}: record {index}: field '{name}' {why}")
+            elif value is not None:
+                record[name] = value
         if all(field in record for field in FIELDS):
             records.append(record)
     return records, problems
@@ -167,9 +204,14 @@ def _conversation(item: dict, where: str) -> tuple[Record, list[str]]:
 
 def _single_turn(item: dict, where: str) -> tuple[Record, list[str]]:
     """An Alpaca or Dolly record."""
-    problems = [f"{where}: fields '{field}' and '{dolly}' (Dolly's name for it) differ; keep one"
-                for dolly, field in DOLLY_FIELDS.items() if dolly in item and field in item and item[dolly] != item[field]]
-    item = {DOLLY_FIELDS.get(key, key): value for key, value in item.items()}
+    problems = [f"{where}: fields '{field}' and '{alias}' (Dolly's name for it) differ; keep one"
+                for alias, field in ALIASES.items() if alias in item and field in item and item[alias] != item[field]]
+    item = {**{ALIASES[key]: value for key, value in item.items() if key in ALIASES},
+            **{key: value for key, value in item.items() if key not in ALIASES}}
+    stand_ins = STAND_INS | ({"query": "output"} if "db_id" in item else {})
+    for name, field in stand_ins.items():
+        if name in item and field not in item:
+            item[field] = item[name]
     record: Record = {}
     for field in FIELDS:
         value = item.get(field, "" if field == "input" else None)

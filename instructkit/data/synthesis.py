@@ -45,7 +45,8 @@ from instructkit.runs.artifacts import manifest, output_lock, write_json_atomic
 from instructkit.runs.fingerprints import path_input
 from instructkit.runs.reuse import ProgressLog, open_work
 
-DEFAULT_TEMPERATURE = {"self-instruct": 0.7, "magpie": 1.0, "reflect": 0.0, "curate": 0.0}
+DEFAULT_TEMPERATURE = {"self-instruct": 0.7, "magpie": 1.0, "reflect": 0.0, "curate": 0.0, "pairs-rewrite": 0.0,
+                       "pairs-sample": 0.8}
 # Tasks a text model cannot do (Self-Instruct's list, plus a few of the same kind).
 BLOCKLIST = ("image", "images", "graph", "graphs", "picture", "pictures", "photo", "photos", "file", "files",
              "map", "maps", "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram", "sketch")
@@ -113,35 +114,55 @@ class Rounds:
     def _seed(self, key: tuple) -> int:
         return int.from_bytes(hashlib.sha256(json.dumps([self.config.seed, *key]).encode()).digest()[:4], "big")
 
-    def _logged(self, key: tuple, count: int, asked: object, ask: Callable[[int], list[Reply]]) -> list[Reply]:
-        """`count` requests, asked as `asked` says (their prompts, fingerprinted to check a replay)."""
+    def _replayed(self, key: tuple, count: int, asked: object) -> tuple[str, dict | None]:
+        """The fingerprint of what a round asks, and its logged entry if it was asked before."""
         digest = hashlib.sha256(json.dumps(asked, ensure_ascii=False).encode()).hexdigest()
         self.sent += count
         entry = self.progress.done.get(key)
+        if entry is not None and entry["prompts_sha256"] != digest:
+            raise UserError(f"{self.progress.path}: the logged round {list(key)} was asked with other prompts; "
+                            "pass --restart to discard the partial results")
+        return digest, entry
+
+    def logged_values(self, key: tuple, count: int, asked: object, ask: Callable[[int], list]) -> list:
+        """As `logged`, for work whose results are JSON values rather than replies (a local judge's
+        expected scores)."""
+        digest, entry = self._replayed(key, count, asked)
         if entry is not None:
-            if entry["prompts_sha256"] != digest:
-                raise UserError(f"{self.progress.path}: the logged round {list(key)} was asked with other prompts; "
-                                "pass --restart to discard the partial results")
+            return entry["values"]
+        values = ask(self._seed(key))
+        self.progress.add([(key, {"prompts_sha256": digest, "values": values})])
+        return values
+
+    def logged(self, key: tuple, count: int, asked: object, ask: Callable[[int], list[Reply]]) -> list[Reply]:
+        """`count` requests, asked as `asked` says (their prompts, fingerprinted to check a replay),
+        by `ask(seed)`; `count` 0 for work that is no request to the generator (a local model's answers)."""
+        digest, entry = self._replayed(key, count, asked)
+        if entry is not None:
             return [Reply.from_json(r) for r in entry["replies"]]
         replies = ask(self._seed(key))
-        failed = [r for r in replies if r.failed]
-        if failed:  # later rounds are asked from this one's replies: it must be whole before they are
-            raise UserError(f"{len(failed)} of {len(replies)} requests of round {list(key)} got no answer "
-                            f"({failed[0].error}); the finished rounds are kept in {self.progress.path}: "
-                            "rerun the same command to continue")
+        self.require_answers(key, [r.error for r in replies if r.failed], len(replies))
         self.progress.add([(key, {"prompts_sha256": digest, "replies": [r.to_json() for r in replies]})])
         return replies
 
-    def chat(self, key: tuple, prompts: list[str], temperature: float = 0.0, prefill: str = "") -> list[Reply]:
+    def require_answers(self, key: tuple, errors: list[str], asked: int) -> None:
+        """Stop the run when requests of a round got no answer (`errors`): later rounds are asked
+        from this one's replies, so it must be whole before they are."""
+        if errors:
+            raise UserError(f"{len(errors)} of {asked} requests of round {list(key)} got no answer ({errors[0]}); "
+                            f"the finished rounds are kept in {self.progress.path}: rerun the same command to continue")
+
+    def chat(self, key: tuple, prompts: list[str], temperature: float = 0.0, prefill: str = "", system: str = "",
+             max_new_tokens: int | None = None) -> list[Reply]:
         """A local model's reply starts after `prefill` (its answer is steered into the format);
         chat APIs take no prefill and answer the format they are asked for."""
-        conversations: list[Conversation] = [user_turn(p) for p in prompts]
-        return self._logged(key, len(prompts), [conversations, prefill], lambda seed: self.backend.chat(
-            conversations, self.config.max_new_tokens, prefill=prefill, temperature=temperature,
+        conversations: list[Conversation] = [user_turn(p, system) for p in prompts]
+        return self.logged(key, len(prompts), [conversations, prefill], lambda seed: self.backend.chat(
+            conversations, max_new_tokens or self.config.max_new_tokens, prefill=prefill, temperature=temperature,
             top_p=self.config.top_p, seed=seed))
 
     def complete(self, key: tuple, texts: list[str], temperature: float) -> list[Reply]:
-        return self._logged(key, len(texts), texts, lambda seed: self.backend.complete(
+        return self.logged(key, len(texts), texts, lambda seed: self.backend.complete(
             texts, self.config.max_new_tokens, temperature=temperature, top_p=self.config.top_p, seed=seed))
 
 
@@ -215,17 +236,17 @@ def _new_instructions(rounds: Rounds, config: SynthesisConfig, tally: Tally, nov
     return kept[:config.num_instructions]
 
 
-def _chunks(items: list, size: int) -> list[list]:
+def chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _answer(rounds: Rounds, step: str, prompts: list[str], desc: str, prefills: list[str] | None = None) -> list[Reply]:
+def replies_to(rounds: Rounds, step: str, prompts: list[str], desc: str, prefills: list[str] | None = None) -> list[Reply]:
     """Greedy replies to `prompts`, a round at a time; prompts with different prefills go in separate rounds."""
     prefills = prefills or [""] * len(prompts)
     replies: dict[int, Reply] = {}
     for prefill in sorted(set(prefills)):
         indices = [i for i, p in enumerate(prefills) if p == prefill]
-        for n, chunk in enumerate(tqdm(_chunks(indices, rounds.config.batch_size), desc=desc, unit="round")):
+        for n, chunk in enumerate(tqdm(chunks(indices, rounds.config.batch_size), desc=desc, unit="round")):
             key = (step, prefill, n) if prefill else (step, n)
             replies.update(zip(chunk, rounds.chat(key, [prompts[i] for i in chunk], prefill=prefill)))
     return [replies[i] for i in range(len(prompts))]
@@ -247,7 +268,7 @@ def self_instruct(rounds: Rounds, config: SynthesisConfig, seeds: list[SeedTask]
 
     def ask_round(round_number: int, kept: list[str]) -> list[list[str]]:
         prompts = [_new_tasks_prompt(rng, seeds, kept, config) for _ in range(config.batch_size)]
-        replies = rounds.chat(("instructions", round_number), prompts, _temperature(config))
+        replies = rounds.chat(("instructions", round_number), prompts, sampling_temperature(config))
         return [read_new_tasks(r.text, r.truncated) if r.text else [] for r in replies]
 
     budget = config.max_requests - 2 * config.num_instructions
@@ -256,7 +277,7 @@ def self_instruct(rounds: Rounds, config: SynthesisConfig, seeds: list[SeedTask]
     # Is each one a classification task? (Few-shot examples from seeds whose answer is known.)
     known = [s for s in seeds if s.is_classification is not None] or load_seed_tasks(DEFAULT_SEEDS)
     shots = random.Random(config.seed).sample(known, min(6, len(known)))
-    verdicts = _answer(rounds, "classification", [classification_prompt(i, shots) for i in generated], "classification")
+    verdicts = replies_to(rounds, "classification", [classification_prompt(i, shots) for i in generated], "classification")
     classification = []
     for verdict in verdicts:
         answer = read_yes_no(verdict.text) if verdict.text else None
@@ -272,7 +293,7 @@ def self_instruct(rounds: Rounds, config: SynthesisConfig, seeds: list[SeedTask]
     prefills = [INSTANCE_PREFILL[c] for c in classification]
     records = []
     for instruction, is_classification, reply in zip(generated, classification,
-                                                    _answer(rounds, "instances", prompts, "instances", prefills)):
+                                                    replies_to(rounds, "instances", prompts, "instances", prefills)):
         item = {"instruction": instruction}
         if reply.text is None:
             tally.drop("request refused", {**item, "error": reply.error})
@@ -292,7 +313,7 @@ def self_instruct(rounds: Rounds, config: SynthesisConfig, seeds: list[SeedTask]
     return records
 
 
-def _temperature(config: SynthesisConfig) -> float:
+def sampling_temperature(config: SynthesisConfig) -> float:
     return DEFAULT_TEMPERATURE[config.method] if config.temperature is None else config.temperature
 
 
@@ -303,7 +324,7 @@ def magpie(rounds: Rounds, config: SynthesisConfig, tally: Tally) -> list[Record
     novelty = RougeLFilter(config.rouge_threshold)
 
     def ask_round(round_number: int, kept: list[str]) -> list[list[str]]:
-        replies = rounds.complete(("instructions", round_number), [header] * config.batch_size, _temperature(config))
+        replies = rounds.complete(("instructions", round_number), [header] * config.batch_size, sampling_temperature(config))
         candidates = []
         for reply in replies:
             if reply.truncated:
@@ -315,8 +336,8 @@ def magpie(rounds: Rounds, config: SynthesisConfig, tally: Tally) -> list[Record
 
     instructions = _new_instructions(rounds, config, tally, novelty, ask_round, config.max_requests - config.num_instructions)
     records = []
-    for instruction, reply in zip(instructions, _answer(rounds, "answers", instructions, "answers")):
-        problem = _reply_problem(reply)
+    for instruction, reply in zip(instructions, replies_to(rounds, "answers", instructions, "answers")):
+        problem = reply_problem(reply)
         if problem:
             tally.drop(problem, {"instruction": instruction, "reply": reply.text, "error": reply.error})
         else:
@@ -324,7 +345,7 @@ def magpie(rounds: Rounds, config: SynthesisConfig, tally: Tally) -> list[Record
     return records
 
 
-def _reply_problem(reply: Reply) -> str | None:
+def reply_problem(reply: Reply) -> str | None:
     if reply.text is None:
         return "request refused"
     if reply.truncated:
@@ -343,10 +364,10 @@ def reflect(rounds: Rounds, config: SynthesisConfig, records: list[Record], tall
             prompt, fields = reflect_instruction_prompt, ("instruction", "input", "output")
         else:
             prompt, fields = reflect_response_prompt, ("output",)
-        replies = _answer(rounds, f"reflect-{step}", [prompt(r) for r in records], f"reflecting ({step})")
+        replies = replies_to(rounds, f"reflect-{step}", [prompt(r) for r in records], f"reflecting ({step})")
         improved = []
         for record, reply in zip(records, replies):
-            problem = _reply_problem(reply)
+            problem = reply_problem(reply)
             sections = read_reflection(reply.text, fields) if problem is None else None
             if sections is None:
                 tally.outcomes[f"{step} kept as it was: {problem or 'reply not in the asked format'}"] += 1
@@ -475,7 +496,7 @@ def generate_data(config: SynthesisConfig) -> Path | None:
         work.finish(kept, manifest(
             stage="part0_generate_instruction_data", method=config.method,
             generator=backend.describe() if backend else None, seed=config.seed,
-            temperature=_temperature(config), counts=counts, contamination_flagged=flagged,
+            temperature=sampling_temperature(config), counts=counts, contamination_flagged=flagged,
             seconds=round(time.perf_counter() - started, 2),
         ))
     print(f"\n== stage 0 done: {len(kept)} records ({config.method}) -> {final_path}")

@@ -20,7 +20,7 @@ import torch
 from instructkit.data.responses import PREFERENCE_MODEL
 from instructkit.errors import UserError
 from instructkit.evaluate.config import HARNESS_DIR, RESULTS_FILE, BenchmarkConfig, chat_style
-from instructkit.evaluate.stats import STEPS, fmt
+from instructkit.evaluate.stats import STEPS, fmt, mcnemar
 from instructkit.models.finetune import RunModels
 from instructkit.models.loading import quantized_loading
 from instructkit.models.precision import precision_setting, resolve_precision
@@ -181,20 +181,6 @@ def _is_offline(config: BenchmarkConfig, base: ResolvedModel) -> bool:
         return config.data_source == "local"
     env_offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
     return env_offline or base.source in ("embedded", "gguf")
-
-
-def mcnemar(base_correct: dict, tuned_correct: dict, names: tuple[str, str] = ("base", "finetuned")) -> dict:
-    """Exact McNemar test on per-question correctness of two models (paired): the one before a
-    training step and the one after it, named by `names`."""
-    from scipy.stats import binomtest
-
-    shared = sorted(set(base_correct) & set(tuned_correct))
-    only_base = sum(base_correct[d] and not tuned_correct[d] for d in shared)
-    only_tuned = sum(tuned_correct[d] and not base_correct[d] for d in shared)
-    discordant = only_base + only_tuned
-    p_value = binomtest(only_tuned, discordant, 0.5).pvalue if discordant else 1.0
-    return {"n_paired": len(shared), f"{names[0]}_only_correct": only_base, f"{names[1]}_only_correct": only_tuned,
-            "p_value": p_value}
 
 
 def _model_args(config: BenchmarkConfig, run: RunModels, model: str) -> dict:

@@ -59,6 +59,20 @@ def step_differences(models: Sequence[str], values: Callable[[str], Sequence[flo
             for name, (before, after) in STEPS.items() if before in models and after in models}
 
 
+def mcnemar(base_correct: dict, tuned_correct: dict, names: tuple[str, str] = ("base", "finetuned")) -> dict:
+    """Exact McNemar test on per-question correctness of two models (paired): the one before a
+    training step and the one after it, named by `names`."""
+    from scipy.stats import binomtest
+
+    shared = sorted(set(base_correct) & set(tuned_correct))
+    only_base = sum(base_correct[d] and not tuned_correct[d] for d in shared)
+    only_tuned = sum(tuned_correct[d] and not base_correct[d] for d in shared)
+    discordant = only_base + only_tuned
+    p_value = binomtest(only_tuned, discordant, 0.5).pvalue if discordant else 1.0
+    return {"n_paired": len(shared), f"{names[0]}_only_correct": only_base, f"{names[1]}_only_correct": only_tuned,
+            "p_value": p_value}
+
+
 def wilson_interval(successes: float, n: int, level: float = 0.95) -> tuple[float, float] | None:
     """Wilson score interval for a proportion: valid for small n and for 0 or n successes, where
     a bootstrap collapses to a point. Written out because scipy's binomtest().proportion_ci takes

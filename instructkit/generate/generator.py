@@ -20,7 +20,7 @@ from instructkit.data.responses import RESPONSE_FIELDS, RESPONSES_FILE, response
 from instructkit.errors import UserError
 from instructkit.generate.compare import FailedRequest, compare_input, load_compare, parse_compare, with_preference_model
 from instructkit.generate.config import GenerationConfig
-from instructkit.models.backends import context_length
+from instructkit.models.backends import Reply, context_length
 from instructkit.models.finetune import RunModels
 from instructkit.models.loading import load_causal_lm, load_tokenizer
 from instructkit.models.precision import precision_setting, resolve_precision
@@ -65,7 +65,8 @@ class StopAtStrings(StoppingCriteria):
 
 
 class TransformersGenerator:
-    """Batched greedy decoding with one model load: the base answers with the adapter disabled."""
+    """Batched decoding (greedy unless asked to sample) with one model load: the base answers with
+    the adapter disabled."""
 
     def render(self, style: PromptStyle, record: Record, history: list[dict[str, str]] = ()) -> str:
         """The prompt for `record`, after the earlier turns of its conversation if there are any."""
@@ -113,10 +114,13 @@ class TransformersGenerator:
         return self.tokenizer(prompts, return_tensors="pt", padding=True,
                               add_special_tokens=not style.is_chat).to((self.model or self.merged).device)
 
-    def _greedy_kwargs(self, max_new_tokens: int, style: PromptStyle, prompt_length: int) -> dict:
+    def _decoding_kwargs(self, max_new_tokens: int, style: PromptStyle, prompt_length: int, temperature: float = 0.0,
+                         top_p: float = 1.0) -> dict:
+        """Greedy, or sampled at `temperature` > 0; the same stops either way."""
         stops = [StopAtStrings(self.tokenizer, style.stop_strings, prompt_length)] if style.stop_strings else []
-        return dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
-                    eos_token_id=self.stop_ids(style), stopping_criteria=StoppingCriteriaList(stops))
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+        return dict(max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=self.stop_ids(style), stopping_criteria=StoppingCriteriaList(stops), **sampling)
 
     @contextmanager
     def _answering(self, model: str):
@@ -131,18 +135,37 @@ class TransformersGenerator:
             yield self.model
 
     def generate(self, model: str, prompts: list[str], max_new_tokens: int, style: PromptStyle) -> tuple[list[str], int]:
-        """Responses to `prompts`, and how many tokens were generated for them."""
-        inputs = self._inputs(prompts, style)
-        with torch.inference_mode(), self._answering(model) as answering:
-            new_tokens = self._new_tokens(answering, inputs, max_new_tokens, style)
-        texts = self.tokenizer.batch_decode([t.tolist() for t in new_tokens], skip_special_tokens=True)
+        """Greedy responses to `prompts`, and how many tokens were generated for them."""
+        texts, new_tokens = self._decode(model, prompts, max_new_tokens, style)
         generated = sum(int((t != self.tokenizer.pad_token_id).sum()) for t in new_tokens)
         return [clean_response(t, style.stop_strings) for t in texts], generated
+
+    def sample(self, model: str, prompts: list[str], max_new_tokens: int, style: PromptStyle, *, temperature: float,
+               top_p: float, seed: int) -> list[Reply]:
+        """Responses sampled from `seed` (the global random state is left as it was); one that ran
+        to `max_new_tokens` without ending is marked truncated."""
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            texts, new_tokens = self._decode(model, prompts, max_new_tokens, style, temperature, top_p)
+        stops = set(self.stop_ids(style))
+        return [Reply(clean_response(text, style.stop_strings),
+                      truncated=len(tokens) >= max_new_tokens and not stops & set(tokens.tolist())
+                      and not any(s in text for s in style.stop_strings))
+                for text, tokens in zip(texts, new_tokens)]
+
+    def _decode(self, model: str, prompts: list[str], max_new_tokens: int, style: PromptStyle, temperature: float = 0.0,
+                top_p: float = 1.0) -> tuple[list[str], list[torch.Tensor]]:
+        """Each prompt's new tokens, and their text before the stop strings are cut."""
+        inputs = self._inputs(prompts, style)
+        with torch.inference_mode(), self._answering(model) as answering:
+            new_tokens = self._new_tokens(answering, inputs, max_new_tokens, style, temperature, top_p)
+        return self.tokenizer.batch_decode([t.tolist() for t in new_tokens], skip_special_tokens=True), new_tokens
 
     # Steps a batch decodes before its finished rows leave it (bench/generation_speed.py).
     span = 16
 
-    def _new_tokens(self, model, inputs, max_new_tokens: int, style: PromptStyle) -> list[torch.Tensor]:
+    def _new_tokens(self, model, inputs, max_new_tokens: int, style: PromptStyle, temperature: float = 0.0,
+                    top_p: float = 1.0) -> list[torch.Tensor]:
         """Each row's new tokens. Decoding goes `span` steps at a time; between spans the rows that
         have finished leave the batch, with their rows of the KV cache, and the rest continue from
         the cache (transformers' documented way to continue a generation). A batch otherwise costs
@@ -155,7 +178,7 @@ class TransformersGenerator:
         while True:
             steps = min(self.span, prompt_length + max_new_tokens - ids.shape[1])
             out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, return_dict_in_generate=True,
-                                 **self._greedy_kwargs(steps, style, prompt_length))
+                                 **self._decoding_kwargs(steps, style, prompt_length, temperature, top_p))
             added = out.sequences[:, ids.shape[1]:]
             for row, tokens in zip(rows.tolist(), added):
                 new[row].append(tokens)
@@ -187,10 +210,8 @@ class TransformersGenerator:
                 return torch.full((input_ids.shape[0],), stop is not None and stop.is_set(), dtype=torch.bool)
 
         inputs = self._inputs([prompt], style)
-        kwargs = self._greedy_kwargs(max_new_tokens, style, inputs["input_ids"].shape[1])
+        kwargs = self._decoding_kwargs(max_new_tokens, style, inputs["input_ids"].shape[1], temperature, top_p)
         kwargs["stopping_criteria"].append(StopWhenSet())
-        if temperature > 0:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         result: dict = {}
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from instructkit.config import SEED, APIClient, LocalModel, Reruns, setting_problems
+from instructkit.data import packaged
 from instructkit.data.responses import RESPONSES_FILE, read_responses, responses_path
 from instructkit.errors import problems_error
+from instructkit.evaluate.metrics import resolve_metrics
 from instructkit.models.references import EMBEDDED_JUDGE, backend_kind
 
 SCORES_FILE = "judge_scores.json"
@@ -15,12 +18,16 @@ MT_SCORES_FILE = "mt_bench_scores.json"
 HUMAN_FILE = "human_ratings.json"
 REFERENCE = "output"  # the expected answer, as a column a model can be compared with (AlpacaEval's setup)
 EACH_STEP = "each-step"  # --pairwise alone: finetuned:base, and preference:finetuned after stage 1b
+NO_JUDGE = "none"  # --judge none: the task metrics only
+SQL_DATABASES = packaged("sql")  # the default text-to-SQL data's database, as a script
 
 
 @dataclass
 class JudgeConfig(Reruns, LocalModel, APIClient):
     input: str = field(default="", metadata={"help": f"stage 2's responses to score (default: <output-dir>/{RESPONSES_FILE})"})
-    judge: str = field(default=f"hf:{EMBEDDED_JUDGE}", metadata={"help": "hf:<model> (transformers), litgpt:<model> or openai:<model>"})
+    judge: str = field(default=f"hf:{EMBEDDED_JUDGE}", metadata={"help": f"hf:<model> (transformers), litgpt:<model> or openai:<model>; {NO_JUDGE}: the task metrics only"})
+    metric: list[str] = field(default_factory=list, metadata={"help": "a task metric to compute, and lead with, beside exact match, ROUGE-L, chrF and BLEU (repeatable): sql-execution (the predicted and the gold query run on the record's database, results compared), sql-exact-set-match (their clauses compared, sqlglot), or path/to/file.py:function, your function of (response, record) returning a number on 0-100 or a dict of them (docs/domain-metrics.md)"})
+    sql_databases: str = field(default=SQL_DATABASES, metadata={"help": "where sql-execution finds a record's database (its db_id): <db_id>.sqlite, <db_id>.db, Spider's <db_id>/<db_id>.sqlite, or a <db_id>.sql script (default: the shipped text-to-SQL data's)"})
     judge_base_url: str = field(default="", metadata={"help": "an OpenAI-compatible server for openai: judges (vLLM, Ollama, litgpt serve); the key comes from OPENAI_API_KEY"})
     scoring: str = field(default="auto", metadata={"help": "generate: parse the judge's reply; probability: expected score from its token probabilities (hf: judges; always a number, no retries); auto: probability for hf: judges, generate for the others (bench/judge_scoring.py)", "choices": ["auto", "generate", "probability"]})
     pairwise: str = field(default="", metadata={"nargs": "?", "const": EACH_STEP, "help": f"also ask which of two answers is better, in both orders (MT-Bench style): --pairwise alone compares finetuned with base (and preference with finetuned after stage 1b); --pairwise A:B[,C:D] any response columns, or {REFERENCE} (the expected answer, as AlpacaEval's reference); the win rate is A's"})
@@ -36,6 +43,8 @@ class JudgeConfig(Reruns, LocalModel, APIClient):
 def resolve_scoring(config: JudgeConfig) -> str:
     """--scoring auto: probability for hf: judges (a number for every response from one forward
     pass, where a small judge's reply often is no number), generate for the others."""
+    if config.judge == NO_JUDGE:
+        return "none"
     if config.scoring != "auto":
         return config.scoring
     return "probability" if backend_kind(config.judge) == "hf" else "generate"
@@ -46,8 +55,15 @@ def check_settings(config: JudgeConfig) -> None:
     if resolve_scoring(config) == "probability" and backend_kind(config.judge) != "hf":
         problems.append("--scoring probability reads the judge's token probabilities: use an hf: judge "
                         f"(for example --judge hf:{EMBEDDED_JUDGE})")
+    if config.judge == NO_JUDGE and (config.pairwise or config.compare_with or config.rubric != "default"):
+        problems.append(f"--judge {NO_JUDGE} computes the task metrics only: --pairwise, --compare-with and "
+                        "--rubric mt-bench need a judge")
+    if config.metric and (config.human or config.rubric != "default"):
+        problems.append("--metric scores stage 2's answers to the test records (--rubric default), not --human "
+                        "ratings or MT-Bench questions")
     if problems:
         raise problems_error(problems)
+    resolve_metrics(config.metric, Path(config.sql_databases))  # a bad spec or metric file, before torch loads
 
 
 def check(config: JudgeConfig) -> None:

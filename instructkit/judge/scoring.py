@@ -11,6 +11,7 @@ from typing import Any
 
 from instructkit.data.responses import read_responses, responses_path
 from instructkit.errors import UserError
+from instructkit.evaluate.metrics import resolve_metrics
 from instructkit.evaluate.stats import (
     STEPS,
     agreement,
@@ -21,9 +22,10 @@ from instructkit.evaluate.stats import (
     step_differences,
     win_rate,
 )
-from instructkit.evaluate.task_metrics import METRIC_NAMES, task_metrics
+from instructkit.evaluate.task_metrics import LEAD, Earlier, task_metrics
 from instructkit.judge.config import (
     EACH_STEP,
+    NO_JUDGE,
     REFERENCE,
     SCORES_FILE,
     TASK_METRICS_FILE,
@@ -83,6 +85,11 @@ def judge_responses(config: JudgeConfig) -> Path:
     inputs = {"responses": path_input(responses)}
     if config.compare_with:
         inputs["compare_with"] = path_input(config.compare_with)
+    if config.judge == NO_JUDGE:
+        with output_lock(output_dir, "judge"):
+            path = write_task_metrics(config, records, models, {"responses": inputs["responses"]})
+        print(f"--judge {NO_JUDGE}: no judge scores")
+        return path
     precision = judge_precision(config)
     settings = judgement_settings(config, precision)
     settings["pairwise"] = ",".join(f"{a}:{b}" for a, b in pairs)  # however written (a YAML's `true` is finetuned:base)
@@ -131,30 +138,45 @@ def judge_responses(config: JudgeConfig) -> Path:
 
 
 def write_task_metrics(config: JudgeConfig, records: list[dict], models: list[str], inputs: dict) -> Path:
-    """`task_metrics.json`: exact match, ROUGE-L, chrF and BLEU against the expected output, per
-    record and per model (seconds of work, so it always runs before the judge)."""
+    """`task_metrics.json`: the --metric metrics, exact match, ROUGE-L, chrF and BLEU, per record and
+    per model (seconds of work for the text metrics, so it always runs before the judge); a rerun
+    computes only the values whose metric, record or response changed."""
     final_path = Path(config.output_dir) / TASK_METRICS_FILE
-    work = open_work(final_path, {"seed": config.seed, "limit": config.limit}, inputs, overwrite=config.overwrite,
-                     restart=False, stage="task metrics", verb="computing them")
+    metrics = resolve_metrics(config.metric, Path(config.sql_databases))
+    for metric in metrics:  # with what the records point to (the databases they run on)
+        metric.fingerprint |= metric.inputs(records)
+    inputs = inputs | {f"metric {m.name}": m.fingerprint for m in metrics}
+    work = open_work(final_path, {"seed": config.seed, "limit": config.limit, "metrics": config.metric}, inputs,
+                     overwrite=config.overwrite, restart=False, stage="task metrics", verb="computing them")
     if work.progress is None:
         result = read_json(final_path)
     else:
-        result = task_metrics(records, models, config.seed)
+        earlier = Earlier(None if config.overwrite else work.finished and read_json(final_path))
+        try:
+            result = task_metrics(records, models, config.seed, metrics, str(inputs["responses"]["path"]), earlier,
+                                  lead=metrics[0].name if config.metric else LEAD)
+        finally:
+            for metric in metrics:
+                metric.close()
+        if earlier.reused:
+            print(f"reused {earlier.reused} metric results from {final_path} (same metric, record and response)")
         work.finish(result, manifest(stage="part4_local_evaluation", n_records=len(records), models=models))
     print_task_metrics(result, final_path)
     return final_path
 
 
 def print_task_metrics(result: dict, path: Path) -> None:
+    names, labels = result["metrics"], result["labels"]
     print(f"\n== task metrics against the expected output (0-100, no judge needed): {path}")
-    print(f"  {'':18s}" + "".join(f"{name:>26s}" for name in METRIC_NAMES.values()))
+    print(f"  {'':18s}" + "".join(f"{labels[m]:>26s}" for m in names))
     for model, summary in result["summary"].items():
-        print(f"  {model:18s}" + "".join(f"{fmt(summary[m]['mean'], '.1f') + fmt_interval(summary[m], '.1f', ' [{}, {}]'):>26s}" for m in METRIC_NAMES))
+        print(f"  {model:18s}" + "".join(f"{fmt(summary[m]['mean'], '.1f') + fmt_interval(summary[m], '.1f', ' [{}, {}]'):>26s}" for m in names))
     for step, (before, after) in STEPS.items():
         for metric, d in result.get(step, {}).items():
             if d["mean"] is not None:
-                print(f"  {after} - {before} {METRIC_NAMES[metric]}: {d['mean']:+.1f}"
-                      f"{fmt_interval(d, '.1f', WITH_CI, EQUAL)} over {d['n_pairs']} pairs")
+                test = f", McNemar p = {d['mcnemar']['p_value']:.3g}" if d.get("mcnemar") else ""
+                print(f"  {after} - {before} {labels[metric]}: {d['mean']:+.1f}"
+                      f"{fmt_interval(d, '.1f', WITH_CI, EQUAL)} over {d['n_pairs']} pairs{test}")
 
 
 def _same_judge(finished: dict | None, settings: dict) -> bool:

@@ -188,6 +188,7 @@ def run_adapter(output_dir: Path, adapter: str) -> Path:
     return Path(adapter or output_dir / "finetuned")
 
 
-def require_adapter(adapter: Path) -> None:
+def require_adapter(adapter: Path, instead: str = "--adapter or --merged") -> None:
+    """Refuse a folder that holds no adapter, saying which flags (`instead`) name another."""
     if not (adapter / "adapter_config.json").is_file():
-        raise UserError(f"{adapter}: no adapter_config.json; run stage 1 first, or pass --adapter or --merged")
+        raise UserError(f"{adapter}: no adapter_config.json; run stage 1 first, or pass {instead}")

@@ -25,8 +25,9 @@ from markupsafe import Markup
 from instructkit.data.responses import RESPONSE_FIELDS, RESPONSES_FILE, response_columns, response_field
 from instructkit.errors import UserError
 from instructkit.evaluate.config import RESULTS_FILE
+from instructkit.evaluate.metrics import TEXT_METRICS
 from instructkit.evaluate.stats import STEPS, agreement, describe, fmt, fmt_interval, paired_difference
-from instructkit.evaluate.task_metrics import METRIC_NAMES
+from instructkit.evaluate.task_metrics import LEAD
 from instructkit.judge.config import HUMAN_FILE, MT_SCORES_FILE, REFERENCE, SCORES_FILE, TASK_METRICS_FILE
 from instructkit.judge.human import read_human_ratings
 from instructkit.models.references import EMBEDDED_JUDGE, PREFERENCE_DIR
@@ -204,66 +205,78 @@ def _task_metrics_section(output_dir: Path) -> dict:
     result = _read_optional(path)
     if missing := _missing(result, "Stage 4's task metrics", path):
         return missing
-    rows = [{"model": model, "n": summary["rouge_l"]["n_scored"], "metrics": [summary[m] for m in METRIC_NAMES]}
+    names, labels, lead = result["metrics"], _labels(result), result.get("lead", LEAD)
+    rows = [{"model": model, "n": summary[lead]["n_scored"], "metrics": [summary[m] for m in names]}
             for model, summary in result["summary"].items()]
     responses = output_dir / RESPONSES_FILE
     upstream = _changed_inputs(_stage_record(responses), responses)
     return {"template": "task_metrics.html.j2",
             "stale": _stale(_stage_record(path), path, "stages 2 and 4" if upstream else "stage 4", upstream),
-            "metric_names": list(METRIC_NAMES.values()), "rows": rows,
-            "differences": [(after, before, [result[step][m] for m in METRIC_NAMES])
+            "metric_names": [labels[m] for m in names], "rows": rows,
+            "differences": [(after, before, [result[step][m] for m in names])
                             for step, (before, after) in STEPS.items() if step in result],
             "corpus": [(model, s["corpus"]) for model, s in result["summary"].items()],
-            "losses": _largest_losses(result, output_dir)}
+            "lead": labels[lead], "losses": _largest_losses(result, output_dir, lead)}
 
 
-def _largest_losses(result: dict, output_dir: Path, shown: int = 5) -> list[dict] | None:
+def _labels(result: dict) -> dict[str, str]:
+    """Each metric's name in tables (a task_metrics.json from before --metric has the text metrics' only)."""
+    return result.get("labels") or {name: label for name, (label, _) in TEXT_METRICS.items()}
+
+
+def _largest_losses(result: dict, output_dir: Path, metric: str, shown: int = 5) -> list[dict] | None:
     """The records where the finetune moved furthest from the expected output against the base
-    (ROUGE-L), worst first; None where there is no base and finetune to compare."""
+    (by the run's lead metric), worst first; None where there is no base and finetune to compare."""
     responses = _read_optional(output_dir / RESPONSES_FILE)
     if not isinstance(responses, list) or "finetuned_minus_base" not in result:
         return None
-    changes = [(row["finetuned"]["rouge_l"] - row["base"]["rouge_l"], row["index"]) for row in result["records"]
-               if row.get("base") and row.get("finetuned") and row["index"] < len(responses)]
+    changes = [(row["finetuned"][metric] - row["base"][metric], row["index"]) for row in result["records"]
+               if row.get("base") and row.get("finetuned") and row["index"] < len(responses)
+               and row["base"].get(metric) is not None and row["finetuned"].get(metric) is not None]
     losses = sorted(c for c in changes if c[0] < 0)[:shown]
+    reasons = {row["index"]: row.get("reasons") or {} for row in result["records"]}
     return [{"index": index, "change": change, "instruction": responses[index].get("instruction"),
              "output": responses[index].get("output"), "base": responses[index].get(RESPONSE_FIELDS["base"]),
-             "finetuned": responses[index].get(RESPONSE_FIELDS["finetuned"])} for change, index in losses]
+             "finetuned": responses[index].get(RESPONSE_FIELDS["finetuned"]),
+             "why": reasons[index].get("finetuned", {}).get(metric)} for change, index in losses]
 
 
 def _category_section(output_dir: Path, scores: dict | None) -> dict:
-    """Every model's ROUGE-L and judge score per kind of task (the records' `category`), and the
-    finetune's paired change against the base, worst first: which kinds of task got worse."""
+    """Every model's lead metric (ROUGE-L unless --metric named another) and judge score per kind of
+    task (the records' `category`), and the finetune's paired change against the base, worst first:
+    which kinds of task got worse."""
     responses, metrics = _read_optional(output_dir / RESPONSES_FILE), _read_optional(output_dir / TASK_METRICS_FILE)
     if not isinstance(responses, list) or not isinstance(metrics, dict) or "_error" in metrics:
         return {}
+    lead = metrics.get("lead", LEAD)
     by_category: dict[str, list[int]] = {}
     for row in metrics["records"]:
         if row["index"] < len(responses) and isinstance(category := responses[row["index"]].get("category"), str):
             by_category.setdefault(category, []).append(row["index"])
     if not by_category:
         return {"template": "categories.html.j2", "rows": []}
-    rouge = {row["index"]: row for row in metrics["records"]}
+    measured = {row["index"]: row for row in metrics["records"]}
     judged = {r["index"]: r["scores"] for r in (scores or {}).get("records", [])}
     models = [m for m in _models(metrics["summary"]) if m in metrics["summary"]]
 
     def values(model: str, indexes: list[int], judge: bool = False) -> list[float | None]:
         if judge:
             return [judged.get(i, {}).get(model, {}).get("score") for i in indexes]
-        return [(rouge[i].get(model) or {}).get("rouge_l") for i in indexes]
+        return [(measured[i].get(model) or {}).get(lead) for i in indexes]
 
+    label = _labels(metrics)[lead]
     changes = {c: paired_difference(values("base", ix), values("finetuned", ix), 0) for c, ix in by_category.items()
                if {"base", "finetuned"} <= set(models)}
     order = sorted(by_category, key=lambda c: (changes[c]["mean"] if changes and changes[c]["mean"] is not None else 0, c))
     rows = [{"category": c, "n": len(by_category[c]),
-             "rouge_l": [describe(values(m, by_category[c]), 0)["mean"] for m in models],
+             "lead": [describe(values(m, by_category[c]), 0)["mean"] for m in models],
              "change": changes.get(c),
              "judge": [describe(values(m, by_category[c], True), 0)["mean"] for m in models] if judged else []}
             for c in order]
-    chart = (_image(plot_category_changes({c: changes[c] for c in order}, output_dir / "category_changes.png", "ROUGE-L"),
-                    "finetuned minus base ROUGE-L per category") if changes else None)
+    chart = (_image(plot_category_changes({c: changes[c] for c in order}, output_dir / "category_changes.png", label),
+                    f"finetuned minus base {label} per category") if changes else None)
     return {"template": "categories.html.j2", "models": models, "paired": bool(changes), "judged": bool(judged),
-            "rows": rows, "chart": chart}
+            "rows": rows, "chart": chart, "lead": label}
 
 
 def _models(columns) -> list[str]:

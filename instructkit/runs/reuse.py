@@ -196,17 +196,20 @@ def read_finished(final_path: Path) -> dict | None:
 
 
 def open_work(final_path: Path, settings: dict, inputs: dict, *, overwrite: bool, restart: bool,
-              stage: str, verb: str) -> Work:
+              stage: str, verb: str, outcome_settings: dict | None = None) -> Work:
     """Decide whether `final_path` can be reused and open the progress log for the work if not.
 
+    `outcome_settings` decide the output from the logged work, not the work itself (a threshold
+    applied at the end): a change remakes the output, yet resumes from the log.
     Prints one line for each decision a user would want to know about: a finished output reused or
     made again (and why), partial results resumed or discarded.
     """
+    work_settings, settings = settings, settings | (outcome_settings or {})
     finished = read_finished(final_path)
     log_path = progress_path(final_path)
     header = read_header(log_path)
     if header and finished and header["run_id"] == finished.get("run_id") and not (
-            finished.get("failed_items") and same_settings(header.get("settings"), settings)
+            finished.get("failed_items") and same_settings(header.get("settings"), work_settings)
             and same_inputs(header.get("inputs"), inputs)):
         log_path.unlink()  # left by a run killed after writing its output, or an incomplete one redone otherwise
         header = None
@@ -231,16 +234,16 @@ def open_work(final_path: Path, settings: dict, inputs: dict, *, overwrite: bool
         elif restart:
             print(f"note: --restart: discarding the partial results in {log_path}")
             log_path.unlink()
-        elif not same_settings(header.get("settings"), settings) and not holds_results(log_path):
+        elif not same_settings(header.get("settings"), work_settings) and not holds_results(log_path):
             print(f"note: {log_path} was started with other settings and holds no results: starting afresh")
             log_path.unlink()
-        elif not same_settings(header.get("settings"), settings):
+        elif not same_settings(header.get("settings"), work_settings):
             raise UserError(f"{log_path} holds partial results made with other settings "
-                            f"({'; '.join(settings_changes(header.get('settings'), settings))}); "
+                            f"({'; '.join(settings_changes(header.get('settings'), work_settings))}); "
                             "rerun with the same settings to resume, or pass --restart to discard them")
         else:
             print(f"resuming from {log_path}")
-    return Work(final_path, settings, inputs, ProgressLog(log_path, settings, inputs), finished)
+    return Work(final_path, settings, inputs, ProgressLog(log_path, work_settings, inputs), finished)
 
 
 def base_part_holds(finished: dict | None, progress: ProgressLog) -> bool:

@@ -22,7 +22,15 @@ from datasets import Dataset
 from transformers import ProgressCallback, set_seed
 
 from instructkit.data.parity import check_parity, stop_ids, trained_prompt_ids
-from instructkit.data.preferences import Pair, drop_repeats, load_pairs, prompt_key, prompt_record, split_pairs
+from instructkit.data.preferences import (
+    Pair,
+    drop_repeats,
+    load_pairs,
+    prompt_key,
+    prompt_record,
+    source_kind,
+    split_pairs,
+)
 from instructkit.data.prompts import PromptStyle, load_style
 from instructkit.data.records import split_file, validate_records
 from instructkit.errors import UserError
@@ -106,7 +114,7 @@ def gather_pairs(config: PreferenceConfig, output_dir: Path) -> tuple[list[Pair]
     elif on_test:
         print(f"warning: {on_test} pairs ask a test record of this run: the preference model's scores on the test "
               "split are not held out (recorded in the summary)")
-    kinds = Counter(p["source"]["kind"] for p in pairs)
+    kinds = Counter(source_kind(p) for p in pairs)
     return pairs, {"n_pairs": len(pairs), "by_source": dict(kinds), "n_repeats_dropped": n_repeats,
                    "n_test_prompts": on_test, "test_prompts_kept": bool(on_test and config.keep_test_prompts),
                    "skipped_judgements": dict(skipped)}
@@ -186,7 +194,7 @@ def train(config: PreferenceConfig) -> Path:
     """Run stage 1b and return the adapter folder (`<output_dir>/preference`)."""
     output_dir = Path(config.output_dir)
     sft_dir = run_adapter(output_dir, config.adapter)
-    require_adapter(sft_dir)
+    require_adapter(sft_dir, "--adapter")
     pairs, collected = gather_pairs(config, output_dir)
     train_pairs, val_pairs = split_pairs(pairs, config.val_fraction, config.seed)
     record = {"settings": run_settings(config, trained_quantization(sft_dir)),

@@ -76,7 +76,7 @@ def check(config: PreferenceConfig) -> None:
             pairs, _ = drop_repeats(load_pairs(source, config.drop_identical))
             if not config.from_run:
                 split_pairs(pairs, config.val_fraction, config.seed)
-    require_adapter(run_adapter(Path(config.output_dir), config.adapter))
+    require_adapter(run_adapter(Path(config.output_dir), config.adapter), "--adapter")
 
 
 def loss_type(config: PreferenceConfig) -> str:
