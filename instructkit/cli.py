@@ -49,13 +49,9 @@ class _ListFlag(argparse.Action):
     what the command line gave, never silently replaces it), and the command line replaces the
     default, a --config file's list included."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._given: set[int] = set()  # the namespaces this flag has been given in
-
     def __call__(self, parser, namespace, values, option_string=None):
-        earlier = getattr(namespace, self.dest) if id(namespace) in self._given else []
-        self._given.add(id(namespace))
+        current = getattr(namespace, self.dest)
+        earlier = [] if current is self.default else current  # (set_defaults, from --config, sets self.default)
         setattr(namespace, self.dest, [*earlier, *values])
 
 

@@ -41,6 +41,9 @@ def test_a_list_flag_adds_up_when_repeated_and_replaces_the_files_list(tmp_path)
     flagged = parse_config(build_parser(JudgeConfig, ""), ["--config", str(config_file), "--metric", "bleu", "--metric", "chrf"])
     assert flagged.metric == ["bleu", "chrf"]
     assert parse_config(build_parser(JudgeConfig, ""), []).metric == []
+    parser = build_parser(JudgeConfig, "")  # one parser, parsed twice (a namespace's address can be reused)
+    for _ in range(2):
+        assert parse_config(parser, ["--config", str(config_file), "--metric", "bleu"]).metric == ["bleu"]
 
 
 @pytest.mark.fast

@@ -75,11 +75,27 @@ def test_sql_execution_agrees_with_hand_checked_expectations(pets):
     metric.close()
 
 
+def test_column_matching_gives_up_at_once_when_no_order_can_match():
+    import time
+
+    from instructkit.evaluate.sql import same_result
+
+    gold = [(0,) * 12 + (1, 1)] * 3
+    predicted = [(0,) * 12 + (1, 2)] * 3  # 13 and 14 cannot both come from the one predicted column of 1s
+    started = time.perf_counter()
+    assert not same_result(predicted, gold, False) and time.perf_counter() - started < 1
+    assert same_result([(2, 1, 0)] * 4, [(0, 1, 2)] * 4, True)
+
+
 def test_sql_exact_set_match_compares_clauses_not_spelling():
     same = [("select NAME from Pets where age>3 and species='dog'", "SELECT name FROM pets WHERE species = 'dog' AND age > 3"),
             ("SELECT p.name FROM pets AS p JOIN owners AS o ON p.owner = o.name", "SELECT pets.name FROM owners JOIN pets ON pets.owner = owners.name")]
     assert all(clauses(a) == clauses(b) and clauses(a) is not None for a, b in same)
     differ = [("SELECT name FROM pets ORDER BY age", "SELECT name FROM pets ORDER BY age DESC"),
+              ("SELECT a.name FROM pets AS a JOIN pets AS b ON a.owner = b.name", "SELECT name FROM pets WHERE owner = name"),
+              ("SELECT name FROM pets LEFT JOIN owners ON pets.owner = owners.name",
+               "SELECT name FROM pets JOIN owners ON pets.owner = owners.name"),
+              ("SELECT name FROM pets LIMIT 1 OFFSET 2", "SELECT name FROM pets LIMIT 1"),
               ("SELECT name FROM pets WHERE age > 3", "SELECT name FROM pets WHERE age > 4"),
               ("SELECT DISTINCT name FROM pets", "SELECT name FROM pets")]
     assert all(clauses(a) != clauses(b) for a, b in differ)
@@ -234,6 +250,9 @@ def test_spider_records_take_their_schema_from_the_database_shipped_beside_them(
     with pytest.raises(UserError) as info:
         load_records(str(spider / "dev.json"))
     assert f"{spider / 'dev.json'}: record 1: a Spider record" in str(info.value) and "cars/cars.sqlite is missing" in str(info.value)
+    # a record in our own form with a db_id and a query field is left as it is
+    (spider / "ours.json").write_text(json.dumps([{"instruction": "Count.", "output": "SELECT 1", "query": "x", "db_id": "cars"}]))
+    assert load_records(str(spider / "ours.json"))[0]["input"] == ""
     # elsewhere a `query` is a question, not SQL: without a db_id it is no alias of the answer
     (spider / "chat.json").write_text(json.dumps([{"query": "Hi?", "response": "Hello."}]))
     with pytest.raises(UserError, match="record 0: missing field 'instruction'"):

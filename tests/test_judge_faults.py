@@ -350,7 +350,9 @@ def test_killed_at_any_point_the_rerun_equals_an_uninterrupted_run(steady_judge,
 def test_full_disk_at_the_final_write_keeps_the_judged_work(steady_judge, kill_case, tmp_path):
     responses, args, whole = kill_case
     output = tmp_path / "out"
-    limit = 8_000  # room for the progress log (about 5 kB), not for judge_scores.json (about 13 kB)
+    # room for task_metrics.json (about 10.4 kB) and the progress log (about 5 kB), not for
+    # judge_scores.json (about 13 kB)
+    limit = 11_500
     full = subprocess.run(
         [sys.executable, str(ROOT / "part4_local_evaluation.py"), *stage4_args(responses, output, steady_judge.url, *args)],
         cwd=ROOT, env=env_with_key(), capture_output=True, text=True, timeout=300,

@@ -18,7 +18,8 @@ def schema(path: Path) -> str:
     sql-create-context's `context` holds them)."""
     connection = connect_read_only(path)
     try:
-        rows = connection.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND sql IS NOT NULL").fetchall()
+        rows = connection.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND sql IS NOT NULL "
+                                  "AND name NOT LIKE 'sqlite_%'").fetchall()
     finally:
         connection.close()
     return "; ".join(" ".join(sql.split()) for (sql,) in rows)

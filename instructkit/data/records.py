@@ -8,6 +8,7 @@ import io
 import math
 import random
 import reprlib
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,11 +78,15 @@ def _spider_schemas(raw: Any, folder: Path, label: str) -> Any:
     problems, schemas = [], {}
     for index, item in enumerate(raw):
         if not (isinstance(item, dict) and "query" in item and isinstance(item.get("db_id"), str)
-                and item.get("context") is None and item.get("input") is None):
+                and "instruction" not in item and item.get("context") is None and item.get("input") is None):
             continue
         database = folder / item["db_id"] / f"{item['db_id']}.sqlite"
         if item["db_id"] not in schemas and database.is_file():
-            schemas[item["db_id"]] = schema(database)
+            try:
+                schemas[item["db_id"]] = schema(database)
+            except sqlite3.Error as exc:
+                problems.append(f"{label}: record {index}: {database} is not a readable SQLite database ({exc})")
+                continue
         if item["db_id"] in schemas:
             raw[index] = {**item, "context": schemas[item["db_id"]]}
         else:

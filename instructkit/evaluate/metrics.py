@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from instructkit.errors import UserError
-from instructkit.runs.fingerprints import path_input
+from instructkit.runs.fingerprints import sha256_file
 
 
 @dataclass(frozen=True)
@@ -137,14 +137,13 @@ def _sql_execution(databases: Path) -> Metric:
 
     def used(records: list[dict]) -> dict:  # each database the records run on, by content
         ids = sorted({r["db_id"] for r in records if isinstance(r.get("db_id"), str)})
-        return {"databases": {db_id: [path_input(f) for f in database_files(databases, db_id)] for db_id in ids}}
+        return {"databases": {db_id: [sha256_file(f) for f in database_files(databases, db_id)] for db_id in ids}}
 
     def close() -> None:
         for db in opened.values():
             db.close()
 
-    return Metric("sql-execution", "SQL execution", score, {**_versions("sqlglot"), "limits": LIMITS,
-                                                            "folder": str(databases.resolve())},
+    return Metric("sql-execution", "SQL execution", score, {**_versions("sqlglot"), "limits": LIMITS},
                   pass_fail=True, inputs=used, close=close)
 
 
@@ -172,21 +171,22 @@ BUILT_IN: dict[str, Callable[[Path], Metric]] = {
 
 # --- a user's own -------------------------------------------------------------------------------
 
-_LOADED: dict[str, Metric] = {}
+_LOADED: dict[tuple, Metric] = {}
 
 
 def _user_metric(spec: str) -> Metric:
-    """`path/to/file.py:function`, loaded once per process."""
-    if spec not in _LOADED:
-        _LOADED[spec] = _load_user_metric(spec)
-    return _LOADED[spec]
-
-
-def _load_user_metric(spec: str) -> Metric:
+    """`path/to/file.py:function`, loaded once per process (again when the file changed)."""
     file, _, name = spec.rpartition(":")
     path = Path(file).expanduser()
     if not path.is_file():
         raise UserError(f"--metric {spec}: no such file {path}")
+    key = (str(path.resolve()), name, sha256_file(path))
+    if key not in _LOADED:
+        _LOADED[key] = _load_user_metric(spec, path, name, key[2])
+    return _LOADED[key]
+
+
+def _load_user_metric(spec: str, path: Path, name: str, digest: str) -> Metric:
     module_name = f"instructkit_metric_{abs(hash(str(path.resolve())))}"
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(module_spec)
@@ -200,7 +200,7 @@ def _load_user_metric(spec: str) -> Metric:
         raise UserError(f"--metric {spec}: {path} has no function {name!r}")
     if name in BUILT_IN or name in RESERVED:
         raise UserError(f"--metric {spec}: {name!r} is a built-in metric's name; rename the function")
-    return Metric(name, name, function, {"file": path_input(path), "function": name})
+    return Metric(name, name, function, {"file_sha256": digest, "function": name})  # by content, wherever it lies
 
 
 def resolve_metrics(specs: list[str], databases: Path) -> list[Metric]:

@@ -7,8 +7,8 @@ query_only`), under an authorizer that allows reading and nothing else (no ATTAC
 pragmas, transactions, virtual tables or extension loading), one statement per query, with limits:
 5 seconds (a progress handler, and a timer that interrupts an operation the handler never sees),
 values of at most 10 MB (SQLite's length limit), 100,000 rows and 50 MB of result, and SQLite's
-heap and temporary storage held in 256 MB of memory. A query that breaks a rule scores 0 with the
-reason kept.
+heap and temporary storage held in memory under 256 MB (a limit for the whole process, set once).
+A query that breaks a rule scores 0 with the reason kept.
 
 Results are compared as Spider's execution accuracy does: as multisets of rows (duplicates count,
 NULL equals NULL), in order only when the gold query orders its result (a top-level ORDER BY), and
@@ -37,7 +37,7 @@ BYTE_LIMIT = 50_000_000  # bytes of result a query may return
 VALUE_LIMIT = 10_000_000  # bytes of one string or blob (SQLite's length limit)
 HEAP_LIMIT = 256 * 2**20  # SQLite's memory, sorts and temporary tables included
 _CHECK_EVERY = 1_000  # SQLite virtual machine steps between two looks at the clock
-_ORDERS = 5_000  # column orders tried at most when the predicted columns are a permutation
+_WORK = 2_000_000  # rows rebuilt at most while looking for the order of the predicted columns
 LIMITS = {"time_s": TIME_LIMIT, "rows": ROW_LIMIT, "bytes": BYTE_LIMIT, "value_bytes": VALUE_LIMIT}
 # What a query may do: read. Everything else (writes, DDL, ATTACH, PRAGMA, transactions) is refused.
 _ALLOWED = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
@@ -56,12 +56,16 @@ class Outcome:
 class Database:
     """One SQLite database, opened read-only under the rules above."""
 
+    _heap_limited = False  # SQLite's heap limit is the process's: set once, and it can only go down
+
     def __init__(self, path: Path):
         self.path = path
         self.connection = connect_read_only(path)
-        # Set before the authorizer refuses every PRAGMA: memory for SQLite's heap, sorts and temporary
-        # tables (process-wide), never temporary files
-        self.connection.execute(f"PRAGMA hard_heap_limit = {HEAP_LIMIT}")
+        # Set before the authorizer refuses every PRAGMA: SQLite's heap, sorts and temporary tables in
+        # memory under HEAP_LIMIT, never temporary files
+        if not Database._heap_limited:
+            self.connection.execute(f"PRAGMA hard_heap_limit = {HEAP_LIMIT}")
+            Database._heap_limited = True
         self.connection.execute("PRAGMA temp_store = MEMORY")
         self.connection.execute("PRAGMA query_only = ON")
         self.connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, VALUE_LIMIT)
@@ -71,7 +75,14 @@ class Database:
         """The rows `query` returns, or why it gave none (never an exception)."""
         deadline = time.monotonic() + time_limit
         self.connection.set_progress_handler(lambda: int(time.monotonic() > deadline), _CHECK_EVERY)
-        timer = threading.Timer(time_limit, self.connection.interrupt)
+        running, lock = [True], threading.Lock()
+
+        def stop() -> None:  # never the next query: only while this one runs
+            with lock:
+                if running[0]:
+                    self.connection.interrupt()
+
+        timer = threading.Timer(time_limit, stop)
         timer.start()
         try:
             cursor = self.connection.execute(query)
@@ -91,7 +102,10 @@ class Database:
                 return Outcome(None, f"ran past the time limit of {time_limit:g} s")
             return Outcome(None, f"{type(exc).__name__}: {exc}")
         finally:
+            with lock:
+                running[0] = False
             timer.cancel()
+            timer.join()
             self.connection.set_progress_handler(None, 0)
 
     def close(self) -> None:
@@ -177,13 +191,20 @@ def same_result(predicted: list[tuple], gold: list[tuple], in_order: bool) -> bo
     width = len(gold[0])
     if any(len(row) != width for row in predicted):
         return False
-    gold_columns = [Counter(row[c] for row in gold) for c in range(width)]
-    predicted_columns = [Counter(row[c] for row in predicted) for c in range(width)]
-    # Each gold column can only come from a predicted column holding the same values
+    # Each gold column can only come from a predicted column holding the same values (in order, when
+    # the result is ordered); columns fall in groups of equals, which must be as large on both sides
+    def column(rows: list[tuple], c: int):
+        values = [row[c] for row in rows]
+        return values if in_order else Counter(values)
+
+    gold_columns = [column(gold, c) for c in range(width)]
+    predicted_columns = [column(predicted, c) for c in range(width)]
     options = [[p for p in range(width) if predicted_columns[p] == gold_columns[g]] for g in range(width)]
+    if any(len(options[g]) != sum(gold_columns[h] == gold_columns[g] for h in range(width)) for g in range(width)):
+        return False
     wanted = gold if in_order else Counter(gold)
     for n, order in enumerate(_column_orders(options)):
-        if n >= _ORDERS:
+        if n * len(gold) >= _WORK:
             break
         rows = [tuple(row[p] for p in order) for row in predicted]
         if (rows if in_order else Counter(rows)) == wanted:
@@ -218,13 +239,14 @@ def clauses(query: str) -> dict | None:
         return None
     tree = tree.transform(lambda n: exp.to_identifier(n.name.lower()) if isinstance(n, exp.Identifier) else n)
     references = list(tree.find_all(exp.Table))
-    tables = {t.alias_or_name: t.name for t in references}
+    counts = Counter(t.name for t in references)
+    tables = {t.alias_or_name: t.name for t in references if counts[t.name] == 1}  # a self-join keeps its aliases
     single = len(references) == 1
 
     def resolve(node):
         if isinstance(node, exp.Column):
             return exp.column(node.name, None if single else tables.get(node.table, node.table) or None)
-        return exp.to_table(node.name) if isinstance(node, exp.Table) else node
+        return exp.to_table(node.name) if isinstance(node, exp.Table) and counts[node.name] == 1 else node
 
     tree = tree.transform(resolve)
     if not isinstance(tree, exp.Select):  # a UNION, INTERSECT, ...: compared whole

@@ -61,11 +61,13 @@ class Earlier:
 
 
 def task_metrics(records: Sequence[dict], models: Sequence[str], seed: int, metrics: Sequence[Metric], label: str,
-                 earlier: Earlier | None = None, lead: str = LEAD) -> dict:
+                 earlier: Earlier | None = None, asked: Sequence[Metric] = ()) -> dict:
     """Per record and per model each metric (and why, where a metric says); per model the means
     with 95% bootstrap intervals and the corpus BLEU and chrF; each training step paired per record
-    (McNemar's test for pass/fail metrics); the means per category. `lead` names the metric the run
-    leads with (a dict metric's first value); `label` the responses file, for errors."""
+    (McNemar's test for pass/fail metrics); the means per category. `asked` are the metrics given
+    with --metric: the run leads with the first (else ROUGE-L), and each must score something;
+    `label` names the responses file, for errors."""
+    lead = asked[0].name if asked else LEAD
     earlier = earlier or Earlier(None)
     found_names: dict[str, dict[str, str]] = {m.name: {} for m in metrics}  # each metric's results and labels
     per_record = []
@@ -93,11 +95,16 @@ def task_metrics(records: Sequence[dict], models: Sequence[str], seed: int, metr
         per_record.append(row)
     labels = {name: text for metric in metrics for name, text in found_names[metric.name].items()}  # by metric
     names = list(labels)
-    if not found_names[lead]:
-        raise UserError(f"metric {lead} scored no response of {label}: every value it gave was None")
+    if not any(row["keys"] for row in per_record):
+        raise UserError(f"{label}: no response to score")
 
     def column(model: str, metric: str) -> list[float | None]:
         return [(row[model] or {}).get(metric) for row in per_record]
+
+    empty = [m.name for m in asked if not any(v is not None for name in found_names[m.name] for model in models
+                                              for v in column(model, name))]
+    if empty:
+        raise UserError(f"--metric {', '.join(empty)} scored no response of {label}: every value was None")
 
     declared = {name: metric.pass_fail for metric in metrics for name in found_names[metric.name]}
 

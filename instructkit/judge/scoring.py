@@ -22,7 +22,7 @@ from instructkit.evaluate.stats import (
     step_differences,
     win_rate,
 )
-from instructkit.evaluate.task_metrics import LEAD, Earlier, task_metrics
+from instructkit.evaluate.task_metrics import Earlier, task_metrics
 from instructkit.judge.config import (
     EACH_STEP,
     NO_JUDGE,
@@ -154,7 +154,7 @@ def write_task_metrics(config: JudgeConfig, records: list[dict], models: list[st
         earlier = Earlier(None if config.overwrite else work.finished and read_json(final_path))
         try:
             result = task_metrics(records, models, config.seed, metrics, str(inputs["responses"]["path"]), earlier,
-                                  lead=metrics[0].name if config.metric else LEAD)
+                                  asked=metrics[:len(config.metric)])
         finally:
             for metric in metrics:
                 metric.close()
