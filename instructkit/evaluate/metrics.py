@@ -88,15 +88,11 @@ def bleu(response: str, record: dict) -> float:
     return round(sacrebleu.sentence_bleu(response, [record["output"]]).score, 4)
 
 
-_SCORERS: dict = {}
-
-
+@functools.cache
 def _rouge_scorer():
-    if not _SCORERS:
-        from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer
 
-        _SCORERS["rougeL"] = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    return _SCORERS["rougeL"]
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
 
 # The four every run gets, in the order the report shows them after any --metric.
@@ -115,6 +111,7 @@ def _sql_execution(databases: Path) -> Metric:
     from instructkit.models.references import cache_dir
 
     opened: dict[str, Database] = {}
+    golds: dict[tuple[str, str], tuple] = {}  # a record's gold result, run once for all the models that answered it
 
     def database(record: dict) -> Database:
         db_id = record.get("db_id")
@@ -127,13 +124,16 @@ def _sql_execution(databases: Path) -> Metric:
 
     def score(response: str, record: dict) -> Scored:
         db = database(record)
-        gold = db.run(record["output"])
+        key = (record["db_id"], record["output"])
+        if key not in golds:
+            golds[key] = (db.run(record["output"]), ordered(record["output"]))
+        gold, in_order = golds[key]
         if gold.error is not None:
             raise UserError(f"the gold query (field 'output') fails on {db.path}: {gold.error}")
         predicted = db.run(unfenced(response))
         if predicted.error is not None:
             return Scored(0.0, predicted.error)
-        return Scored(100.0 * same_result(predicted.rows, gold.rows, ordered(record["output"])))
+        return Scored(100.0 * same_result(predicted.rows, gold.rows, in_order))
 
     def used(records: list[dict]) -> dict:  # each database the records run on, by content
         ids = sorted({r["db_id"] for r in records if isinstance(r.get("db_id"), str)})
