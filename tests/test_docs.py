@@ -29,15 +29,19 @@ STAGE_CONFIGS = {
     3: ("instructkit.evaluate.benchmark", "BenchmarkConfig"),
     4: ("instructkit.judge.scoring", "JudgeConfig"),
     5: ("instructkit.app.chat", "ChatConfig"),
+    6: ("instructkit.export.config", "ExportConfig"),
 }
 
 # Flags of other programs that the pages show in those programs' own command lines.
 OTHER_TOOLS = {
     "--num_processes", "--config_file", "--cpu",  # accelerate launch
     "--nproc_per_node",  # torchrun
-    "--no-deps", "--no-build-isolation",  # pip install
-    "--model", "--model_args",  # lm_eval (stage 3's multi-GPU note)
+    "--no-deps", "--no-build-isolation", "--target",  # pip install
+    "--model_args",  # lm_eval (stage 3's multi-GPU note; its --model is stage 6's flag too)
     "--openai_spec",  # litgpt serve
+    "--model_outputs", "--reference_outputs", "--bench-name", "--model-list", "--judge-file",  # alpaca_eval, FastChat
+    "--max-model-len", "--served-model-name",  # vllm serve
+    "--jinja",  # llama.cpp's llama-server
     "--records", "--tiny", "--steps",  # bench/judge_scoring.py, bench/gpu_train.py, bench/qlora.py
 }
 ALWAYS_VALID = {"--help", "--config"}

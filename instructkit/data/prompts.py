@@ -23,6 +23,8 @@ ALPACA_PREAMBLE = (
     "Write a response that appropriately completes the request."
 )
 CHAT_STYLES = ("chat", "chatml")
+# What comes between a record's instruction and its input in the user's turn (chat styles: a blank line).
+INPUT_SEPARATORS = {"alpaca": "\n\n### Input:\n", "phi3": "\n"}
 # ChatML's turn markers, or failing those a pair of turn tokens the vocabulary already has (Gemma's),
 # written in ChatML's layout: a base model then learns the format without new, untrained embeddings.
 CHATML_TOKENS = (("<|im_start|>", "<|im_end|>"), ("<start_of_turn>", "<end_of_turn>"))
@@ -62,19 +64,22 @@ class PromptStyle:
         """What the model sees before its answer to `record`, after `history` and the record's own
         earlier turns: a string, or chat messages for the chat styles."""
         earlier = list(history) + earlier_turns(record)
-        instruction, extra = record["instruction"], record.get("input", "")
         if self.is_chat:
-            return earlier + [{"role": "user", "content": f"{instruction}\n\n{extra}" if extra else instruction}]
+            return earlier + [{"role": "user", "content": self.user_text(record)}]
         system = earlier[0]["content"] if earlier and earlier[0]["role"] == "system" else None
         turns = earlier[1:] if system is not None else earlier
         exchanges = "".join(self._exchange(user["content"], answer["content"]) for user, answer in zip(turns[::2], turns[1::2]))
         if self.name == "alpaca":  # the preamble is Alpaca's system prompt: a conversation's own replaces it
-            input_part = f"\n\n### Input:\n{extra}" if extra else ""
             return (f"{ALPACA_PREAMBLE if system is None else system}\n\n{exchanges}"
-                    f"### Instruction:\n{instruction}{input_part}\n\n### Response:\n")
-        input_part = f"\n{extra}" if extra else ""
+                    f"### Instruction:\n{self.user_text(record)}\n\n### Response:\n")
         system_part = f"<|system|>\n{system}\n" if system is not None else ""
-        return f"{system_part}{exchanges}<|user|>\n{instruction}{input_part}\n<|assistant|>\n"
+        return f"{system_part}{exchanges}<|user|>\n{self.user_text(record)}\n<|assistant|>\n"
+
+    def user_text(self, record: Record) -> str:
+        """The record's instruction and input as this style writes them in the user's turn: the one
+        message a chat client sends for it (an exported template then renders what training saw)."""
+        instruction, extra = record["instruction"], record.get("input", "")
+        return f"{instruction}{INPUT_SEPARATORS.get(self.name, chr(10) * 2)}{extra}" if extra else instruction
 
     def _exchange(self, user: str, assistant: str) -> str:
         if self.name == "alpaca":
@@ -168,14 +173,17 @@ def chatml_template(tokenizer) -> ChatTemplate:
         # each must be one token in text too (a special token), or the model never writes the end
         if start in vocabulary and end in vocabulary and tokenizer(start + end, add_special_tokens=False)[
                 "input_ids"] == [vocabulary[start], vocabulary[end]]:
-            bos = tokenizer.bos_token or ""
-            adds_bos = bool(bos) and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
-            jinja = (CHATML.replace("{{ BOS }}", "{{ bos_token }}" if adds_bos else "")
+            jinja = (CHATML.replace("{{ BOS }}", "{{ bos_token }}" if adds_bos(tokenizer) else "")
                      .replace("START", start).replace("END", end))
             return ChatTemplate(jinja, end)
     raise UserError("--prompt-style chatml writes ChatML with turn tokens the vocabulary already has "
                     f"({' or '.join('/'.join(pair) for pair in CHATML_TOKENS)}), and this tokenizer has neither pair; "
                     "use --prompt-style alpaca or phi3, or chat if the model has a chat template")
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts a BOS token first (as it did in training, for the text styles)."""
+    return bool(tokenizer.bos_token) and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
 
 
 def _end_of_turn(tokenizer) -> str:

@@ -109,6 +109,17 @@ class TransformersGenerator:
 
                 self.model = PeftModel.from_pretrained(self.model, adapter).eval()
 
+    @classmethod
+    def loaded(cls, model, tokenizer) -> TransformersGenerator:
+        """A generator over a model already in memory (one transformers read from a GGUF file), which
+        answers as `base`."""
+        generator = cls.__new__(cls)
+        generator.tokenizer, generator.model, generator.merged = tokenizer, model.eval(), None
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return generator
+
     def _inputs(self, prompts: list[str], style: PromptStyle):
         # A chat template writes its own <bos>; plain prompts get it from the tokenizer, as in training.
         return self.tokenizer(prompts, return_tensors="pt", padding=True,

@@ -28,6 +28,7 @@ from instructkit.evaluate.config import RESULTS_FILE
 from instructkit.evaluate.metrics import TEXT_METRICS
 from instructkit.evaluate.stats import STEPS, agreement, describe, fmt, fmt_interval, paired_difference
 from instructkit.evaluate.task_metrics import LEAD
+from instructkit.export.config import EXPORT_DIR, MANIFEST_FILE, PARITY_FILE
 from instructkit.judge.config import HUMAN_FILE, MT_SCORES_FILE, REFERENCE, SCORES_FILE, TASK_METRICS_FILE
 from instructkit.judge.human import read_human_ratings
 from instructkit.models.references import EMBEDDED_JUDGE, PREFERENCE_DIR
@@ -217,6 +218,18 @@ def _task_metrics_section(output_dir: Path) -> dict:
                             for step, (before, after) in STEPS.items() if step in result],
             "corpus": [(model, s["corpus"]) for model, s in result["summary"].items()],
             "lead": labels[lead], "losses": _largest_losses(result, output_dir, lead)}
+
+
+def _export_section(output_dir: Path) -> dict:
+    path = output_dir / EXPORT_DIR / PARITY_FILE
+    parity = _read_optional(path)
+    if missing := _missing(parity, "Stage 6 (export)", path):
+        return missing
+    manifest = _read_optional(path.with_name(MANIFEST_FILE)) or {}
+    return {"template": "export.html.j2", "stale": _stale(manifest if isinstance(manifest, dict) else None, path, "stage 6"),
+            "records": parity["records"], "max_new_tokens": parity["max_new_tokens"], "precision": parity["precision"],
+            "model": parity["compared_with"], "runtimes": parity["template_checks"]["runtimes"],
+            "rows": [{**a, "first": (a["differences"] or [None])[0]} for a in parity["artifacts"]]}
 
 
 def _labels(result: dict) -> dict[str, str]:
@@ -428,6 +441,7 @@ def build_report(output_dir: str | Path) -> Path:
         ("Judge scores (stage 4)", lambda: _judge_section(scores, scores_path, output_dir)),
         ("Multi-turn questions, MT-Bench style (stage 4 --rubric mt-bench)", lambda: _mt_bench_section(output_dir)),
         ("Human ratings", lambda: _human_section(human, scores if isinstance(scores, dict) else None, human_path)),
+        ("Export (stage 6): does the shipped model answer as the trained one?", lambda: _export_section(output_dir)),
         ("Every test record", lambda: _records_section(output_dir, scores_ok, human_ok)),
     ]
     page = _ENV.get_template(TEMPLATE).render(

@@ -16,7 +16,7 @@ from transformers import EarlyStoppingCallback, ProgressCallback, TrainerCallbac
 from trl import SFTConfig, SFTTrainer
 
 from instructkit.data.parity import check_parity, parity_sample, stop_ids
-from instructkit.data.prompts import PromptStyle, get_style
+from instructkit.data.prompts import PromptStyle, get_style, load_style
 from instructkit.data.records import Split, drop_duplicates, load_records, split_file, split_records
 from instructkit.errors import UserError
 from instructkit.models.loading import load_causal_lm, load_tokenizer, qlora_quantization, qlora_settings
@@ -160,7 +160,8 @@ def train(config: TrainingConfig) -> Path:
             if reason is None:
                 if config.merge and not (adapter_dir / "merged").is_dir():
                     summary = read_json(summary_path)
-                    summary["merged_model"] = str(merge_adapter(base, adapter_dir, config.trust_remote_code))
+                    summary["merged_model"] = str(merge_adapter(base, adapter_dir, load_style(adapter_dir),
+                                                                   config.trust_remote_code))
                     write_json_atomic(summary_path, summary)
                 print(f"stage 1 already finished: {summary_path} (same data and settings; --overwrite trains again)")
                 return adapter_dir
@@ -263,7 +264,7 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
     val_curve = [{"step": step, "loss": loss} for step, loss in sorted(evals.items())]
     plot_loss(train_curve, val_curve, adapter_dir / "loss.png", f"{'QLoRA' if config.qlora else 'LoRA'} on {base.reference}")
     if config.merge:
-        merge_adapter(base, adapter_dir, config.trust_remote_code)
+        merge_adapter(base, adapter_dir, style, config.trust_remote_code)
 
     summary = manifest(
         stage="part1_instruction_finetuning",
@@ -329,19 +330,15 @@ def _padding_free(config: TrainingConfig, model: torch.nn.Module, tokenizer) -> 
     return False
 
 
-def merge_adapter(base: ResolvedModel, adapter_dir: Path, trust_remote_code: bool = False) -> Path:
-    """Base weights + LoRA update in one model folder that plain transformers loads.
-
-    The base is reloaded unquantized so a QLoRA adapter merges into full-precision weights.
-    """
-    from peft import PeftModel
+def merge_adapter(base: ResolvedModel, adapter_dir: Path, style: PromptStyle, trust_remote_code: bool = False) -> Path:
+    """Base weights + LoRA update in one model folder that plain transformers loads, as stage 6
+    exports it (the run's chat template, the EOS training ended answers with)."""
+    from instructkit.export.merge import save_merged
 
     target = adapter_dir / "merged"
     staging = adapter_dir / ".merged.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    model = PeftModel.from_pretrained(load_causal_lm(base, trust_remote_code=trust_remote_code), adapter_dir)
-    model.merge_and_unload().save_pretrained(staging)
-    load_tokenizer(base, trust_remote_code).save_pretrained(staging)
+    save_merged(base, adapter_dir, style, staging, trust_remote_code)
     shutil.rmtree(target, ignore_errors=True)
     staging.replace(target)
     return target

@@ -1,0 +1,260 @@
+"""Stage 6 (part6_export.py): the embedded finetune shipped as a merged model, f16 and q8_0 GGUF
+files, an Ollama Modelfile and a model card, each proven to answer as stage 2's finetune did; the
+served GGUF evaluated by stage 2; the leaderboard tools' loaders reading our answer files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from conftest import free_port, run_script
+from instructkit.data.prompts import get_style
+from instructkit.errors import UserError
+from instructkit.export.config import ExportConfig, check
+from instructkit.export.leaderboard import TEST_BENCH, write_leaderboard_files
+from instructkit.export.templates import (
+    mismatch_error,
+    model_text,
+    modelfile_template,
+    render_modelfile,
+    runtime_messages,
+    runtime_template,
+    template_mismatches,
+)
+from instructkit.runs.artifacts import write_json_atomic
+
+PARITY_RECORDS = 10
+LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+needs_llama_cpp = pytest.mark.skipif(not LLAMA_CPP, reason="llama-cpp-python is not installed: `make llama-cpp` "
+                                     "builds it (make test does)")
+RECORDS = [{"instruction": "Add 2 and 3.", "input": "", "output": "5"},
+           {"instruction": "Translate to Spanish.", "input": "Good morning", "output": "Buenos días"},
+           {"instruction": "And now?", "input": "", "output": "x",
+            "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                         {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "And now?"},
+                         {"role": "assistant", "content": "x"}]}]
+
+
+def word_tokenizer() -> PreTrainedTokenizerFast:
+    """A small real tokenizer with a BOS it adds and Gemma's turn tokens, for the template checks."""
+    words = ["<pad>", "<bos>", "<eos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    from tokenizers.processors import TemplateProcessing
+
+    backend.post_processor = TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>",
+                                        unk_token="<unk>", pad_token="<pad>")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    return tokenizer
+
+
+def chat_render(tokenizer):
+    return lambda messages, generation: tokenizer.apply_chat_template(messages, tokenize=False,
+                                                                      add_generation_prompt=generation)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("name", ["alpaca", "phi3", "chatml"])
+def test_the_exported_templates_render_what_training_saw(name):
+    tokenizer = word_tokenizer()
+    style = get_style(name).bind(tokenizer)
+    tokenizer.chat_template = runtime_template(style, tokenizer)
+    ollama = modelfile_template(chat_render(tokenizer), tokenizer.bos_token)
+    assert "<bos>" not in ollama  # Ollama adds the BOS itself
+    runtimes = {"jinja": lambda r: tokenizer.apply_chat_template(runtime_messages(style, r), tokenize=False,
+                                                                 add_generation_prompt=True)}
+    assert template_mismatches(style, RECORDS, tokenizer, runtimes) == []
+    for record in RECORDS[:2]:  # Ollama's turn template: one user turn
+        assert "<bos>" + render_modelfile(ollama, "", style.user_text(record)) == model_text(style, record, tokenizer)
+    with_system = {**RECORDS[0], "messages": [{"role": "system", "content": "Be brief."},
+                                              {"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"}]}
+    assert "<bos>" + render_modelfile(ollama, "Be brief.", "Add 2 and 3.") == model_text(style, with_system, tokenizer)
+
+
+@pytest.mark.fast
+def test_a_template_that_renders_otherwise_is_refused_with_both_prompts():
+    tokenizer = word_tokenizer()
+    style = get_style("alpaca")
+    tokenizer.chat_template = runtime_template(style, tokenizer).replace("### Response:", "### Answer:")
+    found = template_mismatches(style, RECORDS, tokenizer, {"the GGUF": lambda r: tokenizer.apply_chat_template(
+        runtime_messages(style, r), tokenize=False, add_generation_prompt=True)})
+    assert [f["record"] for f in found] == [0, 1, 2]
+    message = str(mismatch_error(found, "3 test records"))
+    assert "the GGUF renders record 0 differently" in message
+    assert "### Response:" in message and "### Answer:" in message  # both prompts shown
+
+
+@pytest.mark.fast
+def test_bad_export_settings_are_refused_before_anything_loads(tmp_path):
+    with pytest.raises(UserError) as caught:
+        check(ExportConfig(output_dir=str(tmp_path), gguf_type=["none", "f16"], serve=True, name="my model"))
+    message = str(caught.value)
+    assert "--gguf-type none means no GGUF file" in message and "--name 'my model'" in message
+    with pytest.raises(UserError, match="run stage 1 first and then stage 1b"):
+        check(ExportConfig(output_dir=str(tmp_path), model="preference"))
+    (tmp_path / "finetuned").mkdir()
+    (tmp_path / "finetuned" / "adapter_config.json").write_text("{}")
+    with pytest.raises(UserError, match="run stage 2 first, or pass --parity-records 0"):
+        check(ExportConfig(output_dir=str(tmp_path)))
+    check(ExportConfig(output_dir=str(tmp_path), parity_records=0))
+
+
+@pytest.mark.fast
+def test_alpaca_eval_and_fastchat_read_the_leaderboard_files(tmp_path):
+    from alpaca_eval.utils import load_or_convert_to_dataframe
+    from fastchat.llm_judge.common import load_model_answers, load_questions
+
+    write_json_atomic(tmp_path / "test_base_model.json", [
+        {**RECORDS[0], "base_model_response": "Six.", "finetuned_model_response": "Five."},
+        {**RECORDS[1], "base_model_response": "Hola", "finetuned_model_response": None}])
+    written = write_leaderboard_files(tmp_path, tmp_path / "leaderboard", {"base": "run-base", "finetuned": "mine"})
+    assert written == {"run-base": {"test_records": 2, "left_out_unanswered": 0},
+                       "mine": {"test_records": 1, "left_out_unanswered": 1}}
+    outputs = load_or_convert_to_dataframe(str(tmp_path / "leaderboard" / "alpaca_eval" / "mine" / "model_outputs.json"))
+    assert outputs[["instruction", "output", "generator"]].values.tolist() == [["Add 2 and 3.", "Five.", "mine"]]
+    base = load_or_convert_to_dataframe(str(tmp_path / "leaderboard" / "alpaca_eval" / "run-base" / "model_outputs.json"))
+    assert base["instruction"].tolist() == ["Add 2 and 3.", "Translate to Spanish.\n\nGood morning"]
+    bench = tmp_path / "leaderboard" / "fastchat" / "data" / TEST_BENCH
+    questions = load_questions(str(bench / "question.jsonl"), None, None)
+    answers = load_model_answers(str(bench / "model_answer"))
+    assert [q["question_id"] for q in questions] == [1, 2]
+    assert answers["mine"][1]["choices"][0]["turns"] == ["Five."] and 2 not in answers["mine"]
+    assert answers["run-base"][2]["choices"][0]["turns"] == ["Hola"]
+
+
+@pytest.fixture(scope="module")
+def export_run(trained_run, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """Stage 2 (finetuned, 10 records) and stage 6 in a copy of the trained run."""
+    run = tmp_path_factory.mktemp("export-run")
+    shutil.copytree(trained_run / "finetuned", run / "finetuned", ignore=shutil.ignore_patterns("merged"))
+    shutil.copytree(trained_run / "data", run / "data")
+    answered = run_script("part2_generate_test_responses.py", "--output-dir", str(run), "--models", "finetuned",
+                          "--limit", str(PARITY_RECORDS), "--max-new-tokens", "32")
+    assert answered.returncode == 0, answered.stderr[-3000:]
+    exported = run_script("part6_export.py", "--output-dir", str(run), "--parity-records", str(PARITY_RECORDS),
+                          "--name", "tiny")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    return run, exported
+
+
+def test_the_merged_model_carries_the_runs_template_and_stops_where_training_did(export_run):
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    from instructkit.data.prompts import load_style
+
+    run, _ = export_run
+    merged = run / "export" / "merged"
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    style = load_style(run / "finetuned")
+    assert tokenizer.chat_template == runtime_template(style, tokenizer)
+    end = tokenizer.convert_tokens_to_ids(style.stop_token(tokenizer))
+    assert GenerationConfig.from_pretrained(merged).eos_token_id[0] == end == tokenizer.eos_token_id
+    assert AutoConfig.from_pretrained(merged).model_type == "gemma3_text"
+    assert list(merged.glob("*.safetensors"))
+
+
+def test_the_gguf_files_name_the_architecture_and_carry_the_template_and_eos(export_run):
+    from transformers import AutoTokenizer
+
+    from instructkit.export.gguf_files import gguf_metadata
+
+    run, _ = export_run
+    tokenizer = AutoTokenizer.from_pretrained(run / "export" / "merged")
+    for gguf_type, file_type in (("f16", 1), ("q8_0", 7)):  # llama.cpp's LlamaFileType
+        metadata = gguf_metadata(run / "export" / f"tiny-{gguf_type}.gguf")
+        assert metadata["architecture"] == "gemma3" and metadata["file_type"] == file_type
+        assert metadata["chat_template"] == tokenizer.chat_template
+        assert (metadata["eos_token"], metadata["eos_token_id"]) == (tokenizer.eos_token, tokenizer.eos_token_id)
+        assert metadata["add_bos_token"] is True and metadata["vocabulary"] == 262144
+
+
+def test_the_modelfile_uses_the_smallest_gguf_the_runs_template_and_every_stop(export_run):
+    from transformers import AutoTokenizer
+
+    from instructkit.data.prompts import load_style
+
+    run, _ = export_run
+    text = (run / "export" / "Modelfile").read_text()
+    assert "FROM ./tiny-q8_0.gguf\n" in text
+    template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    style = load_style(run / "finetuned")
+    tokenizer = AutoTokenizer.from_pretrained(run / "export" / "merged")
+    records = json.loads((run / "data" / "test.json").read_text())[:5]
+    for record in records:
+        assert tokenizer.bos_token + render_modelfile(template, "", style.user_text(record)) == model_text(
+            style, record, tokenizer)
+    stops = [json.loads(line.removeprefix("PARAMETER stop ")) for line in text.splitlines() if line.startswith("PARAMETER stop")]
+    assert stops == [*style.stop_strings, "<eos>"]
+
+
+def test_each_shipped_file_answers_as_stage2s_finetune(export_run):
+    run, exported = export_run
+    parity = json.loads((run / "export" / "parity.json").read_text())
+    by_name = {a["artifact"]: a for a in parity["artifacts"]}
+    expected = ["merged/ (transformers)", "tiny-f16.gguf (transformers)", "tiny-q8_0.gguf (transformers)"]
+    if LLAMA_CPP:
+        expected += ["tiny-f16.gguf (llama.cpp)", "tiny-q8_0.gguf (llama.cpp)"]
+    assert sorted(by_name) == sorted(expected)
+    assert all(a["records"] == PARITY_RECORDS for a in by_name.values())
+    assert by_name["merged/ (transformers)"]["identical"] >= PARITY_RECORDS - 1
+    assert by_name["tiny-f16.gguf (transformers)"]["identical"] >= PARITY_RECORDS - 1
+    for name in ("merged/ (transformers)", "tiny-f16.gguf (transformers)", "tiny-q8_0.gguf (transformers)"):
+        assert by_name[name]["prompt_ids_identical"] == PARITY_RECORDS, name
+    for artifact in by_name.values():
+        for difference in artifact["differences"]:
+            assert difference["stage2_answer"] != difference["artifact_answer"]
+            assert isinstance(difference["first_differing_token"], int)
+    assert "tiny-q8_0.gguf (transformers)" in exported.stdout  # the share is printed per artifact
+    assert not list((run / "export").glob(".parity-*"))
+    card = (run / "export" / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata["license"] == "other" and {"instructkit", "lora", "gguf"} <= set(metadata["tags"])
+    assert f"| tiny-f16.gguf (transformers) | {by_name['tiny-f16.gguf (transformers)']['identical']}/10 |" in card
+    again = run_script("part6_export.py", "--output-dir", str(run), "--parity-records", str(PARITY_RECORDS), "--name", "tiny")
+    assert again.returncode == 0 and "stage 6 already finished" in again.stdout
+
+
+@needs_llama_cpp
+def test_the_served_gguf_is_evaluated_by_stage2_like_any_model(export_run, tmp_path):
+    from instructkit.export.serve import server_command
+
+    run, _ = export_run
+    port = free_port()
+    with (tmp_path / "server.log").open("w") as log:
+        server = subprocess.Popen(server_command(run / "export" / "tiny-q8_0.gguf", "tiny", port),
+                                  stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                models = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2))
+                break
+            except OSError:
+                assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+                time.sleep(1)
+        assert [m["id"] for m in models["data"]] == ["tiny"]
+        served = run_script("part2_generate_test_responses.py", "--output-dir", str(run), "--models", "finetuned",
+                            "--limit", str(PARITY_RECORDS), "--max-new-tokens", "32", "--compare", "shipped=openai:tiny",
+                            "--compare-base-url", f"http://127.0.0.1:{port}/v1")
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert served.returncode == 0, served.stderr[-3000:]
+    rows = json.loads((run / "test_base_model.json").read_text())
+    assert all(row["shipped_model_response"] for row in rows)
+    # A chat client sends instruction and input as one message, so only records without an input
+    # are prompted exactly as in training: there the served model answers as the finetune did.
+    plain = [row for row in rows if not row.get("input")]
+    same = sum(row["shipped_model_response"] == row["finetuned_model_response"] for row in plain)
+    assert plain and same >= len(plain) - 1, (same, len(plain))
