@@ -8,6 +8,7 @@ import importlib.util
 import json
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -17,7 +18,7 @@ import yaml
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from conftest import free_port, run_script
+from conftest import ROOT, free_port, run_script
 from instructkit.data.prompts import get_style
 from instructkit.errors import UserError
 from instructkit.export.config import ExportConfig, check
@@ -83,6 +84,17 @@ def test_the_exported_templates_render_what_training_saw(name):
 
 
 @pytest.mark.fast
+def test_a_chat_template_that_refuses_a_system_turn_gets_an_ollama_template_without_one():
+    tokenizer = word_tokenizer()
+    tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system') }}"
+                               "{% endif %}{{ '<start_of_turn>' + m['role'] + ' ' + m['content'] + '<end_of_turn>' }}"
+                               "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model ' }}{% endif %}")
+    ollama = modelfile_template(chat_render(tokenizer), "")
+    assert ollama == "<start_of_turn>user {{ .Prompt }}<end_of_turn><start_of_turn>model {{ .Response }}<end_of_turn>"
+    assert render_modelfile(ollama, "", "Hi") == "<start_of_turn>user Hi<end_of_turn><start_of_turn>model "
+
+
+@pytest.mark.fast
 def test_a_template_that_renders_otherwise_is_refused_with_both_prompts():
     tokenizer = word_tokenizer()
     style = get_style("alpaca")
@@ -105,6 +117,9 @@ def test_bad_export_settings_are_refused_before_anything_loads(tmp_path):
         check(ExportConfig(output_dir=str(tmp_path), model="preference"))
     (tmp_path / "finetuned").mkdir()
     (tmp_path / "finetuned" / "adapter_config.json").write_text("{}")
+    with pytest.raises(UserError, match="training_summary.json is missing"):
+        check(ExportConfig(output_dir=str(tmp_path)))
+    (tmp_path / "finetuned" / "training_summary.json").write_text("{}")
     with pytest.raises(UserError, match="run stage 2 first, or pass --parity-records 0"):
         check(ExportConfig(output_dir=str(tmp_path)))
     check(ExportConfig(output_dir=str(tmp_path), parity_records=0))
@@ -113,14 +128,13 @@ def test_bad_export_settings_are_refused_before_anything_loads(tmp_path):
 @pytest.mark.fast
 def test_alpaca_eval_and_fastchat_read_the_leaderboard_files(tmp_path):
     from alpaca_eval.utils import load_or_convert_to_dataframe
-    from fastchat.llm_judge.common import load_model_answers, load_questions
+    from fastchat.llm_judge.common import Judge, check_data, load_model_answers, load_questions
 
     write_json_atomic(tmp_path / "test_base_model.json", [
         {**RECORDS[0], "base_model_response": "Six.", "finetuned_model_response": "Five."},
         {**RECORDS[1], "base_model_response": "Hola", "finetuned_model_response": None}])
     written = write_leaderboard_files(tmp_path, tmp_path / "leaderboard", {"base": "run-base", "finetuned": "mine"})
-    assert written == {"run-base": {"test_records": 2, "left_out_unanswered": 0},
-                       "mine": {"test_records": 1, "left_out_unanswered": 1}}
+    assert written == {"run-base": {"alpaca_eval": 2, TEST_BENCH: 1}, "mine": {"alpaca_eval": 1, TEST_BENCH: 1}}
     outputs = load_or_convert_to_dataframe(str(tmp_path / "leaderboard" / "alpaca_eval" / "mine" / "model_outputs.json"))
     assert outputs[["instruction", "output", "generator"]].values.tolist() == [["Add 2 and 3.", "Five.", "mine"]]
     base = load_or_convert_to_dataframe(str(tmp_path / "leaderboard" / "alpaca_eval" / "run-base" / "model_outputs.json"))
@@ -128,9 +142,14 @@ def test_alpaca_eval_and_fastchat_read_the_leaderboard_files(tmp_path):
     bench = tmp_path / "leaderboard" / "fastchat" / "data" / TEST_BENCH
     questions = load_questions(str(bench / "question.jsonl"), None, None)
     answers = load_model_answers(str(bench / "model_answer"))
-    assert [q["question_id"] for q in questions] == [1, 2]
+    references = load_model_answers(str(bench / "reference_answer"))
+    # FastChat's gen_judgment refuses a bench where a model lacks an answer: record 2 has none from mine
+    assert [q["question_id"] for q in questions] == [1]
     assert answers["mine"][1]["choices"][0]["turns"] == ["Five."] and 2 not in answers["mine"]
-    assert answers["run-base"][2]["choices"][0]["turns"] == ["Hola"]
+    assert references["gpt-4"][1]["choices"][0]["turns"] == ["5"]
+    questions[0]["category"] = "math"  # a category FastChat grades against the reference answer
+    check_data(questions, answers, references, ["mine", "run-base"],
+               {"single-math": Judge("gpt-4", {"type": "single"}, ref_based=True)})
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +196,7 @@ def test_the_gguf_files_name_the_architecture_and_carry_the_template_and_eos(exp
         assert metadata["chat_template"] == tokenizer.chat_template
         assert (metadata["eos_token"], metadata["eos_token_id"]) == (tokenizer.eos_token, tokenizer.eos_token_id)
         assert metadata["add_bos_token"] is True and metadata["vocabulary"] == 262144
+        assert (metadata["bos_token"], metadata["bos_token_id"]) == (tokenizer.bos_token, tokenizer.bos_token_id)
 
 
 def test_the_modelfile_uses_the_smallest_gguf_the_runs_template_and_every_stop(export_run):
@@ -220,9 +240,33 @@ def test_each_shipped_file_answers_as_stage2s_finetune(export_run):
     card = (run / "export" / "README.md").read_text()
     metadata = yaml.safe_load(card.split("---")[1])
     assert metadata["license"] == "other" and {"instructkit", "lora", "gguf"} <= set(metadata["tags"])
+    assert "base_model" not in metadata  # the embedded model is no hub id
     assert f"| tiny-f16.gguf (transformers) | {by_name['tiny-f16.gguf (transformers)']['identical']}/10 |" in card
-    again = run_script("part6_export.py", "--output-dir", str(run), "--parity-records", str(PARITY_RECORDS), "--name", "tiny")
-    assert again.returncode == 0 and "stage 6 already finished" in again.stdout
+
+
+def test_a_rerun_keeps_the_costly_files_and_writes_the_card_again(export_run):
+    run, _ = export_run
+    converted = (run / "export" / "tiny-f16.gguf").stat().st_mtime_ns
+    again = run_script("part6_export.py", "--output-dir", str(run), "--parity-records", str(PARITY_RECORDS),
+                       "--name", "tiny", "--license", "gemma")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "reusing the merged model, GGUF files and parity answers" in again.stdout
+    assert "answering" not in again.stdout and "converting" not in again.stdout
+    assert (run / "export" / "tiny-f16.gguf").stat().st_mtime_ns == converted
+    assert yaml.safe_load((run / "export" / "README.md").read_text().split("---")[1])["license"] == "gemma"
+    assert not (run / ".stage6.partial").exists()
+
+
+@needs_llama_cpp
+def test_the_server_answers_without_a_repeat_penalty_unless_asked():
+    from llama_cpp.server.types import CreateChatCompletionRequest, CreateCompletionRequest
+
+    from instructkit.export.serve import unpenalised_requests
+
+    unpenalised_requests()
+    assert CreateChatCompletionRequest(messages=[{"role": "user", "content": "hi"}]).repeat_penalty == 1.0
+    assert CreateCompletionRequest(prompt="hi").repeat_penalty == 1.0
+    assert CreateCompletionRequest(prompt="hi", repeat_penalty=1.3).repeat_penalty == 1.3
 
 
 @needs_llama_cpp
@@ -230,31 +274,61 @@ def test_the_served_gguf_is_evaluated_by_stage2_like_any_model(export_run, tmp_p
     from instructkit.export.serve import server_command
 
     run, _ = export_run
+    stored = {row["instruction"] + row["input"]: row["finetuned_model_response"]
+              for row in json.loads((run / "test_base_model.json").read_text())}
     port = free_port()
     with (tmp_path / "server.log").open("w") as log:
         server = subprocess.Popen(server_command(run / "export" / "tiny-q8_0.gguf", "tiny", port),
                                   stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
+        deadline, models = time.time() + 120, None
+        while models is None and time.time() < deadline:
             try:
                 models = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2))
-                break
             except OSError:
-                assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+                if server.poll() is not None:
+                    pytest.fail((tmp_path / "server.log").read_text()[-2000:])
                 time.sleep(1)
+        if models is None:
+            pytest.fail("llama.cpp's server did not answer within 2 minutes")
         assert [m["id"] for m in models["data"]] == ["tiny"]
-        served = run_script("part2_generate_test_responses.py", "--output-dir", str(run), "--models", "finetuned",
+        served = run_script("part2_generate_test_responses.py", "--output-dir", str(tmp_path), "--models", "base",
+                            "--test-file", str(run / "data" / "test.json"), "--adapter", str(run / "finetuned"),
                             "--limit", str(PARITY_RECORDS), "--max-new-tokens", "32", "--compare", "shipped=openai:tiny",
                             "--compare-base-url", f"http://127.0.0.1:{port}/v1")
     finally:
         server.terminate()
         server.wait(30)
     assert served.returncode == 0, served.stderr[-3000:]
-    rows = json.loads((run / "test_base_model.json").read_text())
-    assert all(row["shipped_model_response"] for row in rows)
+    rows = json.loads((tmp_path / "test_base_model.json").read_text())
+    assert len(rows) == PARITY_RECORDS and all(row["shipped_model_response"] for row in rows)
     # A chat client sends instruction and input as one message, so only records without an input
-    # are prompted exactly as in training: there the served model answers as the finetune did.
+    # are prompted exactly as in training: there the served model (greedy, no repeat penalty: the
+    # server is started with none) answers as stage 2's finetune did.
     plain = [row for row in rows if not row.get("input")]
-    same = sum(row["shipped_model_response"] == row["finetuned_model_response"] for row in plain)
+    same = sum(row["shipped_model_response"] == stored[row["instruction"]] for row in plain)
     assert plain and same >= len(plain) - 1, (same, len(plain))
+
+
+def test_a_killed_export_resumes_without_redoing_finished_work(export_run):
+    """Last in this file: it replaces the export with one of other settings."""
+    import signal
+
+    run, _ = export_run
+    args = ["--output-dir", str(run), "--name", "tiny", "--gguf-type", "q8_0", "--parity-records", "2"]
+    first = subprocess.Popen([sys.executable, str(ROOT / "part6_export.py"), *args], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    merged = run / ".stage6.partial" / "export" / "merged" / "config.json"
+    deadline = time.time() + 600
+    while not merged.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert merged.exists(), "the export ended before its merged model was saved"
+    made = merged.stat().st_mtime_ns
+    second = run_script("part6_export.py", *args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming the export begun" in second.stdout and "merging" not in second.stdout
+    assert (run / "export" / "merged" / "config.json").stat().st_mtime_ns == made
+    assert sorted(p.name for p in (run / "export").glob("*.gguf")) == ["tiny-q8_0.gguf"]
+    assert json.loads((run / "export" / "parity.json").read_text())["records"] == 2

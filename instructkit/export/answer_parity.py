@@ -27,18 +27,23 @@ class Answers:
 Runtime = Callable[[list[Record]], Answers]
 
 
-def transformers_runtime(generator: TransformersGenerator, style: PromptStyle, max_new_tokens: int) -> Runtime:
-    """Answers as stage 2 makes them: the same generator code, greedy, one batch."""
+def transformers_runtime(generator: TransformersGenerator, style: PromptStyle, max_new_tokens: int,
+                         batches: list[list[Record]]) -> Runtime:
+    """Answers as stage 2 made them: the same generator code, greedy, in stage 2's `batches` (each
+    whole, the records outside the sample too: padding changes the arithmetic, and a near tie
+    between two tokens can fall either way)."""
 
     def answer(records: list[Record]) -> Answers:
-        prompts = [generator.render(style, record) for record in records]
-        texts, _ = generator.generate("base", prompts, max_new_tokens, style)
-        return Answers([generator.prompt_ids(style, record) for record in records], texts)
+        texts: dict[int, str] = {}
+        for batch in batches:
+            replies, _ = generator.generate("base", [generator.render(style, r) for r in batch], max_new_tokens, style)
+            texts |= {id(r): reply for r, reply in zip(batch, replies)}
+        return Answers([generator.prompt_ids(style, r) for r in records], [texts[id(r)] for r in records])
 
     return answer
 
 
-def llama_cpp_runtime(path: Path, style: PromptStyle, tokenizer, max_new_tokens: int, context: int) -> Runtime:
+def llama_cpp_runtime(path: Path, style: PromptStyle, tokenizer, max_new_tokens: int, context: int = 4096) -> Runtime:
     """Answers through llama.cpp (llama-cpp-python): the GGUF's own tokenizer, greedy, no repeat
     penalty (llama-cpp-python's default of 1.1 is not what training or stage 2 did)."""
     from llama_cpp import Llama

@@ -11,7 +11,7 @@ from instructkit.data.responses import RESPONSES_FILE
 from instructkit.evaluate.config import RESULTS_FILE
 from instructkit.evaluate.stats import fmt, fmt_interval
 from instructkit.judge.config import TASK_METRICS_FILE
-from instructkit.models.references import HUB_ID
+from instructkit.models.references import HUB_ID, ResolvedModel
 from instructkit.runs.artifacts import read_json
 from instructkit.runs.fingerprints import stale_on_disk
 from instructkit.runs.reuse import meta_path
@@ -58,18 +58,20 @@ def _metric_rows(result: dict, model: str) -> list[dict]:
             for name in result.get("metrics", []) if name in summary]
 
 
-def model_card(*, name: str, base_model: str, training: dict, preference: dict | None, license: str, style_name: str,
-               files: dict[str, str], parity: dict | None, results: list[dict], notes: list[str]) -> str:
+def model_card(*, name: str, base: ResolvedModel, training: dict, preference: dict | None, license_id: str,
+               style_name: str, files: dict[str, str], parity: dict | None, results: list[dict], notes: list[str]) -> str:
     """The README.md text: YAML metadata (base model, datasets, license, model-index) and the body."""
+    base_model = base.reference
     data = [training.get("data")] + ([preference.get("data")] if preference else [])
-    datasets = [d for d in data if isinstance(d, str) and HUB_ID.match(d.partition(":")[0])]
-    metadata: dict = {"library_name": "transformers", "license": license, "pipeline_tag": "text-generation",
+    datasets = [d.partition(":")[0] for d in data if isinstance(d, str) and HUB_ID.match(d.partition(":")[0])
+                and not Path(d).exists()]  # a hub id, not a local file that looks like one
+    metadata: dict = {"library_name": "transformers", "license": license_id, "pipeline_tag": "text-generation",
                       "tags": ["instructkit", "lora" if not training.get("settings", {}).get("quantization") else "qlora",
                                *(["dpo"] if preference else []), *(["gguf"] if any(f.endswith(".gguf") for f in files) else [])]}
-    if HUB_ID.match(base_model):
+    if base.source == "hub":
         metadata["base_model"] = base_model
     if datasets:
-        metadata["datasets"] = [d.partition(":")[0] for d in datasets]
+        metadata["datasets"] = datasets
     scored = [r for r in results if r["value"] is not None]
     if scored:
         metadata["model-index"] = [{"name": name, "results": [

@@ -3,6 +3,8 @@ many test records prove that the shipped files answer as the trained model did."
 
 from __future__ import annotations
 
+import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,11 @@ def shipped_adapter(config: ExportConfig) -> Path:
     return output_dir / PREFERENCE_DIR if config.model == PREFERENCE_MODEL else run_adapter(output_dir, "")
 
 
+def export_name(config: ExportConfig) -> str:
+    """--name, or `<run folder>-<model>` with what a file or Ollama name cannot hold replaced."""
+    return config.name or re.sub(r"[^A-Za-z0-9._-]+", "-", f"{Path(config.output_dir).resolve().name}-{config.model}")
+
+
 def gguf_types(config: ExportConfig) -> list[str]:
     return [] if "none" in config.gguf_type else list(dict.fromkeys(config.gguf_type))
 
@@ -48,6 +55,9 @@ def check(config: ExportConfig) -> None:
         problems.append("--gguf-type none means no GGUF file; give it alone")
     if config.serve and not gguf_types(config):
         problems.append("--serve serves a GGUF file; give --gguf-type f16, bf16 or q8_0")
+    if config.serve and (importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("sse_starlette") is None):
+        problems.append("--serve needs llama-cpp-python with its server: `make llama-cpp` builds it (about 6 minutes "
+                        "on 2 cores), or pip install -r requirements-llama.txt")
     if config.name and not all(c.isalnum() or c in "-_." for c in config.name):
         problems.append(f"--name {config.name!r}: letters, digits, '-', '_' and '.' only (it names files and the Ollama model)")
     if problems:
@@ -56,6 +66,9 @@ def check(config: ExportConfig) -> None:
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"{adapter}: no adapter_config.json; run stage 1 first"
                         + (" and then stage 1b, or export --model finetuned" if config.model == PREFERENCE_MODEL else ""))
+    summary = run_adapter(Path(config.output_dir), "") / "training_summary.json"
+    if not summary.is_file():
+        raise UserError(f"{summary} is missing: the model card is made from it; run stage 1 to its end")
     responses = Path(config.output_dir) / RESPONSES_FILE
     if config.parity_records and not responses.is_file():
         raise UserError(f"{responses} is missing: the export compares the shipped model's answers with stage 2's; "

@@ -11,7 +11,6 @@ from pathlib import Path
 from instructkit.errors import UserError
 from instructkit.models.references import EMBEDDED_GGUF, ResolvedModel
 
-GGUF_TYPES = ("f16", "bf16", "q8_0")
 CONVERTER_ENV = "INSTRUCTKIT_GGUF_CONVERTER"
 
 
@@ -34,12 +33,14 @@ def vocab_source(base: ResolvedModel) -> Path | None:
     return Path(base.reference).expanduser() if base.source == "gguf" else None
 
 
-def convert(merged: Path, target: Path, gguf_type: str, source: Path | None) -> None:
-    """`merged` as a GGUF file at `target` of type `gguf_type`; appears only when complete."""
+def convert(merged: Path, target: Path, gguf_type: str, source: Path | None, name: str) -> None:
+    """`merged` as a GGUF file at `target` of type `gguf_type`, named `name` inside; appears only
+    when complete."""
     partial = target.with_name(f".{target.name}.partial")
     command = [sys.executable, "-m", "instructkit.export.gguf_child", *(["--vocab-from", str(source)] if source else []),
-               str(merged), "--outfile", str(partial), "--outtype", gguf_type]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(converter_dir()), os.environ.get("PYTHONPATH", "")])}
+               str(merged), "--outfile", str(partial), "--outtype", gguf_type, "--model-name", name]
+    path = [str(converter_dir()), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0 or not partial.is_file():
         partial.unlink(missing_ok=True)
@@ -59,9 +60,10 @@ def gguf_metadata(path: Path) -> dict:
         return fields[key].contents() if key in fields else None
 
     tokens = fields["tokenizer.ggml.tokens"]
-    eos = value("tokenizer.ggml.eos_token_id")
+    eos, bos = value("tokenizer.ggml.eos_token_id"), value("tokenizer.ggml.bos_token_id")
     return {"architecture": value("general.architecture"), "file_type": value("general.file_type"),
             "chat_template": value("tokenizer.chat_template"), "eos_token_id": eos,
             "eos_token": tokens.contents(eos) if eos is not None and eos < len(tokens.data) else None,
-            "bos_token_id": value("tokenizer.ggml.bos_token_id"), "add_bos_token": value("tokenizer.ggml.add_bos_token"),
+            "bos_token_id": bos, "bos_token": tokens.contents(bos) if bos is not None and bos < len(tokens.data) else None,
+            "add_bos_token": value("tokenizer.ggml.add_bos_token"),
             "tokenizer_model": value("tokenizer.ggml.model"), "vocabulary": len(tokens.data)}

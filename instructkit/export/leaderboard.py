@@ -1,6 +1,7 @@
 """Stage 2's answers in the files the leaderboard tools read, so that a user with an API key runs
 them on our outputs unchanged: AlpacaEval's `model_outputs.json` (`alpaca_eval --model_outputs`)
-and FastChat's `data/<bench>/question.jsonl` + `model_answer/<model>.jsonl` (`gen_judgment.py`)."""
+and FastChat's `data/<bench>/question.jsonl`, `model_answer/<model>.jsonl` and
+`reference_answer/gpt-4.jsonl` (`gen_judgment.py --bench-name <bench>`)."""
 
 from __future__ import annotations
 
@@ -10,48 +11,64 @@ from pathlib import Path
 
 from instructkit.data.prompts import get_style
 from instructkit.data.questions import MT_RESPONSES_FILE
-from instructkit.data.responses import RESPONSES_FILE, read_responses, response_field
+from instructkit.data.responses import RESPONSES_FILE, SUFFIX, read_responses, response_columns, response_field
 from instructkit.runs.artifacts import read_json, write_json_atomic, write_text_atomic
 
 TEST_BENCH = "instructkit_test"  # FastChat's bench name for this run's test split
 MT_BENCH = "mt_bench"
+REFERENCE_MODEL = "gpt-4"  # the name FastChat's judges look reference answers up under
 
 
 def write_leaderboard_files(output_dir: Path, target: Path, generator: dict[str, str]) -> dict:
     """Every model's answers in stage 2's files (`generator`: a model's name there -> its name in
-    the tools) under `target`; what was written, and the unanswered (null) left out."""
+    the tools) under `target`; what was written. FastChat asks every model to have answered every
+    question, so its benches hold the questions all models answered (a null answer: a prompt too
+    long for stage 2); AlpacaEval's files hold each model's answered ones."""
     written: dict = {}
     responses = output_dir / RESPONSES_FILE
     if responses.is_file():
         records, models = read_responses(responses)
         chat = get_style("chat")
-        questions = [{"question_id": i + 1, "category": r.get("category") or "instruction",
-                      "turns": [chat.user_text(r)]} for i, r in enumerate(records)]
-        bench = target / "fastchat" / "data" / TEST_BENCH
-        _write_jsonl(bench / "question.jsonl", questions)
+        questions = [{"question_id": i + 1, "category": r.get("category") or "instruction", "turns": [chat.user_text(r)]}
+                     for i, r in enumerate(records)]
         for model in models:
-            answered = [(q, r[model]) for q, r in zip(questions, records) if r[model] is not None]
             name = generator.get(model, model)
+            answered = [(q, r[model]) for q, r in zip(questions, records) if r[model] is not None]
             write_json_atomic(target / "alpaca_eval" / name / "model_outputs.json",
                               [{"instruction": q["turns"][0], "output": answer, "generator": name, "dataset": TEST_BENCH}
                                for q, answer in answered])
-            _write_jsonl(bench / "model_answer" / f"{name}.jsonl",
-                         [_fastchat_answer(q["question_id"], name, [answer]) for q, answer in answered])
-            written[name] = {"test_records": len(answered), "left_out_unanswered": len(records) - len(answered)}
+            written[name] = {"alpaca_eval": len(answered)}
+        everywhere = [(q, r) for q, r in zip(questions, records) if all(r[m] is not None for m in models)]
+        _fastchat_bench(target / "fastchat" / "data" / TEST_BENCH, [q for q, _ in everywhere],
+                        {generator.get(m, m): [[r[m]] for _, r in everywhere] for m in models},
+                        [[r["output"]] for _, r in everywhere])
+        for model in models:
+            written[generator.get(model, model)][TEST_BENCH] = len(everywhere)
     mt = output_dir / MT_RESPONSES_FILE
     if mt.is_file():
         rows = read_json(mt)
-        bench = target / "fastchat" / "data" / MT_BENCH
-        _write_jsonl(bench / "question.jsonl", [{k: row[k] for k in ("question_id", "category", "turns", "reference")
-                                                 if k in row} for row in rows])
-        for model, name in generator.items():
-            answers = [(row["question_id"], row.get(response_field(model))) for row in rows]
-            complete = [(qid, turns) for qid, turns in answers if isinstance(turns, list) and None not in turns]
-            if complete:
-                _write_jsonl(bench / "model_answer" / f"{name}.jsonl",
-                             [_fastchat_answer(qid, name, turns) for qid, turns in complete])
-                written.setdefault(name, {})["mt_bench_questions"] = len(complete)
+        models = [m for m in response_columns(key for row in rows for key in row if key.endswith(SUFFIX))
+                  if any(response_field(m) in row for row in rows)]
+        complete = [row for row in rows if all(isinstance(row.get(response_field(m)), list)
+                                               and None not in row[response_field(m)] for m in models)]
+        _fastchat_bench(target / "fastchat" / "data" / MT_BENCH,
+                        [{k: row[k] for k in ("question_id", "category", "turns") if k in row} for row in complete],
+                        {generator.get(m, m): [row[response_field(m)] for row in complete] for m in models},
+                        [row.get("reference") for row in complete])
+        for model in models:
+            written.setdefault(generator.get(model, model), {})[MT_BENCH] = len(complete)
     return written
+
+
+def _fastchat_bench(bench: Path, questions: list[dict], answers: dict[str, list[list[str]]],
+                    references: list[list[str] | None]) -> None:
+    """One FastChat bench folder: the questions, each model's answers, the reference answers."""
+    _write_jsonl(bench / "question.jsonl", questions)
+    for name, turns in answers.items():
+        _write_jsonl(bench / "model_answer" / f"{name}.jsonl",
+                     [_fastchat_answer(q["question_id"], name, t) for q, t in zip(questions, turns)])
+    _write_jsonl(bench / "reference_answer" / f"{REFERENCE_MODEL}.jsonl",
+                 [_fastchat_answer(q["question_id"], REFERENCE_MODEL, ref) for q, ref in zip(questions, references) if ref])
 
 
 def _fastchat_answer(question_id: int | str, model: str, turns: list[str]) -> dict:

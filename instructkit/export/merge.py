@@ -13,9 +13,9 @@ from instructkit.models.references import ResolvedModel
 
 
 def save_merged(base: ResolvedModel, adapter: Path, style: PromptStyle, target: Path,
-                  trust_remote_code: bool = False) -> dict:
+                  trust_remote_code: bool = False) -> None:
     """Merge `adapter` into `base` (unquantized: a QLoRA adapter merges into the full-precision
-    weights) in the precision the base is stored in, and save to `target`; what was saved."""
+    weights) in the precision the base is stored in, and save to `target`."""
     from peft import PeftModel
 
     tokenizer = load_tokenizer(base, trust_remote_code)
@@ -32,5 +32,3 @@ def save_merged(base: ResolvedModel, adapter: Path, style: PromptStyle, target: 
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     style.save(target)
-    return {"dtype": str(model.dtype).removeprefix("torch."), "eos_token": end,
-            "eos_token_ids": model.generation_config.eos_token_id, "parameters": sum(p.numel() for p in model.parameters())}

@@ -24,16 +24,22 @@ def server_command(gguf: Path, name: str, port: int) -> list[str]:
             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(CONTEXT)]
 
 
-def run_llama_cpp_server(argv: list[str]) -> None:
-    """llama-cpp-python's server with no repeat penalty unless a request asks for one: its default
-    of 1.1, which an OpenAI client cannot turn off, changed 10 of 50 greedy answers of the embedded
-    finetune (served q8_0: 34 of 50 equal to stage 2's with it, 44 without; docs/export.md)."""
+def unpenalised_requests() -> None:
+    """No repeat penalty unless a request asks for one: llama-cpp-python's server defaults to 1.1,
+    which an OpenAI client cannot turn off, and which changed 10 of 50 greedy answers of the
+    embedded finetune (served q8_0: 34 of 50 equal to stage 2's with it, 44 without; docs/export.md)."""
     from llama_cpp.server import types
-    from llama_cpp.server.__main__ import main
 
     for request in (types.CreateCompletionRequest, types.CreateChatCompletionRequest):
         request.model_fields["repeat_penalty"].default = 1.0
         request.model_rebuild(force=True)
+
+
+def run_llama_cpp_server(argv: list[str]) -> None:
+    """llama-cpp-python's server (its own command line), answering without a repeat penalty."""
+    from llama_cpp.server.__main__ import main
+
+    unpenalised_requests()
     sys.argv = ["llama_cpp.server", *argv]
     main()
 

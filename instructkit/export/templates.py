@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from jinja2 import TemplateError
+
 from instructkit.data.conversations import Message, earlier_turns
 from instructkit.data.prompts import ALPACA_PREAMBLE, PromptStyle, adds_bos
 from instructkit.data.records import Record
@@ -68,8 +70,11 @@ def modelfile_template(render: Callable[[list[Message], bool], str], bos: str) -
         return text[len(bos):] if bos and text.startswith(bos) else text
 
     user = {"role": "user", "content": USER_MARK}
-    with_system = rendered([{"role": "system", "content": SYSTEM_MARK}, user])
     plain = rendered([user])
+    try:
+        with_system = rendered([{"role": "system", "content": SYSTEM_MARK}, user])
+    except TemplateError:  # a template that refuses a system turn (Mistral's, Gemma 2's): none in Ollama's either
+        with_system = plain
     answered = rendered([user, {"role": "assistant", "content": ANSWER_MARK}], False)
     shared = 0  # the turn itself: the longest common end of both renderings
     while shared < min(len(with_system), len(plain)) and with_system[-1 - shared] == plain[-1 - shared]:
