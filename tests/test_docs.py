@@ -39,7 +39,7 @@ OTHER_TOOLS = {
     "--no-deps", "--no-build-isolation", "--target",  # pip install
     "--model_args",  # lm_eval (stage 3's multi-GPU note; its --model is stage 6's flag too)
     "--openai_spec",  # litgpt serve
-    "--model_outputs", "--reference_outputs", "--bench-name", "--model-list", "--judge-file",  # alpaca_eval, FastChat
+    "--model_outputs", "--reference_outputs", "--bench-name", "--model-list", "--judge-file", "--judge-model",  # alpaca_eval, FastChat
     "--max-model-len", "--served-model-name",  # vllm serve
     "--jinja",  # llama.cpp's llama-server
     "--records", "--tiny", "--steps",  # bench/judge_scoring.py, bench/gpu_train.py, bench/qlora.py

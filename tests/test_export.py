@@ -152,6 +152,21 @@ def test_alpaca_eval_and_fastchat_read_the_leaderboard_files(tmp_path):
                {"single-math": Judge("gpt-4", {"type": "single"}, ref_based=True)})
 
 
+@pytest.mark.fast
+def test_mt_bench_answers_become_a_fastchat_bench_of_the_models_that_answered(tmp_path):
+    from fastchat.llm_judge.common import load_model_answers, load_questions
+
+    write_json_atomic(tmp_path / "mt_bench_responses.json", [  # stage 2 --questions --models finetuned
+        {"question_id": 81, "category": "math", "turns": ["2+2?", "And 3+3?"], "reference": ["4", "6"],
+         "base_model_response": [None, None], "finetuned_model_response": ["4", "6"]}])
+    written = write_leaderboard_files(tmp_path, tmp_path / "lb", {"base": "run-base", "finetuned": "mine"})
+    assert written == {"mine": {"mt_bench": 1}}
+    bench = tmp_path / "lb" / "fastchat" / "data" / "mt_bench"
+    assert [q["turns"] for q in load_questions(str(bench / "question.jsonl"), None, None)] == [["2+2?", "And 3+3?"]]
+    assert load_model_answers(str(bench / "model_answer"))["mine"][81]["choices"][0]["turns"] == ["4", "6"]
+    assert load_model_answers(str(bench / "reference_answer"))["gpt-4"][81]["choices"][0]["turns"] == ["4", "6"]
+
+
 @pytest.fixture(scope="module")
 def export_run(trained_run, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """Stage 2 (finetuned, 10 records) and stage 6 in a copy of the trained run."""

@@ -317,3 +317,23 @@ def test_stage0_makes_pairs_by_rewriting_and_by_sampling_the_sft_model_and_stage
     assert summary["pairs"]["by_source"] == {"file (sampled)": len(pairs)}
     tuned = json.loads((run / "preference" / "pairs" / "train.json").read_text())
     assert all(p["source"]["made"]["kind"] == "sampled" and p["source"]["file"] == str(made) for p in tuned)
+
+
+def test_the_preference_adapter_exports_with_its_results_on_the_card_and_in_the_report(evaluated_run):
+    """Stage 6 on stage 1b's adapter: its stage 2 column is the one compared, stages 3-4's results of
+    the preference model go on the card, and the report gains the export section."""
+    run, _ = evaluated_run
+    result = run_script("part6_export.py", "--output-dir", str(run), "--model", "preference", "--gguf-type", "q8_0",
+                        "--parity-records", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    parity = json.loads((run / "export" / "parity.json").read_text())
+    assert parity["compared_with"] == "test_base_model.json, column preference"
+    assert all(a["records"] == 4 for a in parity["artifacts"])
+    merged = next(a for a in parity["artifacts"] if a["artifact"] == "merged/ (transformers)")
+    assert merged["identical"] >= 3 and merged["prompt_ids_identical"] == 4
+    card = (run / "export" / "README.md").read_text()
+    assert "- dpo" in card and "| stage 3 (lm-evaluation-harness) | mmlu_philosophy | acc |" in card
+    assert "| stage 4 (task metrics) | test split | ROUGE-L |" in card
+    page = (run / "report.html").read_text()
+    assert 'id="export-parity"' in page and f"{run.resolve().name}-preference-q8_0.gguf (transformers)" in page
+    assert (run / "export" / f"{run.resolve().name}-preference-q8_0.gguf").is_file()

@@ -99,6 +99,23 @@ def test_stage3_evaluates_on_the_4bit_base(qlora_run):
     assert set(results["models"]) == {"base", "finetuned"}
 
 
+def test_a_qlora_adapter_exports_merged_into_the_unquantized_base(qlora_run, stage2_qlora):
+    """Stage 6 merges the adapter into the full-precision weights and compares with stage 2's answers
+    on the 4-bit base: NF4's rounding is gone, so the count is measured, not required."""
+    from transformers import AutoModelForCausalLM
+
+    result = run_script("part6_export.py", "--output-dir", str(qlora_run), "--gguf-type", "none", "--parity-records", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    merged = AutoModelForCausalLM.from_pretrained(qlora_run / "export" / "merged")
+    assert not getattr(merged, "is_loaded_in_4bit", False)
+    parity = json.loads((qlora_run / "export" / "parity.json").read_text())
+    assert [a["artifact"] for a in parity["artifacts"]] == ["merged/ (transformers)"]
+    assert parity["artifacts"][0]["records"] == 2 and parity["artifacts"][0]["prompt_ids_identical"] == 2
+    card = (qlora_run / "export" / "README.md").read_text()
+    assert "- qlora" in card and "on a 4-bit base (QLoRA, merged into the unquantized weights)" in card
+    assert not list((qlora_run / "export").glob("*.gguf")) and not (qlora_run / "export" / "Modelfile").exists()
+
+
 def test_a_rerun_is_reused_and_dropping_qlora_trains_again_saying_why(qlora_run):  # last: it retrains the folder
     again = run_script("part1_instruction_finetuning.py", "--output-dir", str(qlora_run), *QLORA_ARGS, "--merge")
     assert again.returncode == 0 and "stage 1 already finished" in again.stdout

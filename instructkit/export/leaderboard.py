@@ -47,8 +47,9 @@ def write_leaderboard_files(output_dir: Path, target: Path, generator: dict[str,
     mt = output_dir / MT_RESPONSES_FILE
     if mt.is_file():
         rows = read_json(mt)
+        # a model stage 2 did not run has a column of nulls
         models = [m for m in response_columns(key for row in rows for key in row if key.endswith(SUFFIX))
-                  if any(response_field(m) in row for row in rows)]
+                  if any(any(a is not None for a in row.get(response_field(m)) or []) for row in rows)]
         complete = [row for row in rows if all(isinstance(row.get(response_field(m)), list)
                                                and None not in row[response_field(m)] for m in models)]
         _fastchat_bench(target / "fastchat" / "data" / MT_BENCH,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -59,6 +60,8 @@ EXPORT_VERSION = 1  # bumped when what the export makes changes
 UNSAFE = re.compile(r"[^\w.-]+")  # in a file name
 RUN_FILE = "run.json"  # in the staging folder: what the partial export is made from
 RECORD_KEYS = ("instruction", "input", "output", "messages", "category")  # a responses row less its answers
+QUANTIZED_NOTE = ("stage 2 answered on the 4-bit base the QLoRA adapter was trained on; the shipped files carry the "
+                  "adapter merged into the unquantized weights, so NF4's rounding is one source of differences")
 
 
 @dataclass
@@ -71,6 +74,7 @@ class Stage2Sample:
     batches: list[list[Record]]  # stage 2's batches that hold a sampled record, each whole
     max_new_tokens: int
     precision: str
+    quantized: bool  # stage 2 answered on the 4-bit base (QLoRA); the merge is unquantized
     fingerprint: dict
 
 
@@ -103,10 +107,11 @@ def _open_staging(staging: Path, target: Path, made_from: dict, config: ExportCo
     """Resume an interrupted export of the same inputs and settings; else start from the finished
     export's costly files while they still stand (unless --overwrite); else from nothing."""
     saved = read_json(staging / RUN_FILE) if (staging / RUN_FILE).is_file() else None
-    if saved is not None and not config.restart and why_redo(saved, made_from["settings"], made_from["inputs"], "it began") is None:
+    if (saved is not None and not config.restart and (staging / EXPORT_DIR).is_dir()
+            and why_redo(saved, made_from["settings"], made_from["inputs"], "it began") is None):
         print(f"note: resuming the export begun in {staging}")
         return
-    if saved is not None:
+    if saved is not None and (staging / EXPORT_DIR).is_dir():
         print(f"note: discarding the partial export in {staging}" + (" (--restart)" if config.restart else
                                                                         " (made from other inputs or settings)"))
     shutil.rmtree(staging, ignore_errors=True)
@@ -118,7 +123,11 @@ def _open_staging(staging: Path, target: Path, made_from: dict, config: ExportCo
     if reason is None and not config.overwrite:
         print(f"reusing the merged model, GGUF files and parity answers in {target} (same adapter, stage 2 answers "
               "and settings; --overwrite makes them again); writing the card, Modelfile and leaderboard files again")
-        target.rename(staging / EXPORT_DIR)
+        # Hard links: export/ stays whole until the swap, and every file rewritten is a new file (atomic
+        # writes). Linked beside, then renamed: a copy cut short is never taken for a staged export.
+        seeding = staging / ".seeding"
+        shutil.copytree(target, seeding, copy_function=os.link, ignore=shutil.ignore_patterns(MANIFEST_FILE))
+        seeding.rename(staging / EXPORT_DIR)
     else:
         print(f"{reason or '--overwrite'}: exporting again")
 
@@ -179,11 +188,12 @@ def _export(config: ExportConfig, folder: Path, adapter: Path, base: ResolvedMod
         else:
             parity = {"records": len(sample.records), "max_new_tokens": sample.max_new_tokens,
                       "precision": sample.precision, "compared_with": f"{RESPONSES_FILE}, column {config.model}",
+                      **({"note": QUANTIZED_NOTE} if sample.quantized else {}),
                       "template_checks": template_checks,
                       "artifacts": _answer_parity(folder, merged, ggufs, style, sample, base)}
             write_json_atomic(folder / PARITY_FILE, parity)
-            for kept in folder.glob(".parity-*.json"):  # each artifact's result, kept for a resume until now
-                kept.unlink()
+        for kept in folder.glob(".parity-*.json"):  # each artifact's result, kept for a resume until now
+            kept.unlink()
         files[PARITY_FILE] = "the shipped files' answers against stage 2's (identical share, first differing token)"
     leaderboard = _write_cheap_files(config, folder, name, style, tokenizer, ollama_template, ggufs, files, parity,
                                      base, adapter)
@@ -259,8 +269,12 @@ def _stage2_sample(output_dir: Path, config: ExportConfig, adapter: Path, base: 
     lengths = [len(ids) for ids in tokenizer([style.render(r, tokenizer) for r in pool])["input_ids"]]
     batches = [[pool[i] for i in batch] for batch in length_sorted_batches(lengths, settings.get("batch_size", 32))
                if min(batch) < count]
-    digest = hashlib.sha256(json.dumps([records, answers], sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps([records, answers, batches], sort_keys=True).encode()).hexdigest()
+    quantized = bool(settings.get("base_quantization"))
+    if quantized:
+        print(f"note: {QUANTIZED_NOTE}")
     return Stage2Sample(records, answers, batches, settings.get("max_new_tokens", 128), meta.get("precision", "fp32"),
+                        quantized,
                         {"reference": f"{RESPONSES_FILE}: the {config.model} answers to {len(records)} records",
                          "answers_sha256": digest, "batches": [len(b) for b in batches],
                          "max_new_tokens": settings.get("max_new_tokens", 128), "precision": meta.get("precision", "fp32")})
