@@ -19,6 +19,7 @@ PARITY_FILE = "parity.json"
 STAGING_DIR = ".stage6.partial"
 GGUF_CHOICES = ("f16", "bf16", "q8_0", "none")
 SHIPPED = ("finetuned", PREFERENCE_MODEL)
+NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")  # --name: letters, digits, '-', '_', '.'; it names files
 
 
 @dataclass
@@ -41,7 +42,12 @@ def shipped_adapter(config: ExportConfig) -> Path:
 
 def export_name(config: ExportConfig) -> str:
     """--name, or `<run folder>-<model>` with what a file or Ollama name cannot hold replaced."""
-    return config.name or re.sub(r"[^A-Za-z0-9._-]+", "-", f"{Path(config.output_dir).resolve().name}-{config.model}")
+    return config.name or safe_name(f"{Path(config.output_dir).resolve().name}-{config.model}")
+
+
+def safe_name(text: str) -> str:
+    """`text` with what a file name or an Ollama model name cannot hold replaced by '-'."""
+    return NAME_UNSAFE.sub("-", text)
 
 
 def gguf_types(config: ExportConfig) -> list[str]:
@@ -58,7 +64,7 @@ def check(config: ExportConfig) -> None:
     if config.serve and (importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("sse_starlette") is None):
         problems.append("--serve needs llama-cpp-python with its server: `make llama-cpp` builds it (about 6 minutes "
                         "on 2 cores), or pip install -r requirements-llama.txt")
-    if config.name and not all(c.isalnum() or c in "-_." for c in config.name):
+    if config.name and NAME_UNSAFE.search(config.name):
         problems.append(f"--name {config.name!r}: letters, digits, '-', '_' and '.' only (it names files and the Ollama model)")
     if problems:
         raise problems_error(problems)

@@ -15,7 +15,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from instructkit.export.config import (
     ExportConfig,
     export_name,
     gguf_types,
+    safe_name,
     shipped_adapter,
 )
 from instructkit.export.gguf_files import convert, gguf_metadata, vocab_source
@@ -57,7 +57,6 @@ from instructkit.train.common import swap_in
 from instructkit.train.config import SUMMARY_FILE
 
 EXPORT_VERSION = 1  # bumped when what the export makes changes
-UNSAFE = re.compile(r"[^\w.-]+")  # in a file name
 RUN_FILE = "run.json"  # in the staging folder: what the partial export is made from
 RECORD_KEYS = ("instruction", "input", "output", "messages", "category")  # a responses row less its answers
 QUANTIZED_NOTE = ("stage 2 answered on the 4-bit base the QLoRA adapter was trained on; the shipped files carry the "
@@ -76,6 +75,7 @@ class Stage2Sample:
     precision: str
     quantized: bool  # stage 2 answered on the 4-bit base (QLoRA); the merge is unquantized
     fingerprint: dict
+    tokenizer: object  # the base's, as training and stage 2 used it
 
 
 def export(config: ExportConfig) -> Path:
@@ -277,7 +277,8 @@ def _stage2_sample(output_dir: Path, config: ExportConfig, adapter: Path, base: 
                         quantized,
                         {"reference": f"{RESPONSES_FILE}: the {config.model} answers to {len(records)} records",
                          "answers_sha256": digest, "batches": [len(b) for b in batches],
-                         "max_new_tokens": settings.get("max_new_tokens", 128), "precision": meta.get("precision", "fp32")})
+                         "max_new_tokens": settings.get("max_new_tokens", 128), "precision": meta.get("precision", "fp32")},
+                        tokenizer)
 
 
 def _test_records(output_dir: Path) -> list[Record]:
@@ -332,10 +333,9 @@ def _answer_parity(folder: Path, merged: Path, ggufs: dict[Path, dict], style: P
 
     from instructkit.generate.generator import TransformersGenerator
     from instructkit.models.gguf import load_gguf_tokenizer
-    from instructkit.models.loading import load_tokenizer
 
     dtype = torch.bfloat16 if sample.precision == "bf16" else torch.float32
-    trained = load_tokenizer(base)  # the tokenizer training and stage 2 used
+    trained = sample.tokenizer  # the tokenizer training and stage 2 used
     trained_ids = [style.encode(style.render(r, trained), trained) for r in sample.records]
     max_new = sample.max_new_tokens
 
@@ -358,7 +358,7 @@ def _answer_parity(folder: Path, merged: Path, ggufs: dict[Path, dict], style: P
             planned.append((f"{path.name} (llama.cpp)", lambda p=path: llama_cpp_runtime(p, style, trained, max_new)))
     results = []
     for label, make in planned:
-        kept = folder / f".parity-{UNSAFE.sub('-', label)}.json"
+        kept = folder / f".parity-{safe_name(label)}.json"
         if kept.is_file():
             results.append(read_json(kept))
             continue
