@@ -1,16 +1,24 @@
 """Shared fixtures: each real model is converted/loaded once per session; one real training run
-(interrupted and resumed) serves every test that needs a finetuned adapter."""
+(interrupted and resumed) serves every test that needs a finetuned adapter and real weights; tiny
+random-weight models of the same architectures (tests/tiny_models.py) serve the tests of mechanics.
+docs/testing.md says which to use."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
+import runpy
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import traceback
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -36,11 +44,77 @@ TRAIN_ARGS = ["--max-steps", "8", "--batch-size", "4", "--lr", "1e-3", "--eval-s
 STAGE2_ARGS = ["--limit", "6", "--max-new-tokens", "32", "--batch-size", "2"]
 
 
-def run_script(script: str, *args: str, timeout: int = 900, **kwargs) -> subprocess.CompletedProcess:
+def run_script(script: str, *args: str, timeout: int = 900, cwd: Path = ROOT, **kwargs) -> subprocess.CompletedProcess:
+    """The script in a new interpreter: for tests where the process is the subject (exit codes,
+    kills, servers, what gets imported), and for stages 1 and 1b, whose dataset preparation hashes
+    the 262k-token Gemma tokenizer (datasets' fingerprint): 7 s in a fresh process, 30 s or more in
+    a long-lived one like pytest's (measured; an allocator effect of pickling 4 million objects)."""
     return subprocess.run(
         [sys.executable, str(ROOT / script), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kwargs,
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, **kwargs,
     )
+
+
+@contextlib.contextmanager
+def _environment(env: dict | None):
+    """os.environ as `env` (a whole environment, as subprocess.run takes it; None: as it is) while the
+    block runs, and as it was afterwards (a --config file's `env:` sets variables)."""
+    saved = dict(os.environ)
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def _log_streams(old: tuple, new: tuple):
+    """Logging handlers writing to `old` streams write to `new` ones while the block runs; those the
+    block made on `new` streams write to `old` ones afterwards (a stream handler keeps the stream it
+    was made with, and `new` is gone after the block)."""
+    def repoint(source, target):
+        loggers = [logging.getLogger(), *(found for found in logging.Logger.manager.loggerDict.values()
+                                           if isinstance(found, logging.Logger))]
+        for handler in {h for logger in loggers for h in logger.handlers}:
+            if type(handler) is logging.StreamHandler and handler.stream in source:
+                handler.setStream(target[source.index(handler.stream)])
+
+    repoint(old, new)
+    try:
+        yield
+    finally:
+        repoint(new, old)
+
+
+def run_stage(script: str, *args: str, input: str | None = None, env: dict | None = None, cwd: Path = ROOT,
+              **_subprocess_only) -> subprocess.CompletedProcess:
+    """`run_script` without the new interpreter: the script runs as __main__ in this process, its
+    stdout, stderr (its loggers' too) and exit code captured; an uncaught exception is a traceback on
+    stderr and exit 1, as in a process. For tests where the process is not the subject (a refusal, a
+    reuse line, a stage's files): it saves the 5-8 s of imports a subprocess pays each time."""
+    out, err = io.StringIO(), io.StringIO()
+    argv, here, stdin, streams = sys.argv, os.getcwd(), sys.stdin, (sys.stdout, sys.stderr)
+    sys.argv, sys.stdin = [str(ROOT / script), *args], io.StringIO(input or "")
+    code = 0
+    try:
+        os.chdir(cwd)
+        with (_environment(env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err),
+              _log_streams(streams, (out, err))):
+            runpy.run_path(str(ROOT / script), run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if not isinstance(exc.code, int | None):
+            err.write(str(exc.code))
+    except Exception:  # what the interpreter would print before exiting 1
+        err.write(traceback.format_exc())
+        code = 1
+    finally:
+        sys.argv, sys.stdin = argv, stdin
+        os.chdir(here)
+    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
 
 
 def free_port() -> int:
@@ -123,6 +197,27 @@ def base_tokenizer(base_model):
 
 
 @pytest.fixture(scope="session")
+def tiny_gemma() -> str:
+    """A model reference (--base-model): a two-layer random-weight Gemma 3 with gemma-3-270m's
+    tokenizer, for tests of mechanics (tests/tiny_models.py)."""
+    from tiny_models import tiny_gguf
+
+    from instructkit.models.references import EMBEDDED_BASE
+
+    return str(tiny_gguf(EMBEDDED_BASE))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama() -> str:
+    """A model reference: a two-layer random-weight Llama with SmolLM2's tokenizer and chat template."""
+    from tiny_models import tiny_gguf
+
+    from instructkit.models.references import EMBEDDED_JUDGE
+
+    return str(tiny_gguf(EMBEDDED_JUDGE))
+
+
+@pytest.fixture(scope="session")
 def judge_model():
     from instructkit.models.references import EMBEDDED_JUDGE, resolve_model
 
@@ -158,6 +253,38 @@ def trained_run(tmp_path_factory, base_model) -> Path:
     # Quiet progress: the loss rides on the progress bar, not a printed dict per step.
     assert "'loss':" not in second.stdout + second.stderr and ", loss=" in second.stderr and "eval_loss=" in second.stderr
     return output_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_run(tmp_path_factory, tiny_gemma) -> Path:
+    """Stage 1 on the tiny Gemma 3 (TRAIN_ARGS less --merge, in fp32 on every CPU): a finished run
+    folder for the tests of what comes after stage 1 (reuse, refusals, plumbing) that do not need
+    real weights. Copy what you change (copy_run)."""
+    output_dir = tmp_path_factory.mktemp("tiny-stage1")
+    result = run_script("part1_instruction_finetuning.py", "--output-dir", str(output_dir), "--base-model", tiny_gemma,
+                        *TRAIN_ARGS[:TRAIN_ARGS.index("--merge")], "--precision", "fp32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """Weights hard-linked (stages replace them by rename, never write into them), the rest copied,
+    so that a test editing a JSON file in place spoils no other test's run."""
+    if os.path.getsize(source) > 1 << 20:
+        os.link(source, target)
+    else:
+        shutil.copy2(source, target)
+
+
+def copy_run(run: Path, target: Path, names: tuple[str, ...] = ("data", "finetuned")) -> Path:
+    """`target` holding `names` (folders or files) of the finished run folder `run`, cheaply."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if (run / name).is_dir():
+            shutil.copytree(run / name, target / name, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(str(run / name), str(target / name))
+    return target
 
 
 def stage2_args(stage1: Path, output_dir: Path) -> list[str]:

@@ -5,7 +5,7 @@ import json
 import datasets
 import pytest
 
-from conftest import run_script
+from conftest import run_stage
 from instructkit.evaluate.benchmark import BenchmarkConfig, resolve_tasks
 from instructkit.evaluate.stats import mcnemar
 
@@ -65,8 +65,8 @@ def test_mcnemar_counts_discordant_pairs():
 @pytest.fixture(scope="module")
 def benchmark_dir(trained_run, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("stage3")
-    result = run_script("part3_benchmark_evaluation.py", "--adapter", str(trained_run / "finetuned"),
-                        "--output-dir", str(output_dir), "--limit", "12")
+    result = run_stage("part3_benchmark_evaluation.py", "--adapter", str(trained_run / "finetuned"),
+                       "--output-dir", str(output_dir), "--limit", "12")
     assert result.returncode == 0, result.stderr[-3000:]
     return output_dir
 
@@ -103,8 +103,8 @@ def test_harness_files_are_kept(benchmark_dir):
 
 
 def test_unknown_task_through_the_script(trained_run, tmp_path):
-    result = run_script("part3_benchmark_evaluation.py", "--adapter", str(trained_run / "finetuned"),
-                        "--output-dir", str(tmp_path / "o"), "--tasks", "no_such_task")
+    result = run_stage("part3_benchmark_evaluation.py", "--adapter", str(trained_run / "finetuned"),
+                       "--output-dir", str(tmp_path / "o"), "--tasks", "no_such_task")
     assert result.returncode == 2
     assert "unknown lm-eval task(s): no_such_task" in result.stderr
     assert not (tmp_path / "o").exists()
@@ -151,9 +151,9 @@ def test_a_group_and_tasks_with_other_metrics(trained_run, tmp_path):
         data.write_text("".join(json.dumps(d) + "\n" for d in docs))
         (tasks / f"{name}.yaml").write_text(f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
                                             f"    test: {json.dumps(str(data))}\ntest_split: test\n{body}")
-    result = run_script("part3_benchmark_evaluation.py", "--adapter", str(trained_run / "finetuned"),
-                        "--output-dir", str(tmp_path / "out"), "--limit", "1", "--include-path", str(tasks),
-                        "--tasks", "mmlu_humanities,instructkit_test_mc,instructkit_test_gen")
+    result = run_stage("part3_benchmark_evaluation.py", "--adapter", str(trained_run / "finetuned"),
+                       "--output-dir", str(tmp_path / "out"), "--limit", "1", "--include-path", str(tasks),
+                       "--tasks", "mmlu_humanities,instructkit_test_mc,instructkit_test_gen")
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "benchmark_results.json").read_text())
     for model in ("base", "finetuned"):

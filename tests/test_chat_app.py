@@ -15,7 +15,7 @@ import urllib.parse
 import httpx
 import pytest
 
-from conftest import EchoChat, LocalServer, chat_app_served, run_script
+from conftest import EchoChat, LocalServer, chat_app_served, run_script, run_stage
 from instructkit.judge.human import read_human_ratings
 
 MAX_NEW_TOKENS = "24"
@@ -49,10 +49,10 @@ def chat_app(trained_run, tmp_path_factory):
     run = tmp_path_factory.mktemp("chat")
     echo = LocalServer(EchoChat)
     threading.Thread(target=echo.serve_forever, daemon=True).start()
-    stage2 = run_script("part2_generate_test_responses.py", "--test-file", str(trained_run / "data" / "test.json"),
-                        "--adapter", str(trained_run / "finetuned"), "--output-dir", str(run), "--limit", "2",
-                        "--batch-size", "1", "--max-new-tokens", MAX_NEW_TOKENS,
-                        "--compare", "echo=openai:echo", "--compare-base-url", echo.url)
+    stage2 = run_stage("part2_generate_test_responses.py", "--test-file", str(trained_run / "data" / "test.json"),
+                       "--adapter", str(trained_run / "finetuned"), "--output-dir", str(run), "--limit", "2",
+                       "--batch-size", "1", "--max-new-tokens", MAX_NEW_TOKENS,
+                       "--compare", "echo=openai:echo", "--compare-base-url", echo.url)
     assert stage2.returncode == 0, stage2.stderr[-3000:]
     add_hostile_record(run)
     with chat_app_served(run / "app.log", "--output-dir", str(run), "--adapter", str(trained_run / "finetuned"),

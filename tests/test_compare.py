@@ -10,7 +10,7 @@ from http.server import ThreadingHTTPServer
 
 import pytest
 
-from conftest import JSONHandler, run_script, stage2_args
+from conftest import JSONHandler, run_stage, stage2_args
 from instructkit.errors import UserError
 from instructkit.generate.compare import parse_compare
 
@@ -56,7 +56,7 @@ def test_a_third_model_answers_beside_base_and_finetuned_and_stage4_compares_all
     out.mkdir()
     for name in ("test_base_model.json", "test_base_model.meta.json"):  # stage 2's finished base and finetuned answers
         shutil.copy(responses_dir / name, out / name)
-    result = run_script("part2_generate_test_responses.py", *stage2_args(trained_run, out), "--compare", "smol=smollm2-135m-instruct")
+    result = run_stage("part2_generate_test_responses.py", *stage2_args(trained_run, out), "--compare", "smol=smollm2-135m-instruct")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "reusing the base model's 6 responses" in result.stdout and "reusing the finetuned model's 6 responses" in result.stdout
     rows = json.loads((out / "test_base_model.json").read_text())
@@ -70,8 +70,8 @@ def test_a_third_model_answers_beside_base_and_finetuned_and_stage4_compares_all
     assert list(meta["timings"]) == ["smol"]  # only the new model was loaded and asked
 
     judge = local_servers(PlainJudgeServer)
-    result = run_script("part4_local_evaluation.py", "--output-dir", str(out), "--judge", "openai:judge",
-                        "--judge-base-url", judge.url, "--pairwise", "finetuned:smol,finetuned:output")
+    result = run_stage("part4_local_evaluation.py", "--output-dir", str(out), "--judge", "openai:judge",
+                       "--judge-base-url", judge.url, "--pairwise", "finetuned:smol,finetuned:output")
     assert result.returncode == 0, result.stderr[-3000:]
     scores = json.loads((out / "judge_scores.json").read_text())
     assert set(scores["summary"]) == {"base", "finetuned", "smol", "finetuned_minus_base"}

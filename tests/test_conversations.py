@@ -11,7 +11,7 @@ from html import unescape
 
 import pytest
 
-from conftest import ROOT, chat_app_served, run_script
+from conftest import ROOT, chat_app_served, run_script, run_stage
 from instructkit.data.conversations import earlier_turns
 from instructkit.data.parity import check_parity, parity_sample
 from instructkit.data.prompts import ChatTemplate, get_style, load_style
@@ -171,8 +171,8 @@ def chatml_run(tmp_path_factory):
                          "--max-steps", "16", "--batch-size", "4", "--lr", "2e-3", "--val-fraction", "0",
                          "--test-fraction", "0.2", "--lora-dropout", "0", "--output-dir", str(folder))
     assert trained.returncode == 0, trained.stderr[-3000:]
-    answered = run_script("part2_generate_test_responses.py", "--output-dir", str(folder), "--batch-size", "1",
-                          "--max-new-tokens", str(MAX_NEW_TOKENS))
+    answered = run_stage("part2_generate_test_responses.py", "--output-dir", str(folder), "--batch-size", "1",
+                         "--max-new-tokens", str(MAX_NEW_TOKENS))
     assert answered.returncode == 0, answered.stderr[-3000:]
     return folder
 
@@ -246,8 +246,8 @@ def test_an_edited_template_stops_stage_2_saying_where_and_writes_nothing(chatml
     saved = json.loads((adapter / "prompt_style.json").read_text())
     saved["chat_template"] = saved["chat_template"].replace("'<start_of_turn>assistant\\n'", "'<start_of_turn>model\\n'")
     (adapter / "prompt_style.json").write_text(json.dumps(saved))
-    result = run_script("part2_generate_test_responses.py", "--output-dir", str(tmp_path), "--adapter", str(adapter),
-                        "--test-file", str(chatml_run / "data" / "test.json"), "--max-new-tokens", "8")
+    result = run_stage("part2_generate_test_responses.py", "--output-dir", str(tmp_path), "--adapter", str(adapter),
+                       "--test-file", str(chatml_run / "data" / "test.json"), "--max-new-tokens", "8")
     assert result.returncode == 2, result.stderr[-3000:]
     assert "template parity: stage 2 (transformers) builds another prompt than the adapter was trained on" in result.stderr
     assert "['model']" in result.stderr and "prompt_style.json" in result.stderr
@@ -257,8 +257,8 @@ def test_an_edited_template_stops_stage_2_saying_where_and_writes_nothing(chatml
 def test_a_malformed_conversation_file_stops_stage_1_before_anything_is_written(tmp_path):
     data = tmp_path / "chats.json"
     data.write_text(json.dumps([record for record, _ in MALFORMED]), encoding="utf-8")
-    result = run_script("part1_instruction_finetuning.py", "--data", str(data), "--prompt-style", "chatml",
-                        "--output-dir", str(tmp_path / "run"))
+    result = run_stage("part1_instruction_finetuning.py", "--data", str(data), "--prompt-style", "chatml",
+                       "--output-dir", str(tmp_path / "run"))
     assert result.returncode == 2
     for _, message in MALFORMED:
         assert f"{data}: {message}" in result.stderr
@@ -266,8 +266,8 @@ def test_a_malformed_conversation_file_stops_stage_1_before_anything_is_written(
 
 
 def test_stage_3_asks_lm_eval_through_the_saved_template_with_the_system_prompt(chatml_run, trained_run):
-    result = run_script("part3_benchmark_evaluation.py", "--output-dir", str(chatml_run), "--models", "finetuned",
-                        "--limit", "2", "--system-prompt", "Answer with one letter.")
+    result = run_stage("part3_benchmark_evaluation.py", "--output-dir", str(chatml_run), "--models", "finetuned",
+                       "--limit", "2", "--system-prompt", "Answer with one letter.")
     assert result.returncode == 0, result.stderr[-3000:]
     meta = json.loads((chatml_run / "benchmark_results.meta.json").read_text())
     assert meta["settings"]["chat_template"] == load_style(chatml_run / "finetuned").template.jinja
@@ -276,7 +276,7 @@ def test_stage_3_asks_lm_eval_through_the_saved_template_with_the_system_prompt(
     assert prompt.startswith("<bos><start_of_turn>system\nAnswer with one letter.")
     assert prompt.endswith("<start_of_turn>assistant\n")  # the generation prompt training taught
     # A text-style finetune has no template to put a system turn in: refused before anything loads.
-    refused = run_script("part3_benchmark_evaluation.py", "--output-dir", str(trained_run), "--system-prompt", "x")
+    refused = run_stage("part3_benchmark_evaluation.py", "--output-dir", str(trained_run), "--system-prompt", "x")
     assert refused.returncode == 2 and "--system-prompt goes into the finetune's chat template" in refused.stderr
 
 

@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_stage
 from instructkit.data.records import load_records
 from instructkit.errors import UserError
 from instructkit.evaluate.metrics import resolve_metrics, score
@@ -124,8 +124,8 @@ def test_unsafe_queries_score_zero_with_a_reason_and_leave_the_database_as_it_wa
              "base_model_response": "SELECT COUNT(*) FROM pets", "finetuned_model_response": query}
             for i, query in enumerate(queries)]
     (tmp_path / "test_base_model.json").write_text(json.dumps(rows))
-    result = run_script("part4_local_evaluation.py", "--output-dir", str(tmp_path), "--judge", "none",
-                        "--metric", "sql-execution", "--sql-databases", str(pets.parent.parent))
+    result = run_stage("part4_local_evaluation.py", "--output-dir", str(tmp_path), "--judge", "none",
+                       "--metric", "sql-execution", "--sql-databases", str(pets.parent.parent))
     assert result.returncode == 0, result.stderr[-3000:]
     assert pets.read_bytes() == before and not attach.exists()
     metrics = json.loads((tmp_path / "task_metrics.json").read_text())
@@ -140,11 +140,11 @@ def test_unsafe_queries_score_zero_with_a_reason_and_leave_the_database_as_it_wa
     # The database's content is fingerprinted: changed in place, the scores are computed again
     args = ["--output-dir", str(tmp_path), "--judge", "none", "--metric", "sql-execution", "--sql-databases",
             str(pets.parent.parent)]
-    assert "task metrics already finished" in run_script("part4_local_evaluation.py", *args).stdout
+    assert "task metrics already finished" in run_stage("part4_local_evaluation.py", *args).stdout
     with sqlite3.connect(pets) as connection:
         connection.execute("DELETE FROM pets WHERE id = 5")
     connection.close()
-    again = run_script("part4_local_evaluation.py", *args)
+    again = run_stage("part4_local_evaluation.py", *args)
     assert "metric sql-execution changed since task_metrics.json was made" in again.stdout, again.stdout[-2000:]
     assert f"reused {4 * 2 * len(UNSAFE)} metric results" in again.stdout  # the text metrics' only
 
@@ -155,8 +155,8 @@ def test_a_gold_query_that_fails_is_an_input_error_naming_the_record(pets, tmp_p
             {"instruction": "q2", "input": "", "output": "SELECT colour FROM pets", "db_id": "pets",
              "base_model_response": "x", "finetuned_model_response": "y"}]
     (tmp_path / "test_base_model.json").write_text(json.dumps(rows))
-    result = run_script("part4_local_evaluation.py", "--output-dir", str(tmp_path), "--judge", "none",
-                        "--metric", "sql-execution", "--sql-databases", str(pets.parent.parent))
+    result = run_stage("part4_local_evaluation.py", "--output-dir", str(tmp_path), "--judge", "none",
+                       "--metric", "sql-execution", "--sql-databases", str(pets.parent.parent))
     assert result.returncode == 2
     assert "record 1, model base" in result.stderr and "the gold query (field 'output') fails" in result.stderr
     assert "no such column: colour" in result.stderr and not (tmp_path / "task_metrics.json").exists()
@@ -195,8 +195,8 @@ def test_a_user_metric_file_runs_through_stage_4_into_the_json_and_the_report(tm
                                               ("third", "Blue.", "Green.", "Blue.")]]
     (tmp_path / "test_base_model.json").write_text(json.dumps(rows))
     args = ["--output-dir", str(tmp_path), "--judge", "none"]
-    result = run_script("part4_local_evaluation.py", *args, "--metric", f"{metric_file}:words",
-                        "--metric", f"{metric_file}:parts")
+    result = run_stage("part4_local_evaluation.py", *args, "--metric", f"{metric_file}:words",
+                       "--metric", f"{metric_file}:parts")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "task_metrics.json").read_text())
     assert metrics["metrics"][:3] == ["words", "parts.starts_right", "parts.short"] and metrics["lead"] == "words"
@@ -210,22 +210,22 @@ def test_a_user_metric_file_runs_through_stage_4_into_the_json_and_the_report(tm
 
     # Unchanged: reused whole; one metric dropped, then added again: each time only its values are
     # computed, the other 5 metrics' 6 values each are reused
-    again = run_script("part4_local_evaluation.py", *args, "--metric", f"{metric_file}:words",
-                       "--metric", f"{metric_file}:parts")
+    again = run_stage("part4_local_evaluation.py", *args, "--metric", f"{metric_file}:words",
+                      "--metric", f"{metric_file}:parts")
     assert "task metrics already finished" in again.stdout
-    fewer = run_script("part4_local_evaluation.py", *args, "--metric", f"{metric_file}:words")
+    fewer = run_stage("part4_local_evaluation.py", *args, "--metric", f"{metric_file}:words")
     assert fewer.returncode == 0 and "reused 30 metric results" in fewer.stdout, fewer.stdout[-2000:]
     assert "parts.short" not in json.loads((tmp_path / "task_metrics.json").read_text())["metrics"]
-    back = run_script("part4_local_evaluation.py", *args, "--metric", f"{metric_file}:words", "--metric",
-                      f"{metric_file}:parts")
+    back = run_stage("part4_local_evaluation.py", *args, "--metric", f"{metric_file}:words", "--metric",
+                     f"{metric_file}:parts")
     assert "reused 30 metric results" in back.stdout and json.loads((tmp_path / "task_metrics.json").read_text()) == metrics
 
-    failed = run_script("part4_local_evaluation.py", *args, "--metric", f"{metric_file}:broken", "--overwrite")
+    failed = run_stage("part4_local_evaluation.py", *args, "--metric", f"{metric_file}:broken", "--overwrite")
     assert failed.returncode == 2
     assert "metric broken raised KeyError: 'expected_sql'" in failed.stderr and "record 2, model base" in failed.stderr
-    out_of_range = run_script("part4_local_evaluation.py", *args, "--metric", f"{metric_file}:too_big")
+    out_of_range = run_stage("part4_local_evaluation.py", *args, "--metric", f"{metric_file}:too_big")
     assert out_of_range.returncode == 2 and "metric too_big returned 150" in out_of_range.stderr
-    missing = run_script("part4_local_evaluation.py", *args, "--metric", f"{metric_file}:nothing", "--metric", "bleu2")
+    missing = run_stage("part4_local_evaluation.py", *args, "--metric", f"{metric_file}:nothing", "--metric", "bleu2")
     assert missing.returncode == 2 and "has no function 'nothing'" in missing.stderr
 
 

@@ -18,7 +18,7 @@ import yaml
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from conftest import ROOT, free_port, run_script
+from conftest import ROOT, copy_run, free_port, run_stage
 from instructkit.data.prompts import get_style
 from instructkit.errors import UserError
 from instructkit.export.config import ExportConfig, check
@@ -173,11 +173,11 @@ def export_run(trained_run, tmp_path_factory) -> tuple[Path, subprocess.Complete
     run = tmp_path_factory.mktemp("export-run")
     shutil.copytree(trained_run / "finetuned", run / "finetuned", ignore=shutil.ignore_patterns("merged"))
     shutil.copytree(trained_run / "data", run / "data")
-    answered = run_script("part2_generate_test_responses.py", "--output-dir", str(run), "--models", "finetuned",
-                          "--limit", str(PARITY_RECORDS), "--max-new-tokens", "32")
+    answered = run_stage("part2_generate_test_responses.py", "--output-dir", str(run), "--models", "finetuned",
+                         "--limit", str(PARITY_RECORDS), "--max-new-tokens", "32")
     assert answered.returncode == 0, answered.stderr[-3000:]
-    exported = run_script("part6_export.py", "--output-dir", str(run), "--parity-records", str(PARITY_RECORDS),
-                          "--name", "tiny")
+    exported = run_stage("part6_export.py", "--output-dir", str(run), "--parity-records", str(PARITY_RECORDS),
+                         "--name", "tiny")
     assert exported.returncode == 0, exported.stderr[-3000:]
     return run, exported
 
@@ -262,8 +262,8 @@ def test_each_shipped_file_answers_as_stage2s_finetune(export_run):
 def test_a_rerun_keeps_the_costly_files_and_writes_the_card_again(export_run):
     run, _ = export_run
     converted = (run / "export" / "tiny-f16.gguf").stat().st_mtime_ns
-    again = run_script("part6_export.py", "--output-dir", str(run), "--parity-records", str(PARITY_RECORDS),
-                       "--name", "tiny", "--license", "gemma")
+    again = run_stage("part6_export.py", "--output-dir", str(run), "--parity-records", str(PARITY_RECORDS),
+                      "--name", "tiny", "--license", "gemma")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "reusing the merged model, GGUF files and parity answers" in again.stdout
     assert "answering" not in again.stdout and "converting" not in again.stdout
@@ -307,10 +307,10 @@ def test_the_served_gguf_is_evaluated_by_stage2_like_any_model(export_run, tmp_p
         if models is None:
             pytest.fail("llama.cpp's server did not answer within 2 minutes")
         assert [m["id"] for m in models["data"]] == ["tiny"]
-        served = run_script("part2_generate_test_responses.py", "--output-dir", str(tmp_path), "--models", "base",
-                            "--test-file", str(run / "data" / "test.json"), "--adapter", str(run / "finetuned"),
-                            "--limit", str(PARITY_RECORDS), "--max-new-tokens", "32", "--compare", "shipped=openai:tiny",
-                            "--compare-base-url", f"http://127.0.0.1:{port}/v1")
+        served = run_stage("part2_generate_test_responses.py", "--output-dir", str(tmp_path), "--models", "base",
+                           "--test-file", str(run / "data" / "test.json"), "--adapter", str(run / "finetuned"),
+                           "--limit", str(PARITY_RECORDS), "--max-new-tokens", "32", "--compare", "shipped=openai:tiny",
+                           "--compare-base-url", f"http://127.0.0.1:{port}/v1")
     finally:
         server.terminate()
         server.wait(30)
@@ -325,23 +325,27 @@ def test_the_served_gguf_is_evaluated_by_stage2_like_any_model(export_run, tmp_p
     assert plain and same >= len(plain) - 1, (same, len(plain))
 
 
-def test_a_killed_export_resumes_without_redoing_finished_work(export_run):
-    """Last in this file: it replaces the export with one of other settings."""
+def test_a_killed_export_resumes_without_redoing_finished_work(tiny_trained_run, tmp_path):
+    """Mechanics, so on the tiny Gemma 3: killed once its merged model is saved, the rerun keeps it."""
     import signal
 
-    run, _ = export_run
+    run = copy_run(tiny_trained_run, tmp_path / "run")
+    answered = run_stage("part2_generate_test_responses.py", "--output-dir", str(run), "--models", "finetuned",
+                         "--limit", "2", "--max-new-tokens", "8")
+    assert answered.returncode == 0, answered.stderr[-3000:]
     args = ["--output-dir", str(run), "--name", "tiny", "--gguf-type", "q8_0", "--parity-records", "2"]
     first = subprocess.Popen([sys.executable, str(ROOT / "part6_export.py"), *args], cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     merged = run / ".stage6.partial" / "export" / "merged" / "config.json"
     deadline = time.time() + 600
     while not merged.exists() and first.poll() is None and time.time() < deadline:
-        time.sleep(0.5)
+        time.sleep(0.1)
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert merged.exists(), "the export ended before its merged model was saved"
+    assert not (run / "export").exists(), "killed too late to test resuming"
     made = merged.stat().st_mtime_ns
-    second = run_script("part6_export.py", *args)
+    second = run_stage("part6_export.py", *args)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming the export begun" in second.stdout and "merging" not in second.stdout
     assert (run / "export" / "merged" / "config.json").stat().st_mtime_ns == made

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, run_script, stage2_args
+from conftest import ROOT, run_stage, stage2_args
 from instructkit.generate.generator import clean_response, length_sorted_batches
 
 # The test record's own fields as the split has them (our default data names each record's category),
@@ -84,14 +84,14 @@ def test_killed_run_resumes_to_the_same_file(trained_run, responses_dir, tmp_pat
 
 
 def test_rerun_does_nothing_and_changed_settings_do_not_mix(trained_run, responses_dir, tmp_path):
-    result = run_script("part2_generate_test_responses.py", *stage2_args(trained_run, responses_dir))
+    result = run_stage("part2_generate_test_responses.py", *stage2_args(trained_run, responses_dir))
     assert result.returncode == 0 and "stage 2 already finished" in result.stdout
     # A partial run with another --max-new-tokens, made from the same inputs: refused, not mixed in.
     meta = json.loads((responses_dir / "test_base_model.meta.json").read_text())
     progress = tmp_path / ".test_base_model.json.progress.jsonl"
     header = {"settings": {**meta["settings"], "max_new_tokens": 999}, "inputs": meta["inputs"], "run_id": "x"}
     progress.write_text(json.dumps(header) + "\n" + json.dumps({"key": ["base", 0], "value": "an answer"}) + "\n")
-    result = run_script("part2_generate_test_responses.py", *stage2_args(trained_run, tmp_path))
+    result = run_stage("part2_generate_test_responses.py", *stage2_args(trained_run, tmp_path))
     assert result.returncode == 2
     assert "holds partial results made with other settings (max_new_tokens: 999 -> 32" in result.stderr
     assert "--restart" in result.stderr
@@ -102,8 +102,8 @@ def test_a_prompt_past_the_limit_is_not_answered_and_is_counted(trained_run, tmp
     records[1] = {**records[1], "instruction": "Summarize: " + "the quick brown fox jumps over it. " * 400}
     test_file = tmp_path / "test.json"
     test_file.write_text(json.dumps(records))
-    result = run_script("part2_generate_test_responses.py", "--test-file", str(test_file), "--output-dir", str(tmp_path),
-                        "--adapter", str(trained_run / "finetuned"), "--max-new-tokens", "8", "--max-prompt-tokens", "256")
+    result = run_stage("part2_generate_test_responses.py", "--test-file", str(test_file), "--output-dir", str(tmp_path),
+                       "--adapter", str(trained_run / "finetuned"), "--max-new-tokens", "8", "--max-prompt-tokens", "256")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1 prompts are longer than 256 tokens" in result.stdout
     rows = json.loads((tmp_path / "test_base_model.json").read_text())
@@ -118,8 +118,8 @@ def test_missing_adapter_is_a_clear_error(trained_run, tmp_path):
     adapter = tmp_path / "adapter"
     shutil.copytree(trained_run / "finetuned", adapter, ignore=shutil.ignore_patterns("checkpoints", "merged"))
     (adapter / "adapter_config.json").unlink()
-    result = run_script("part2_generate_test_responses.py", "--adapter", str(adapter), "--output-dir", str(tmp_path / "o"),
-                        "--test-file", str(trained_run / "data" / "test.json"))
+    result = run_stage("part2_generate_test_responses.py", "--adapter", str(adapter), "--output-dir", str(tmp_path / "o"),
+                       "--test-file", str(trained_run / "data" / "test.json"))
     assert result.returncode == 2
     assert f"{adapter}: no adapter_config.json" in result.stderr
     assert not (tmp_path / "o").exists()
@@ -128,7 +128,7 @@ def test_missing_adapter_is_a_clear_error(trained_run, tmp_path):
 def test_vllm_engine_without_vllm_says_so(trained_run, tmp_path):
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed here")
-    result = run_script("part2_generate_test_responses.py", *stage2_args(trained_run, tmp_path), "--engine", "vllm")
+    result = run_stage("part2_generate_test_responses.py", *stage2_args(trained_run, tmp_path), "--engine", "vllm")
     assert result.returncode == 2 and "--engine vllm needs vLLM" in result.stderr
 
 
@@ -148,8 +148,8 @@ def test_merged_model_answers_alone_without_loading_the_base(trained_run, tmp_pa
 
     # In fp32 both: bf16 weights would round W + BA and W apart before any answer is compared.
     for folder, extra in (("merged", ["--merged", str(merged)]), ("adapter", [])):
-        result = run_script("part2_generate_test_responses.py", *stage2_args(trained_run, tmp_path / folder),
-                            *extra, "--models", "finetuned", "--precision", "fp32")
+        result = run_stage("part2_generate_test_responses.py", *stage2_args(trained_run, tmp_path / folder),
+                           *extra, "--models", "finetuned", "--precision", "fp32")
         assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads((tmp_path / "merged" / "test_base_model.json").read_text())
     adapter_rows = json.loads((tmp_path / "adapter" / "test_base_model.json").read_text())

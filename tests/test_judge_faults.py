@@ -18,7 +18,7 @@ from http.server import ThreadingHTTPServer
 
 import pytest
 
-from conftest import PROJECT_DATA, ROOT, JSONHandler, run_script
+from conftest import PROJECT_DATA, ROOT, JSONHandler, run_script, run_stage
 
 SECRET = "sk-instructkit-fault-test-9c4e1a77d2b05f3e"
 RETRY_MARK = "could not be read"  # in the stricter prompt stage 4 sends after an unreadable reply
@@ -124,7 +124,7 @@ FAULTS = {  # fault -> the score stage 4 must end with (None: stored as null, wi
 def test_failing_judge_is_retried_within_bounds_and_nothing_is_dropped(server, tmp_path):
     judge = server()
     responses = responses_file(tmp_path / "responses.json", list(FAULTS))
-    result = run_script("part4_local_evaluation.py", *stage4_args(
+    result = run_stage("part4_local_evaluation.py", *stage4_args(
         responses, tmp_path / "out", judge.url, "--max-retries", "2", "--request-timeout", "1.5", "--concurrency", "4"),
         env=env_with_key())
     assert result.returncode == 0, result.stderr[-3000:]
@@ -167,19 +167,19 @@ def test_requests_that_got_no_answer_are_asked_again_and_never_pass_for_results(
     responses.write_text(json.dumps([{**r, "base_model_response": "FAULT:down", "finetuned_model_response": "FAULT:down"}
                                      for r in records]))
     args = stage4_args(responses, tmp_path / "out", judge.url, "--max-retries", "0")
-    down = run_script("part4_local_evaluation.py", *args, env=env_with_key())
+    down = run_stage("part4_local_evaluation.py", *args, env=env_with_key())
     assert down.returncode == 2 and "every request of this run failed: 6 requests got no answer" in down.stderr
     assert "Traceback" not in down.stderr
     written = json.loads((tmp_path / "out" / "judge_scores.json").read_text())  # what there is, with why
     assert all(row["scores"]["base"]["failed"] for row in written["records"])
 
     judge.up = True
-    up = run_script("part4_local_evaluation.py", *args, env=env_with_key())
+    up = run_stage("part4_local_evaluation.py", *args, env=env_with_key())
     assert up.returncode == 0, up.stderr[-3000:]
     assert "6 requests got no answer when judge_scores.json was made: judging again" in up.stdout
     scores = json.loads((tmp_path / "out" / "judge_scores.json").read_text())
     assert [row["scores"][m]["score"] for row in scores["records"] for m in ("base", "finetuned")] == [55] * 6
-    assert "already finished" in run_script("part4_local_evaluation.py", *args, env=env_with_key()).stdout
+    assert "already finished" in run_stage("part4_local_evaluation.py", *args, env=env_with_key()).stdout
 
     # Some failed, some answered: exit 0 with a warning, and the rerun asks only the failed ones.
     judge.up = False
@@ -187,10 +187,10 @@ def test_requests_that_got_no_answer_are_asked_again_and_never_pass_for_results(
     mixed.write_text(json.dumps([{**r, "base_model_response": "FAULT:down", "finetuned_model_response": "FAULT:ok90"}
                                  for r in records]))
     args = stage4_args(mixed, tmp_path / "mixed", judge.url, "--max-retries", "0")
-    partial = run_script("part4_local_evaluation.py", *args, env=env_with_key())
+    partial = run_stage("part4_local_evaluation.py", *args, env=env_with_key())
     assert partial.returncode == 0 and "warning: 3 requests got no answer" in partial.stdout
     judge.up, before = True, judge.requests
-    run_script("part4_local_evaluation.py", *args, env=env_with_key())
+    run_stage("part4_local_evaluation.py", *args, env=env_with_key())
     assert judge.requests - before == 3
     scores = json.loads((tmp_path / "mixed" / "judge_scores.json").read_text())
     assert [row["scores"]["base"]["score"] for row in scores["records"]] == [55] * 3
@@ -200,8 +200,10 @@ def test_requests_that_got_no_answer_are_asked_again_and_never_pass_for_results(
 def test_rejected_key_stops_at_once_names_the_server_and_is_not_echoed(server, tmp_path, concurrency):
     judge = server(key="the-right-key", delay=0.3)
     responses = responses_file(tmp_path / "responses.json", ["ok"] * 6)
+    # A process of its own: in this one, the server's threads share the interpreter with the client's,
+    # and a refusal can come back before the last of `concurrency` requests has gone out.
     result = run_script("part4_local_evaluation.py", *stage4_args(responses, tmp_path / "out", judge.url,
-                                                                  "--concurrency", str(concurrency)), env=env_with_key())
+                                                                   "--concurrency", str(concurrency)), env=env_with_key())
     assert result.returncode == 2
     # Only the requests already in flight when the first refusal came back: none is sent after it.
     assert judge.requests == concurrency
@@ -221,8 +223,8 @@ def test_killed_judging_resumes_to_the_same_file_and_a_second_run_is_refused(ser
     deadline = time.time() + 120
     while (not progress.exists() or len(progress.read_text().splitlines()) < 3) and time.time() < deadline:
         time.sleep(0.1)
-    second = run_script("part4_local_evaluation.py", *stage4_args(responses, tmp_path / "a", judge.url, *args),
-                        env=env_with_key())
+    second = run_stage("part4_local_evaluation.py", *stage4_args(responses, tmp_path / "a", judge.url, *args),
+                       env=env_with_key())
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert second.returncode == 2 and "another judge run is using" in second.stderr
@@ -230,15 +232,15 @@ def test_killed_judging_resumes_to_the_same_file_and_a_second_run_is_refused(ser
     finished_before_kill = progress.read_text().count("\n") - 1  # whole lines after the settings line
     requests_before = sum(len(t) for t in judge.attempts.values())
 
-    rerun = run_script("part4_local_evaluation.py", *stage4_args(responses, tmp_path / "a", judge.url, *args),
-                       env=env_with_key())
+    rerun = run_stage("part4_local_evaluation.py", *stage4_args(responses, tmp_path / "a", judge.url, *args),
+                      env=env_with_key())
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     requests_rerun = sum(len(t) for t in judge.attempts.values()) - requests_before
     assert requests_rerun == 24 - finished_before_kill  # what was finished is not asked again
     assert not progress.exists()
 
-    whole = run_script("part4_local_evaluation.py", *stage4_args(responses, tmp_path / "b", judge.url, *args),
-                       env=env_with_key())
+    whole = run_stage("part4_local_evaluation.py", *stage4_args(responses, tmp_path / "b", judge.url, *args),
+                      env=env_with_key())
     assert whole.returncode == 0
     resumed = json.loads((tmp_path / "a" / "judge_scores.json").read_text())
     uninterrupted = json.loads((tmp_path / "b" / "judge_scores.json").read_text())
@@ -269,8 +271,8 @@ def kill_case(steady_judge, tmp_path_factory):
     responses.write_text(json.dumps([{**r, "base_model_response": f"FAULT:{f}", "finetuned_model_response": f"FAULT:ok{100 - i}"}
                                      for i, (r, f) in enumerate(zip(records, faults))]))
     args = ["--pairwise", "--concurrency", "1"]
-    result = run_script("part4_local_evaluation.py", *stage4_args(responses, folder / "whole", steady_judge.url, *args),
-                        env=env_with_key())
+    result = run_stage("part4_local_evaluation.py", *stage4_args(responses, folder / "whole", steady_judge.url, *args),
+                       env=env_with_key())
     assert result.returncode == 0, result.stderr[-3000:]
     return responses, args, json.loads((folder / "whole" / "judge_scores.json").read_text())
 
@@ -296,13 +298,13 @@ def test_killed_overwrite_run_resumes_and_a_plain_rerun_keeps_both(steady_judge,
     assert 12 <= logged < 48, "killed too late"
     assert json.loads((output / "judge_scores.json").read_text()) == whole, "the finished file stays until replaced"
 
-    plain = run_script("part4_local_evaluation.py", *stage4_args(responses, output, steady_judge.url, *args), env=env_with_key())
+    plain = run_stage("part4_local_evaluation.py", *stage4_args(responses, output, steady_judge.url, *args), env=env_with_key())
     assert plain.returncode == 0, plain.stderr[-3000:]
     assert "stage 4 judging already finished" in plain.stdout and "holds a partial --overwrite run" in plain.stdout
     assert progress.read_text().count("\n") - 1 == logged
 
-    rerun = run_script("part4_local_evaluation.py", *stage4_args(responses, output, steady_judge.url, *args, "--overwrite"),
-                       env=env_with_key())
+    rerun = run_stage("part4_local_evaluation.py", *stage4_args(responses, output, steady_judge.url, *args, "--overwrite"),
+                      env=env_with_key())
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming from" in rerun.stdout
     assert json.loads((output / "judge_scores.meta.json").read_text())["items_judged_this_run"] == 48 - logged
@@ -315,7 +317,7 @@ def test_new_pairwise_or_limit_reuses_every_judgement_already_paid_for(steady_ju
     output = tmp_path / "out"
     shutil.copytree(responses.parent / "whole", output)
     requests_before = steady_judge.requests
-    fewer = run_script("part4_local_evaluation.py", *stage4_args(responses, output, steady_judge.url, "--concurrency", "1",
+    fewer = run_stage("part4_local_evaluation.py", *stage4_args(responses, output, steady_judge.url, "--concurrency", "1",
                                                                  "--limit", "5"), env=env_with_key())
     assert fewer.returncode == 0, fewer.stderr[-3000:]
     assert "settings changed since judge_scores.json was made (pairwise: 'finetuned:base' -> ''; limit: 0 -> 5)" in fewer.stdout
@@ -340,7 +342,7 @@ def test_killed_at_any_point_the_rerun_equals_an_uninterrupted_run(steady_judge,
     assert not (output / "judge_scores.json").exists(), "killed too late"
     logged = progress.read_text().count("\n") - 1
 
-    rerun = run_script("part4_local_evaluation.py", *stage4_args(responses, output, steady_judge.url, *args), env=env_with_key())
+    rerun = run_stage("part4_local_evaluation.py", *stage4_args(responses, output, steady_judge.url, *args), env=env_with_key())
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert json.loads((output / "judge_scores.json").read_text()) == whole
     meta = json.loads((output / "judge_scores.meta.json").read_text())
@@ -363,7 +365,7 @@ def test_full_disk_at_the_final_write_keeps_the_judged_work(steady_judge, kill_c
     assert not list(output.glob(".judge_scores.json.*.tmp")), "no half-written file is left"
     assert (output / ".judge_scores.json.progress.jsonl").stat().st_size < limit
 
-    rerun = run_script("part4_local_evaluation.py", *stage4_args(responses, output, steady_judge.url, *args), env=env_with_key())
+    rerun = run_stage("part4_local_evaluation.py", *stage4_args(responses, output, steady_judge.url, *args), env=env_with_key())
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert json.loads((output / "judge_scores.meta.json").read_text())["items_judged_this_run"] == 0
     assert json.loads((output / "judge_scores.json").read_text()) == whole
@@ -373,8 +375,8 @@ def test_output_folder_that_cannot_be_created_is_a_clear_error(steady_judge, kil
     responses, args, _ = kill_case
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    result = run_script("part4_local_evaluation.py", *stage4_args(responses, blocker / "out", steady_judge.url),
-                        env=env_with_key())
+    result = run_stage("part4_local_evaluation.py", *stage4_args(responses, blocker / "out", steady_judge.url),
+                       env=env_with_key())
     assert result.returncode == 2
     assert f"error: --output-dir {blocker / 'out'}: {blocker} is a file, not a folder" in result.stderr
 
@@ -387,7 +389,7 @@ def test_pairwise_any_columns_and_against_the_expected_output(server, tmp_path):
     responses = tmp_path / "responses.json"
     responses.write_text(json.dumps([{**r, "base_model_response": f"FAULT:ok{40 + i} STEADY",
                                       "finetuned_model_response": f"FAULT:ok{70 + i} STEADY PREFER"} for i, r in enumerate(records)]))
-    result = run_script("part4_local_evaluation.py", *stage4_args(
+    result = run_stage("part4_local_evaluation.py", *stage4_args(
         responses, tmp_path / "out", judge.url, "--pairwise", "finetuned:base,finetuned:output,base:output"), env=env_with_key())
     assert result.returncode == 0, result.stderr[-3000:]
     scores = json.loads((tmp_path / "out" / "judge_scores.json").read_text())
@@ -404,6 +406,6 @@ def test_pairwise_any_columns_and_against_the_expected_output(server, tmp_path):
     with_reference = [p for p in pair_prompts if "### Expected output:" in p]
     assert len(with_reference) == 2 * 4 and all("FAULT:ok4" in p for p in with_reference)  # only finetuned:base
     assert "pairwise finetuned vs output: finetuned wins 4" in result.stdout
-    bad = run_script("part4_local_evaluation.py", *stage4_args(responses, tmp_path / "bad", judge.url, "--pairwise", "finetuned:gpt4"),
-                     env=env_with_key())
+    bad = run_stage("part4_local_evaluation.py", *stage4_args(responses, tmp_path / "bad", judge.url, "--pairwise", "finetuned:gpt4"),
+                    env=env_with_key())
     assert bad.returncode == 2 and "--pairwise 'finetuned:gpt4': write A:B with two different columns of base, finetuned, output" in bad.stderr

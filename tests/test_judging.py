@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import free_port, run_script
+from conftest import free_port, run_stage
 from instructkit.evaluate.stats import bootstrap_ci, describe, length_controlled_win_rate, win_rate
 from instructkit.judge.prompts import SCORE_PREFILL, parse_score, parse_verdict
 from instructkit.judge.scoring import pairwise_outcome
@@ -220,8 +220,8 @@ def stage4_dir(trained_run, responses_dir, tmp_path_factory) -> Path:
 
 
 def stage4(output_dir: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
-    return run_script("part4_local_evaluation.py", "--input", str(output_dir / "test_base_model.json"),
-                      "--output-dir", str(output_dir), "--limit", str(LIMIT), *args, **kwargs)
+    return run_stage("part4_local_evaluation.py", "--input", str(output_dir / "test_base_model.json"),
+                     "--output-dir", str(output_dir), "--limit", str(LIMIT), *args, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -308,7 +308,7 @@ def test_bad_responses_file_names_file_record_and_field(stage4_dir, tmp_path):
     del rows[1]["finetuned_model_response"]
     bad = tmp_path / "responses.json"
     bad.write_text(json.dumps(rows))
-    result = run_script("part4_local_evaluation.py", "--input", str(bad), "--output-dir", str(tmp_path / "out"))
+    result = run_stage("part4_local_evaluation.py", "--input", str(bad), "--output-dir", str(tmp_path / "out"))
     assert result.returncode == 2
     assert f"{bad}: record 1: missing field 'finetuned_model_response'" in result.stderr
     assert not (tmp_path / "out" / "judge_scores.json").exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EchoChat, JSONHandler, LocalServer, run_script
+from conftest import EchoChat, JSONHandler, LocalServer, run_stage
 from instructkit.data import packaged
 from instructkit.data.prompts import get_style
 from instructkit.data.questions import read_questions
@@ -83,9 +83,9 @@ class RubricJudge(JSONHandler):
 
 def test_two_turn_questions_through_stages_2_and_4(trained_run, tmp_path, local_servers):
     echo, judge = local_servers(LocalServer, handler=EchoChat), local_servers(LocalServer, handler=RubricJudge)
-    result = run_script("part2_generate_test_responses.py", "--adapter", str(trained_run / "finetuned"),
-                        "--output-dir", str(tmp_path), "--questions", str(SAMPLE), "--limit", "3",
-                        "--max-new-tokens", "12", "--compare", "echo=openai:echo", "--compare-base-url", echo.url)
+    result = run_stage("part2_generate_test_responses.py", "--adapter", str(trained_run / "finetuned"),
+                       "--output-dir", str(tmp_path), "--questions", str(SAMPLE), "--limit", "3",
+                       "--max-new-tokens", "12", "--compare", "echo=openai:echo", "--compare-base-url", echo.url)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads((tmp_path / "mt_bench_responses.json").read_text())
     assert [r["category"] for r in rows] == ["writing", "roleplay", "reasoning"]
@@ -95,8 +95,8 @@ def test_two_turn_questions_through_stages_2_and_4(trained_run, tmp_path, local_
         assert row["echo_model_response"][1] == f"3 messages; last: {row['turns'][1]}"
     assert "[finetuned turn 2]" in result.stdout
 
-    result = run_script("part4_local_evaluation.py", "--output-dir", str(tmp_path), "--rubric", "mt-bench",
-                        "--judge", "openai:judge", "--judge-base-url", judge.url, "--pairwise", "finetuned:echo")
+    result = run_stage("part4_local_evaluation.py", "--output-dir", str(tmp_path), "--rubric", "mt-bench",
+                       "--judge", "openai:judge", "--judge-base-url", judge.url, "--pairwise", "finetuned:echo")
     assert result.returncode == 0, result.stderr[-3000:]
     scores = json.loads((tmp_path / "mt_bench_scores.json").read_text())
     for model in ("base", "finetuned", "echo"):

@@ -1,4 +1,5 @@
-"""Stage 1 unchanged under `torchrun`: two CPU processes (DDP over gloo) on the embedded model.
+"""Stage 1 unchanged under `torchrun`: two CPU processes (DDP over gloo) on the tiny Gemma 3 (the
+sharding and gradient averaging are mechanics: random weights show them as well as real ones).
 
 torchrun, not `accelerate launch --cpu`: on a CPU accelerate starts a single process unless it
 goes through mpirun. On GPUs `accelerate launch` reaches the same torch.distributed launcher."""
@@ -17,14 +18,15 @@ def _option(args: list[str], name: str) -> str:
     return args[args.index(name) + 1]
 
 
-def test_two_processes_take_the_same_steps_as_one_process_with_their_global_batch(trained_run, tmp_path):
-    # trained_run is one process at batch 4; here two processes at batch 2 each see the same 4
+def test_two_processes_take_the_same_steps_as_one_process_with_their_global_batch(tiny_trained_run, tiny_gemma,
+                                                                                   tmp_path):
+    # tiny_trained_run is one process at batch 4; here two processes at batch 2 each see the same 4
     # records per step (accelerate shards each global batch across ranks) with the same settings.
     # Both in fp32: bf16 weights round a batch of 2 and one of 4 apart by about 1% of the loss.
     global_batch = int(_option(TRAIN_ARGS, "--batch-size"))
-    one_process_args = [*TRAIN_ARGS[:TRAIN_ARGS.index("--merge")], "--precision", "fp32"]
-    single_run = trained_run
-    if json.loads((trained_run / "finetuned" / "training_summary.json").read_text())["precision"] != "fp32":
+    one_process_args = [*TRAIN_ARGS[:TRAIN_ARGS.index("--merge")], "--precision", "fp32", "--base-model", tiny_gemma]
+    single_run = tiny_trained_run
+    if json.loads((tiny_trained_run / "finetuned" / "training_summary.json").read_text())["precision"] != "fp32":
         single_run = tmp_path / "one"  # auto chose bf16 on this CPU: train the fp32 reference here
         result = run_script("part1_instruction_finetuning.py", "--output-dir", str(single_run), *one_process_args)
         assert result.returncode == 0, result.stderr[-3000:]

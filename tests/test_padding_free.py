@@ -75,9 +75,10 @@ def test_where_attention_mixes_records_packing_is_refused_and_batches_stay_padde
     assert _padding_free(TrainingConfig(padding_free=False), mixing_model, base_tokenizer) is False
 
 
-def test_packing_trains_under_sdpa(tmp_path):
+def test_packing_trains_under_sdpa(tmp_path, tiny_gemma):  # mechanics: the tiny Gemma 3 with the real tokenizer
     result = run_script("part1_instruction_finetuning.py", "--packing", "--max-steps", "2", "--batch-size", "2",
-                        "--max-length", "256", "--val-fraction", "0", "--output-dir", str(tmp_path))
+                        "--max-length", "256", "--val-fraction", "0", "--output-dir", str(tmp_path),
+                        "--base-model", tiny_gemma)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "finetuned" / "training_summary.json").read_text())
     assert summary["padding_free"] is True and summary["steps"] == 2

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_script, stage2_args
+from conftest import run_stage, stage2_args
 from instructkit.errors import UserError
 from instructkit.models.precision import earlier_default, precision_setting, resolve_precision
 from instructkit.runs.artifacts import cpu_description
@@ -65,12 +65,12 @@ def test_bf16_training_stores_base_weights_in_bf16_and_lora_in_fp32(tmp_path):
 
 def test_stage2_in_bf16_records_it_and_a_change_is_a_rerun(trained_run, tmp_path):
     args = [*stage2_args(trained_run, tmp_path), "--models", "base", "--limit", "2", "--max-new-tokens", "8"]
-    result = run_script("part2_generate_test_responses.py", *args, "--precision", "bf16")
+    result = run_stage("part2_generate_test_responses.py", *args, "--precision", "bf16")
     assert result.returncode == 0, result.stderr[-3000:]
     meta = json.loads((tmp_path / "test_base_model.meta.json").read_text())
     assert (meta["precision"], meta["precision_reason"]) == ("bf16", "--precision bf16")
     assert all(isinstance(r["base_model_response"], str) for r in json.loads((tmp_path / "test_base_model.json").read_text()))
-    again = run_script("part2_generate_test_responses.py", *args, "--precision", "fp32")
+    again = run_stage("part2_generate_test_responses.py", *args, "--precision", "fp32")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "precision: 'bf16' -> None" in again.stdout or "precision: 'bf16' -> 'fp32'" in again.stdout
     assert json.loads((tmp_path / "test_base_model.meta.json").read_text())["precision"] == "fp32"

@@ -1,21 +1,23 @@
-"""Stage 1b end to end on the embedded model: DPO from stage 1's adapter on the default pairs (the
-reference is the SFT model: loss ln 2 and margin 0 before the first step), then stages 2 and 4
-with a third model and the report; and pairs from what a run's judge and people said."""
+"""Stage 1b end to end: DPO from stage 1's adapter on the default pairs (the reference is the SFT
+model: loss ln 2 and margin 0 before the first step) learning held-out preferences on the embedded
+model; then, on the tiny Gemma 3 (mechanics: tests/tiny_models.py), stages 2, 3 and 4 with a third
+model and the report, KTO, a killed run resumed, the export, and pairs from what a run's judge and
+people said."""
 
 import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, JSONHandler, LocalServer, kill_at_checkpoint, run_script
+from conftest import ROOT, JSONHandler, LocalServer, copy_run, kill_at_checkpoint, run_script, run_stage
 from instructkit.judge.human import save_chat_rating
 from instructkit.train.preference_config import DEFAULT_PAIRS
 
@@ -30,7 +32,8 @@ def _overlap(answer: str, expected: str) -> float:
 
 class OverlapJudge(JSONHandler):
     """An OpenAI-compatible judge on 127.0.0.1 that scores by word overlap with the expected output
-    and prefers the response closer to it, in either order (a deterministic stand-in for an API judge)."""
+    and prefers the response closer to it, in either order (a deterministic stand-in for an API judge);
+    between equally close ones (the tiny model's answers share no word with any output), the shorter."""
 
     def do_POST(self):
         self.reply_chat(self.answer(self.chat_messages()[-1]["content"]))
@@ -39,7 +42,7 @@ class OverlapJudge(JSONHandler):
         expected = re.search(r"### Expected output:\n(.*?)\n\n###", prompt, re.S).group(1)
         if "### Response A:" in prompt:
             a, b = re.search(r"### Response A:\n(.*?)\n\n### Response B:\n(.*?)\n\nWhich", prompt, re.S).groups()
-            diff = _overlap(a, expected) - _overlap(b, expected)
+            diff = _overlap(a, expected) - _overlap(b, expected) or len(b) - len(a)
             return "A" if diff > 0 else "B" if diff < 0 else "tie"
         response = re.search(r"### Response to score:\n(.*?)\n\nReply", prompt, re.S).group(1)
         return str(round(100 * _overlap(response, expected)))
@@ -62,21 +65,25 @@ class PairMaker(OverlapJudge):
         return ("Certainly! " if aspect == "more polite" else "Whatever. ") + answer
 
 
-def _copy_run(trained_run, target):
-    for name in ("data", "finetuned"):
-        shutil.copytree(trained_run / name, target / name)
-    return target
-
-
-@pytest.fixture(scope="module")
-def preference_run(trained_run, tmp_path_factory):
-    run = _copy_run(trained_run, tmp_path_factory.mktemp("preference"))
+def _preference_run(stage1: Path, target: Path):
+    run = copy_run(stage1, target)
     pairs = json.loads(open(DEFAULT_PAIRS, encoding="utf-8").read())[:N_PAIRS]
     (run / "pairs.json").write_text(json.dumps(pairs))
     result = run_script("part1b_preference_tuning.py", "--output-dir", str(run), "--data", str(run / "pairs.json"),
                         *DPO_ARGS)
     assert result.returncode == 0, result.stderr[-3000:]
     return run, result
+
+
+@pytest.fixture(scope="module")
+def preference_run(trained_run, tmp_path_factory):
+    """DPO on the real finetune: what it learns needs real weights."""
+    return _preference_run(trained_run, tmp_path_factory.mktemp("preference"))
+
+
+@pytest.fixture(scope="module")
+def tiny_preference_run(tiny_trained_run, tmp_path_factory):
+    return _preference_run(tiny_trained_run, tmp_path_factory.mktemp("tiny-preference"))
 
 
 def test_dpo_starts_at_the_sft_model_and_learns_the_held_out_preferences(preference_run):
@@ -104,24 +111,25 @@ def test_dpo_starts_at_the_sft_model_and_learns_the_held_out_preferences(prefere
     config = json.loads((run / "preference" / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and not (run / "preference" / "ref").exists()
     # Unchanged: reused, without loading a model
-    again = run_script("part1b_preference_tuning.py", "--output-dir", str(run), "--data", str(run / "pairs.json"), *DPO_ARGS)
+    again = run_stage("part1b_preference_tuning.py", "--output-dir", str(run), "--data", str(run / "pairs.json"), *DPO_ARGS)
     assert again.returncode == 0 and "stage 1b already finished" in again.stdout
 
 
 @pytest.fixture(scope="module")
-def evaluated_run(preference_run):
+def evaluated_run(tiny_preference_run):
     """Stages 2, 3 and 4 on the run after stage 1b, with no new flag (stage 4's judge: OverlapJudge)."""
-    run, _ = preference_run
-    stage2 = run_script("part2_generate_test_responses.py", "--output-dir", str(run), "--limit", "4",
-                        "--max-new-tokens", "24", "--batch-size", "4")
+    run, _ = tiny_preference_run
+    # fp32: stage 6 answers in stage 2's precision, and the tiny model's greedy answers flip on bf16 rounding
+    stage2 = run_stage("part2_generate_test_responses.py", "--output-dir", str(run), "--limit", "4",
+                       "--max-new-tokens", "24", "--batch-size", "4", "--precision", "fp32")
     assert stage2.returncode == 0, stage2.stderr[-3000:]
-    stage3 = run_script("part3_benchmark_evaluation.py", "--output-dir", str(run), "--limit", "6")
+    stage3 = run_stage("part3_benchmark_evaluation.py", "--output-dir", str(run), "--limit", "6")
     assert stage3.returncode == 0, stage3.stderr[-3000:]
     judge = LocalServer(OverlapJudge)
     threading.Thread(target=judge.serve_forever, daemon=True).start()
     try:
-        stage4 = run_script("part4_local_evaluation.py", "--output-dir", str(run), "--judge", "openai:overlap",
-                            "--judge-base-url", judge.url, "--pairwise", env={**os.environ, "OPENAI_API_KEY": "k"})
+        stage4 = run_stage("part4_local_evaluation.py", "--output-dir", str(run), "--judge", "openai:overlap",
+                           "--judge-base-url", judge.url, "--pairwise", env={**os.environ, "OPENAI_API_KEY": "k"})
     finally:
         judge.shutdown()
     assert stage4.returncode == 0, stage4.stderr[-3000:]
@@ -175,12 +183,12 @@ def rated_run(evaluated_run):
     return run, rows, answers
 
 
-def test_pairs_from_a_runs_judge_and_chat_ratings_train_end_to_end(rated_run, trained_run, tmp_path):
+def test_pairs_from_a_runs_judge_and_chat_ratings_train_end_to_end(rated_run, tiny_trained_run, tmp_path):
     run, rows, answers = rated_run
-    target = _copy_run(trained_run, tmp_path / "from-run")
+    target = copy_run(tiny_trained_run, tmp_path / "from-run")
     args = ["--output-dir", str(target), "--from-run", str(run), "--max-steps", "1", "--batch-size", "2",
             "--val-fraction", "0"]
-    refused = run_script("part1b_preference_tuning.py", *args)  # every pair asks a test record of this run
+    refused = run_stage("part1b_preference_tuning.py", *args)  # every pair asks a test record of this run
     assert refused.returncode == 2 and "--keep-test-prompts" in refused.stderr
     assert not (target / "preference").exists() and not (target / ".stage1b.partial").exists()
     result = run_script("part1b_preference_tuning.py", *args, "--keep-test-prompts")
@@ -204,9 +212,9 @@ def test_pairs_from_a_runs_judge_and_chat_ratings_train_end_to_end(rated_run, tr
     assert judged["chosen"] == row["responses"][judged["source"]["chosen_model"]]
 
 
-def test_kto_learns_from_pairs_and_single_ratings(rated_run, trained_run, tmp_path):
+def test_kto_learns_from_pairs_and_single_ratings(rated_run, tiny_trained_run, tmp_path):
     run, rows, _ = rated_run
-    target = _copy_run(trained_run, tmp_path / "kto")
+    target = copy_run(tiny_trained_run, tmp_path / "kto")
     result = run_script("part1b_preference_tuning.py", "--output-dir", str(target), "--method", "kto",
                         "--from-run", str(run), "--data", str(run / "pairs.json"), "--keep-test-prompts",
                         "--max-steps", "2", "--batch-size", "4", "--val-fraction", "0.25", "--eval-steps", "2")
@@ -232,9 +240,9 @@ def test_kto_learns_from_pairs_and_single_ratings(rated_run, trained_run, tmp_pa
     assert before["margin"] == 0 and "kl" in after and after["step"] == 2
 
 
-def test_a_killed_preference_run_resumes_its_trained_adapter(preference_run, trained_run, tmp_path):
-    run, _ = preference_run
-    target = _copy_run(trained_run, tmp_path / "resume")
+def test_a_killed_preference_run_resumes_its_trained_adapter(tiny_preference_run, tiny_trained_run, tmp_path):
+    run, _ = tiny_preference_run
+    target = copy_run(tiny_trained_run, tmp_path / "resume")
     command = [sys.executable, str(ROOT / "part1b_preference_tuning.py"), "--output-dir", str(target),
                "--data", str(run / "pairs.json"), "--max-steps", "4", "--batch-size", "4", "--val-fraction", "0.25",
                "--eval-steps", "2", "--lr", "5e-4"]
@@ -249,13 +257,15 @@ def test_a_killed_preference_run_resumes_its_trained_adapter(preference_run, tra
     # The training went on from step 2's adapter, not from the SFT weights (the policy would then be
     # the reference again, and its DPO loss ln 2 exactly)
     assert summary["train_curve"][2]["step"] == 3 and abs(summary["train_curve"][2]["loss"] - math.log(2)) > 1e-4
-    sft = load_file(trained_run / "finetuned" / "adapter_model.safetensors")
+    sft = load_file(tiny_trained_run / "finetuned" / "adapter_model.safetensors")
     assert any(not torch.equal(saved[name], sft[name]) for name in saved), "step 2's checkpoint holds the SFT weights"
 
 
 def test_stage0_makes_pairs_by_rewriting_and_by_sampling_the_sft_model_and_stage_1b_tunes_on_them(
         trained_run, tmp_path, local_servers):
-    run = _copy_run(trained_run, tmp_path / "made")
+    # The real finetune: the judge scores its answers by their overlap with the expected output, which
+    # random weights do not have.
+    run = copy_run(trained_run, tmp_path / "made")
     train = json.loads((run / "data" / "train.json").read_text())
     maker = type("Maker", (PairMaker,), {"unchanged": train[1]["instruction"]})
     server = local_servers(LocalServer, handler=maker)
@@ -263,9 +273,9 @@ def test_stage0_makes_pairs_by_rewriting_and_by_sampling_the_sft_model_and_stage
     generator = ["--generator", "openai:maker", "--base-url", server.url, "--batch-size", "4", "--keep-dropped"]
 
     # LLMs-from-scratch's recipe: each answer rewritten more polite (chosen) or impolite (rejected)
-    rewrite = run_script("part0_generate_instruction_data.py", "--method", "pairs-rewrite", "--max-records", "10",
-                         "--data", str(run / "data" / "train.json"), "--output-dir", str(tmp_path / "rewrite"),
-                         *generator, env=env)
+    rewrite = run_stage("part0_generate_instruction_data.py", "--method", "pairs-rewrite", "--max-records", "10",
+                        "--data", str(run / "data" / "train.json"), "--output-dir", str(tmp_path / "rewrite"),
+                        *generator, env=env)
     assert rewrite.returncode == 0, rewrite.stderr[-3000:]
     pairs = json.loads((tmp_path / "rewrite" / "generated" / "pairs-rewrite.json").read_text())
     meta = json.loads((tmp_path / "rewrite" / "generated" / "pairs-rewrite.meta.json").read_text())
@@ -286,7 +296,7 @@ def test_stage0_makes_pairs_by_rewriting_and_by_sampling_the_sft_model_and_stage
     sample_args = ["part0_generate_instruction_data.py", "--method", "pairs-sample", "--samples", "3",
                    "--temperature", "1.3", "--max-new-tokens", "24", "--max-records", "8", "--min-score-gap", "1",
                    "--output-dir", str(run), *generator]
-    sample = run_script(*sample_args, env=env)
+    sample = run_stage(*sample_args, env=env)
     assert sample.returncode == 0, sample.stderr[-3000:]
     made = run / "generated" / "pairs-sample.json"
     pairs = json.loads(made.read_text())
@@ -304,10 +314,10 @@ def test_stage0_makes_pairs_by_rewriting_and_by_sampling_the_sft_model_and_stage
         assert scored == {a: round(100 * _overlap(a, record["output"])) for a in scored}  # what the judge said
         assert scored[pair["chosen"]] == max(scored.values()) and scored[pair["rejected"]] == min(scored.values())
         assert scored[pair["chosen"]] - scored[pair["rejected"]] >= 1
-    again = run_script(*sample_args, env=env)
+    again = run_stage(*sample_args, env=env)
     assert again.returncode == 0 and "stage 0 already finished" in again.stdout and json.loads(made.read_text()) == pairs
     # The sampling is seeded: done again from nothing, the same answers, scores and pairs
-    redone = run_script(*sample_args, "--overwrite", env=env)
+    redone = run_stage(*sample_args, "--overwrite", env=env)
     assert redone.returncode == 0 and json.loads(made.read_text()) == pairs
 
     tune = run_script("part1b_preference_tuning.py", "--output-dir", str(run), "--data", str(made), "--max-steps", "1",
@@ -323,8 +333,8 @@ def test_the_preference_adapter_exports_with_its_results_on_the_card_and_in_the_
     """Stage 6 on stage 1b's adapter: its stage 2 column is the one compared, stages 3-4's results of
     the preference model go on the card, and the report gains the export section."""
     run, _ = evaluated_run
-    result = run_script("part6_export.py", "--output-dir", str(run), "--model", "preference", "--gguf-type", "q8_0",
-                        "--parity-records", "4")
+    result = run_stage("part6_export.py", "--output-dir", str(run), "--model", "preference", "--gguf-type", "q8_0",
+                       "--parity-records", "4")
     assert result.returncode == 0, result.stderr[-3000:]
     parity = json.loads((run / "export" / "parity.json").read_text())
     assert parity["compared_with"] == "test_base_model.json, column preference"

@@ -1,26 +1,32 @@
-"""QLoRA on the CPU as on a GPU: stage 1 trains the embedded model on a 4-bit NF4 base (bitsandbytes'
-CPU backend), and every later stage loads that base as it was trained."""
+"""QLoRA on the CPU as on a GPU: stage 1 trains on a 4-bit NF4 base (bitsandbytes' CPU backend), and
+every later stage loads that base as it was trained. Mechanics, so on the tiny Gemma 3 (real
+architecture and tokenizer, random weights; tests/tiny_models.py)."""
 
 import json
 
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import run_script, run_stage
 from instructkit.app.chat import ChatSession
 from instructkit.app.config import ChatConfig
 from instructkit.models.loading import load_causal_lm, qlora_settings
 from instructkit.models.precision import resolve_precision
-from instructkit.models.references import EMBEDDED_BASE, resolve_model
+from instructkit.models.references import resolve_model
 
 QLORA_ARGS = ["--qlora", "--max-steps", "6", "--batch-size", "4", "--lr", "2e-3", "--eval-steps", "3",
               "--lora-dropout", "0"]
 
 
 @pytest.fixture(scope="module")
-def qlora_run(tmp_path_factory):
+def qlora_args(tiny_gemma) -> list[str]:
+    return [*QLORA_ARGS, "--base-model", tiny_gemma]
+
+
+@pytest.fixture(scope="module")
+def qlora_run(tmp_path_factory, qlora_args):
     run = tmp_path_factory.mktemp("qlora")
-    result = run_script("part1_instruction_finetuning.py", "--output-dir", str(run), *QLORA_ARGS, "--merge")
+    result = run_script("part1_instruction_finetuning.py", "--output-dir", str(run), *qlora_args, "--merge")
     assert result.returncode == 0, result.stderr[-3000:]
     return run
 
@@ -40,13 +46,13 @@ def test_qlora_trains_on_a_4bit_nf4_base_and_the_loss_falls(summary):
     assert summary["tokens_per_second"] > 0
 
 
-def test_the_base_loads_as_4bit_nf4_with_double_quantization_and_the_adapter_on_it(qlora_run):
+def test_the_base_loads_as_4bit_nf4_with_double_quantization_and_the_adapter_on_it(qlora_run, tiny_gemma):
     import bitsandbytes as bnb
     from peft import PeftModel
 
-    model = load_causal_lm(resolve_model(EMBEDDED_BASE), quantization=qlora_settings(torch.float32))
+    model = load_causal_lm(resolve_model(tiny_gemma), quantization=qlora_settings(torch.float32))
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    assert len(layers) >= 7 * 18  # q, k, v, o, gate, up, down in each of gemma-3-270m's 18 layers
+    assert len(layers) >= 7 * model.config.num_hidden_layers  # q, k, v, o, gate, up, down in each layer
     state = layers[0].weight.quant_state
     assert state.quant_type == "nf4" and state.nested, "double quantization quantizes the scales too"
     tuned = PeftModel.from_pretrained(model, qlora_run / "finetuned")
@@ -64,8 +70,8 @@ def test_merge_after_qlora_dequantizes_and_counts_equal_answers(qlora_run, summa
 
 @pytest.fixture(scope="module")
 def stage2_qlora(qlora_run):
-    result = run_script("part2_generate_test_responses.py", "--output-dir", str(qlora_run), "--limit", "3",
-                        "--max-new-tokens", "24")
+    result = run_stage("part2_generate_test_responses.py", "--output-dir", str(qlora_run), "--limit", "3",
+                       "--max-new-tokens", "24")
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((qlora_run / "test_base_model.json").read_text())
 
@@ -74,8 +80,8 @@ def test_stage2_answers_on_the_4bit_base_and_records_it(qlora_run, stage2_qlora)
     meta = json.loads((qlora_run / "test_base_model.meta.json").read_text())
     assert meta["settings"]["base_quantization"]["quant_type"] == "nf4"
     assert all(row["finetuned_model_response"] and row["base_model_response"] for row in stage2_qlora)
-    unquantized = run_script("part2_generate_test_responses.py", "--output-dir", str(qlora_run), "--limit", "3",
-                             "--max-new-tokens", "24", "--unquantized-base")
+    unquantized = run_stage("part2_generate_test_responses.py", "--output-dir", str(qlora_run), "--limit", "3",
+                            "--max-new-tokens", "24", "--unquantized-base")
     assert unquantized.returncode == 0 and "settings changed" in unquantized.stdout  # never mixed with the 4-bit answers
     meta = json.loads((qlora_run / "test_base_model.meta.json").read_text())
     assert "base_quantization" not in meta["settings"]
@@ -91,7 +97,7 @@ def test_the_chat_app_answers_as_stage2_on_the_4bit_base(qlora_run, stage2_qlora
 
 
 def test_stage3_evaluates_on_the_4bit_base(qlora_run):
-    result = run_script("part3_benchmark_evaluation.py", "--output-dir", str(qlora_run), "--limit", "4")
+    result = run_stage("part3_benchmark_evaluation.py", "--output-dir", str(qlora_run), "--limit", "4")
     assert result.returncode == 0, result.stderr[-3000:]
     meta = json.loads((qlora_run / "benchmark_results.meta.json").read_text())
     assert meta["settings"]["base_quantization"]["quant_type"] == "nf4"
@@ -104,7 +110,7 @@ def test_a_qlora_adapter_exports_merged_into_the_unquantized_base(qlora_run, sta
     on the 4-bit base: NF4's rounding is gone, so the count is measured, not required."""
     from transformers import AutoModelForCausalLM
 
-    result = run_script("part6_export.py", "--output-dir", str(qlora_run), "--gguf-type", "none", "--parity-records", "2")
+    result = run_stage("part6_export.py", "--output-dir", str(qlora_run), "--gguf-type", "none", "--parity-records", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     merged = AutoModelForCausalLM.from_pretrained(qlora_run / "export" / "merged")
     assert not getattr(merged, "is_loaded_in_4bit", False)
@@ -116,11 +122,11 @@ def test_a_qlora_adapter_exports_merged_into_the_unquantized_base(qlora_run, sta
     assert not list((qlora_run / "export").glob("*.gguf")) and not (qlora_run / "export" / "Modelfile").exists()
 
 
-def test_a_rerun_is_reused_and_dropping_qlora_trains_again_saying_why(qlora_run):  # last: it retrains the folder
-    again = run_script("part1_instruction_finetuning.py", "--output-dir", str(qlora_run), *QLORA_ARGS, "--merge")
+def test_a_rerun_is_reused_and_dropping_qlora_trains_again_saying_why(qlora_run, qlora_args):  # last: it retrains the folder
+    again = run_stage("part1_instruction_finetuning.py", "--output-dir", str(qlora_run), *qlora_args, "--merge")
     assert again.returncode == 0 and "stage 1 already finished" in again.stdout
     lora = run_script("part1_instruction_finetuning.py", "--output-dir", str(qlora_run),
-                      *[a for a in QLORA_ARGS if a != "--qlora"], "--max-steps", "1")  # one step says enough
+                      *[a for a in qlora_args if a != "--qlora"], "--max-steps", "1")  # one step says enough
     assert lora.returncode == 0, lora.stderr[-3000:]
     assert "settings changed since the adapter was trained (" in lora.stdout
     assert "qlora: True -> False; quantization: {'method': 'bitsandbytes-4bit'" in lora.stdout

@@ -1,6 +1,7 @@
-"""Reruns you can trust: a whole run in its own folder (stages 1-4 on the real embedded models), reused
-while nothing changed, redone stage by stage when stage 1 is retrained with another flag, and a killed
-retraining that leaves the previous adapter in place. Plus the clear errors of bad inputs."""
+"""Reruns you can trust: a whole run in its own folder (stages 1-4 on tiny random-weight models of the
+embedded architectures: the mechanics, not the weights, are tested here), reused while nothing
+changed, redone stage by stage when stage 1 is retrained with another flag, and a killed retraining
+that leaves the previous adapter in place. Plus the clear errors of bad inputs."""
 
 import hashlib
 import html
@@ -14,15 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, kill_at_checkpoint, run_script
+from conftest import ROOT, kill_at_checkpoint, run_script, run_stage
 from instructkit.errors import UserError
-from instructkit.models.references import EMBEDDED_JUDGE
 
 STAGE1 = ["--max-steps", "2", "--batch-size", "2", "--eval-steps", "1", "--val-fraction", "0.02", "--lora-dropout", "0"]
-STAGES = {  # script, arguments beyond --output-dir: small but real
+STAGES = {  # script, arguments beyond --output-dir: small but real (stage 4's judge: see `stage`)
     2: ("part2_generate_test_responses.py", ["--limit", "2", "--max-new-tokens", "12", "--batch-size", "2"]),
     3: ("part3_benchmark_evaluation.py", ["--limit", "2"]),
-    4: ("part4_local_evaluation.py", ["--limit", "2", "--judge", f"hf:{EMBEDDED_JUDGE}", "--scoring", "probability"]),
+    4: ("part4_local_evaluation.py", ["--limit", "2", "--scoring", "probability"]),
 }
 OUTPUTS = {2: "test_base_model.json", 3: "benchmark_results.json", 4: "judge_scores.json"}
 POISON = {  # another run in ./outputs, damaged so that reading any of it fails loudly
@@ -46,29 +46,30 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def run_in(workdir: Path, script: str, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=workdir, capture_output=True, text=True,
-                            timeout=900)
+    run = run_script if script.startswith("part1_") else run_stage  # (see run_script)
+    result = run(script, *args, cwd=workdir)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
 
 
-def stage(workdir: Path, run: Path, number: int, *extra: str) -> subprocess.CompletedProcess:
+def stage(workdir: Path, run: Path, number: int, judge: str) -> subprocess.CompletedProcess:
     script, args = STAGES[number]
-    return run_in(workdir, script, "--output-dir", str(run), *args, *extra)
+    return run_in(workdir, script, "--output-dir", str(run), *args, *(["--judge", f"hf:{judge}"] if number == 4 else []))
 
 
 def _state(folder: Path) -> dict:
     return {p: (p.stat().st_mtime_ns, p.read_text()) for p in folder.rglob("*") if p.is_file()}
 
 
-def test_one_folder_is_one_run_reused_while_unchanged_and_redone_after_retraining(workdir, base_model):
+def test_one_folder_is_one_run_reused_while_unchanged_and_redone_after_retraining(workdir, tiny_gemma, tiny_llama):
     run = workdir / "runs" / "lr-test"
     poison_state = _state(workdir / "outputs")
+    stage1 = [*STAGE1, "--base-model", tiny_gemma]
 
     # 1. The whole pipeline with --output-dir alone: every stage reads the folder it writes.
-    run_in(workdir, "part1_instruction_finetuning.py", "--output-dir", str(run), *STAGE1, "--lr", "2e-3")
+    run_in(workdir, "part1_instruction_finetuning.py", "--output-dir", str(run), *stage1, "--lr", "2e-3")
     for number in STAGES:
-        stage(workdir, run, number)
+        stage(workdir, run, number, tiny_llama)
     for number, name in OUTPUTS.items():
         meta = json.loads((run / name.replace(".json", ".meta.json")).read_text())
         paths = [entry["path"] for entry in meta["inputs"].values() if "sha256" in entry]
@@ -80,31 +81,32 @@ def test_one_folder_is_one_run_reused_while_unchanged_and_redone_after_retrainin
     # 2. Nothing changed: every stage reuses its output.
     before = {n: sha(run / name) for n, name in OUTPUTS.items()}
     for number in STAGES:
-        assert "already finished" in stage(workdir, run, number).stdout
+        assert "already finished" in stage(workdir, run, number, tiny_llama).stdout
     assert {n: sha(run / name) for n, name in OUTPUTS.items()} == before
 
     # 2b. A copy of the folder is the same run: nothing is redone there either (identity is content).
     copy = workdir / "runs" / "lr-test-copy"
     shutil.copytree(run, copy, symlinks=True)
-    assert "already finished" in run_in(workdir, "part1_instruction_finetuning.py", "--output-dir", str(copy), *STAGE1,
+    assert "already finished" in run_in(workdir, "part1_instruction_finetuning.py", "--output-dir", str(copy), *stage1,
                                         "--lr", "2e-3").stdout
     for number in STAGES:
-        assert "already finished" in stage(workdir, copy, number).stdout, number
+        assert "already finished" in stage(workdir, copy, number, tiny_llama).stdout, number
     shutil.rmtree(copy)
 
     # 3. Retrain with another learning rate, killed after its first checkpoint: the old run stands.
     adapter = run / "finetuned" / "adapter_model.safetensors"
     old_adapter, old_summary = sha(adapter), (run / "finetuned" / "training_summary.json").read_text()
-    command = [sys.executable, str(ROOT / "part1_instruction_finetuning.py"), "--output-dir", str(run), *STAGE1,
+    command = [sys.executable, str(ROOT / "part1_instruction_finetuning.py"), "--output-dir", str(run), *stage1,
                "--lr", "1e-5"]
     kill_at_checkpoint(command, workdir, run, 1)
     assert sha(adapter) == old_adapter and (run / "finetuned" / "training_summary.json").read_text() == old_summary
     from peft import PeftModel
 
     from instructkit.models.loading import load_causal_lm
+    from instructkit.models.references import resolve_model
 
-    PeftModel.from_pretrained(load_causal_lm(base_model), run / "finetuned")  # the previous adapter still loads
-    assert "already finished" in stage(workdir, run, 2).stdout  # and later stages still stand on it
+    PeftModel.from_pretrained(load_causal_lm(resolve_model(tiny_gemma)), run / "finetuned")  # the previous adapter still loads
+    assert "already finished" in stage(workdir, run, 2, tiny_llama).stdout  # and later stages still stand on it
 
     # 4. The rerun resumes the retraining and swaps it in; the report flags what it invalidated.
     retrain = run_in(workdir, *command[1:])
@@ -122,17 +124,17 @@ def test_one_folder_is_one_run_reused_while_unchanged_and_redone_after_retrainin
     # 5. Each later stage says why and does its work again, keeping what the retraining cannot change:
     # the base model's responses, and the judge's scores of them.
     old_rows = json.loads((run / OUTPUTS[2]).read_text())
-    second = stage(workdir, run, 2).stdout
+    second = stage(workdir, run, 2, tiny_llama).stdout
     assert "finetuned changed since test_base_model.json was made: generating again" in second
     assert "reusing the base model's 2 responses" in second
     rows = json.loads((run / OUTPUTS[2]).read_text())
     assert [r["base_model_response"] for r in rows] == [r["base_model_response"] for r in old_rows]
     assert [r["finetuned_model_response"] for r in rows] != [r["finetuned_model_response"] for r in old_rows], \
         "the retrained adapter answers differently"
-    third = stage(workdir, run, 3).stdout
+    third = stage(workdir, run, 3, tiny_llama).stdout
     assert "finetuned changed since benchmark_results.json was made: evaluating again" in third
     assert "[base] reusing its evaluation" in third and "[base] lm-eval" not in third and "[finetuned] lm-eval" in third
-    fourth = stage(workdir, run, 4).stdout
+    fourth = stage(workdir, run, 4, tiny_llama).stdout
     assert "test_base_model.json changed since judge_scores.json was made: judging again" in fourth
     assert "reusing 2 judgements" in fourth  # the base responses' scores; the finetuned ones are asked again
     meta = json.loads((run / "judge_scores.meta.json").read_text())
@@ -152,7 +154,7 @@ def test_stage1_refusing_to_resume_writes_nothing(tmp_path):
     (checkpoints / "checkpoint-1" / "trainer_state.json").write_text("{}")
     (checkpoints / "run_config.json").write_text(json.dumps(
         {"settings": run_settings(TrainingConfig(max_steps=1, lr=9.0)), "inputs": {"data": reference_input(DEFAULT_DATA)}}))
-    result = run_script("part1_instruction_finetuning.py", "--output-dir", str(tmp_path), "--max-steps", "1")
+    result = run_stage("part1_instruction_finetuning.py", "--output-dir", str(tmp_path), "--max-steps", "1")
     assert result.returncode == 2, result.stderr[-3000:]
     assert "holds checkpoints of an interrupted run with other settings (lr: 9.0 -> 0.0005" in result.stderr
     assert "--restart" in result.stderr
@@ -193,7 +195,7 @@ def test_malformed_human_ratings_stop_stage4_before_any_work(tmp_path):
     bad.write_text(json.dumps({"ratings": [{"index": 0, "model": "finetuned"}]}))
     responses = _responses(tmp_path / "responses.json")
     for args in (["--compare-with", str(bad), "--output-dir", str(tmp_path / "o")], ["--human", "--output-dir", str(tmp_path)]):
-        result = run_script("part4_local_evaluation.py", "--input", str(responses), *args, input="q\n")
+        result = run_stage("part4_local_evaluation.py", "--input", str(responses), *args, input="q\n")
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert f"{bad}: rating 0: missing field 'rating'" in result.stderr, result.stderr
     assert not (tmp_path / "o").exists()

@@ -4,7 +4,7 @@ first, with intervals and McNemar for base against finetuned, in the JSON and th
 
 import json
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_script, run_stage
 
 SQL_DATA = str(ROOT / "instructkit" / "data" / "default" / "sql-data.json")
 N = 16
@@ -17,11 +17,11 @@ def test_offline_text_to_sql_run_reports_execution_accuracy_first(tmp_path):
     assert stage1.returncode == 0, stage1.stderr[-3000:]
     test = json.loads((tmp_path / "sql" / "data" / "test.json").read_text())
     assert all(r["input"].startswith("CREATE TABLE") and r["db_id"] == "shop" for r in test)  # the schema is in the prompt
-    stage2 = run_script("part2_generate_test_responses.py", "--output-dir", run, "--limit", str(N), "--max-new-tokens",
-                        "64", "--batch-size", "8")
+    stage2 = run_stage("part2_generate_test_responses.py", "--output-dir", run, "--limit", str(N), "--max-new-tokens",
+                       "64", "--batch-size", "8")
     assert stage2.returncode == 0, stage2.stderr[-3000:]
-    stage4 = run_script("part4_local_evaluation.py", "--output-dir", run, "--judge", "none", "--metric", "sql-execution",
-                        "--metric", "sql-exact-set-match")
+    stage4 = run_stage("part4_local_evaluation.py", "--output-dir", run, "--judge", "none", "--metric", "sql-execution",
+                       "--metric", "sql-exact-set-match")
     assert stage4.returncode == 0, stage4.stderr[-3000:]
     metrics = json.loads((tmp_path / "sql" / "task_metrics.json").read_text())
     assert metrics["metrics"][:2] == ["sql-execution", "sql-exact-set-match"] and metrics["lead"] == "sql-execution"

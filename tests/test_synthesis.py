@@ -15,7 +15,7 @@ from http.server import ThreadingHTTPServer
 import pytest
 from rouge_score import rouge_scorer
 
-from conftest import PROJECT_DATA, ROOT, JSONHandler, run_script
+from conftest import PROJECT_DATA, ROOT, JSONHandler, run_stage
 from instructkit.data.similarity import RougeLFilter, contaminated, near_duplicates
 from instructkit.data.synthesis import DEFAULT_SEEDS, SynthesisConfig, instruction_problem, load_seed_tasks
 from instructkit.data.synthesis_prompts import read_instance, read_new_tasks, read_reflection
@@ -113,7 +113,7 @@ def test_reply_readers_take_only_whole_answers():
 def test_bad_seed_file_names_file_record_and_field_and_writes_nothing(tmp_path, lines, expected):
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    result = run_script("part0_generate_instruction_data.py", "--seeds", str(seeds), "--output-dir", str(tmp_path / "out"))
+    result = run_stage("part0_generate_instruction_data.py", "--seeds", str(seeds), "--output-dir", str(tmp_path / "out"))
     assert result.returncode == 2
     assert f"{seeds}: {expected}" in result.stderr
     assert not (tmp_path / "out").exists()
@@ -121,38 +121,38 @@ def test_bad_seed_file_names_file_record_and_field_and_writes_nothing(tmp_path, 
 
 def test_seeds_in_alpaca_format_and_every_flag_problem_at_once(tmp_path):
     assert [s.instruction for s in load_seed_tasks(str(PROJECT_DATA))][:3] == [r["instruction"] for r in RECORDS[:3]]
-    result = run_script("part0_generate_instruction_data.py", "--method", "reflect", "--num-instructions", "0",
-                        "--rouge-threshold", "1.5", "--output-dir", str(tmp_path / "out"))
+    result = run_stage("part0_generate_instruction_data.py", "--method", "reflect", "--num-instructions", "0",
+                       "--rouge-threshold", "1.5", "--output-dir", str(tmp_path / "out"))
     assert result.returncode == 2
     assert "--method reflect needs --data FILE" in result.stderr and "--rouge-threshold must be at most 1 (got 1.5)" in result.stderr
-    result = run_script("part0_generate_instruction_data.py", "--method", "magpie", "--generator", "openai:gpt-4o-mini")
+    result = run_stage("part0_generate_instruction_data.py", "--method", "magpie", "--generator", "openai:gpt-4o-mini")
     assert result.returncode == 2 and "use an hf: generator" in result.stderr
 
 
 @pytest.mark.fast
 def test_preference_pair_methods_refuse_what_they_cannot_use(tmp_path):
     out = tmp_path / "out"
-    result = run_script("part0_generate_instruction_data.py", "--method", "pairs-sample", "--temperature", "0",
-                        "--samples", "1", "--exclude", "test.json", "--output-dir", str(out))
+    result = run_stage("part0_generate_instruction_data.py", "--method", "pairs-sample", "--temperature", "0",
+                       "--samples", "1", "--exclude", "test.json", "--output-dir", str(out))
     assert result.returncode == 2
     assert "--temperature above 0" in result.stderr and "--samples must be at least 2" in result.stderr, result.stderr
     assert "--exclude is for the instruction-data methods" in result.stderr
-    result = run_script("part0_generate_instruction_data.py", "--method", "pairs-rewrite", "--output-dir", str(out))
+    result = run_stage("part0_generate_instruction_data.py", "--method", "pairs-rewrite", "--output-dir", str(out))
     assert result.returncode == 2 and f"{out / 'data' / 'train.json'}: no such file; run stage 1 first" in result.stderr
     conversations = tmp_path / "chats.json"
     conversations.write_text(json.dumps([{"messages": [{"role": "user", "content": "Hi"},
                                                        {"role": "assistant", "content": "Hello."}]}]))
-    result = run_script("part0_generate_instruction_data.py", "--method", "pairs-rewrite", "--data", str(conversations),
-                        "--output-dir", str(out))
+    result = run_stage("part0_generate_instruction_data.py", "--method", "pairs-rewrite", "--data", str(conversations),
+                       "--output-dir", str(out))
     assert result.returncode == 2 and f"{conversations}: record 0 is a conversation" in result.stderr
-    result = run_script("part0_generate_instruction_data.py", "--method", "pairs-sample", "--data", str(PROJECT_DATA),
-                        "--max-requests", "3", "--output-dir", str(out))
+    result = run_stage("part0_generate_instruction_data.py", "--method", "pairs-sample", "--data", str(PROJECT_DATA),
+                       "--max-requests", "3", "--output-dir", str(out))
     assert result.returncode == 2 and "--max-requests 3 is too few for one record" in result.stderr
-    result = run_script("part0_generate_instruction_data.py", "--method", "pairs-sample", "--data", str(PROJECT_DATA),
-                        "--output-dir", str(out))
+    result = run_stage("part0_generate_instruction_data.py", "--method", "pairs-sample", "--data", str(PROJECT_DATA),
+                       "--output-dir", str(out))
     assert result.returncode == 2 and f"{out / 'finetuned'}: no adapter_config.json; run stage 1 first, or pass --policy" in result.stderr
-    result = run_script("part0_generate_instruction_data.py", "--method", "pairs-rewrite", "--data", str(PROJECT_DATA),
-                        "--max-records", "5", "--direction", "worse", "--dry-run", "--output-dir", str(out))
+    result = run_stage("part0_generate_instruction_data.py", "--method", "pairs-rewrite", "--data", str(PROJECT_DATA),
+                       "--max-records", "5", "--direction", "worse", "--dry-run", "--output-dir", str(out))
     assert result.returncode == 0 and "rewrite the response to be impolite" in result.stdout, result.stderr
     assert "== requests: 5 (5 records)" in result.stdout and not out.exists()
 
@@ -225,7 +225,7 @@ ENV = {**os.environ, "OPENAI_API_KEY": SECRET}
 def test_self_instruct_through_an_openai_server_then_killed_run_resumes_to_the_same_file(generator_server, tmp_path):
     server = generator_server()
     whole = tmp_path / "whole"
-    result = run_script("part0_generate_instruction_data.py", *openai_args(server.url, whole), env=ENV)
+    result = run_stage("part0_generate_instruction_data.py", *openai_args(server.url, whole), env=ENV)
     assert result.returncode == 0, result.stderr
     data_path = whole / "generated" / "instruction-data.json"
     data = json.loads(data_path.read_text())
@@ -263,7 +263,7 @@ def test_self_instruct_through_an_openai_server_then_killed_run_resumes_to_the_s
     asked_before = slow.requests
     assert (killed / "generated" / ".instruction-data.json.progress.jsonl").is_file()
     assert not (killed / "generated" / "instruction-data.json").exists()
-    result = run_script("part0_generate_instruction_data.py", *openai_args(slow.url, killed), env=ENV)
+    result = run_stage("part0_generate_instruction_data.py", *openai_args(slow.url, killed), env=ENV)
     assert result.returncode == 0, result.stderr
     assert "resuming from" in result.stdout
     assert (killed / "generated" / "instruction-data.json").read_text() == data_path.read_text()
@@ -278,22 +278,22 @@ def test_self_instruct_through_an_openai_server_then_killed_run_resumes_to_the_s
         time.sleep(0.02)  # a logged round: a log with none would block nothing
     process.send_signal(signal.SIGKILL)
     process.wait()
-    result = run_script("part0_generate_instruction_data.py", *openai_args(slow.url, killed, "--overwrite", "--seed", "4"), env=ENV)
+    result = run_stage("part0_generate_instruction_data.py", *openai_args(slow.url, killed, "--overwrite", "--seed", "4"), env=ENV)
     assert result.returncode == 2 and "seed: 3 -> 4" in result.stderr
 
 
 def test_a_round_without_answers_stops_the_run_and_the_rerun_continues_to_the_same_file(generator_server, tmp_path):
     server = generator_server()
-    whole = run_script("part0_generate_instruction_data.py", *openai_args(server.url, tmp_path / "whole"), env=ENV)
+    whole = run_stage("part0_generate_instruction_data.py", *openai_args(server.url, tmp_path / "whole"), env=ENV)
     assert whole.returncode == 0, whole.stderr
     server.down_after = server.requests + 10  # the next run: some rounds, then the server is down
     args = openai_args(server.url, tmp_path / "flaky", "--max-retries", "0")
-    down = run_script("part0_generate_instruction_data.py", *args, env=ENV)
+    down = run_stage("part0_generate_instruction_data.py", *args, env=ENV)
     assert down.returncode == 2 and "got no answer (InternalServerError" in down.stderr, down.stderr[-2000:]
     assert "rerun the same command to continue" in down.stderr and "Traceback" not in down.stderr
     assert not (tmp_path / "flaky" / "generated" / "instruction-data.json").exists()
     server.down_after = None
-    again = run_script("part0_generate_instruction_data.py", *args, env=ENV)
+    again = run_stage("part0_generate_instruction_data.py", *args, env=ENV)
     assert again.returncode == 0 and "resuming from" in again.stdout, again.stderr[-2000:]
     generated = "generated/instruction-data.json"
     assert (tmp_path / "flaky" / generated).read_text() == (tmp_path / "whole" / generated).read_text()
@@ -301,8 +301,8 @@ def test_a_round_without_answers_stops_the_run_and_the_rerun_continues_to_the_sa
 
 def test_refused_key_stops_at_once_and_leaves_nothing(generator_server, tmp_path):
     server = generator_server()
-    result = run_script("part0_generate_instruction_data.py", *openai_args(server.url, tmp_path / "out"),
-                        env={**os.environ, "OPENAI_API_KEY": "sk-wrong-key-0123456789"})
+    result = run_stage("part0_generate_instruction_data.py", *openai_args(server.url, tmp_path / "out"),
+                       env={**os.environ, "OPENAI_API_KEY": "sk-wrong-key-0123456789"})
     assert result.returncode == 2
     assert f"the generator server at {server.url} refused" in result.stderr
     assert "sk-wrong-key-0123456789" not in result.stderr
@@ -318,20 +318,20 @@ def test_curate_and_dry_run_send_nothing(generator_server, tmp_path):
     data.write_text(json.dumps(records + [records[4], near]))
     test.write_text(json.dumps(records[10:12]))
     out = tmp_path / "out"
-    result = run_script("part0_generate_instruction_data.py", "--method", "curate", "--data", str(data),
-                        "--exclude", str(test), "--output-dir", str(out))
+    result = run_stage("part0_generate_instruction_data.py", "--method", "curate", "--data", str(data),
+                       "--exclude", str(test), "--output-dir", str(out))
     assert result.returncode == 0, result.stderr
     kept = json.loads((out / "generated" / "instruction-data.json").read_text())
     meta = json.loads((out / "generated" / "instruction-data.meta.json").read_text())
     assert kept == records[:10] + records[12:]
     assert meta["counts"]["dropped"] == {"exact duplicate": 2, "too similar to an evaluation record (contamination)": 2}
-    flag = run_script("part0_generate_instruction_data.py", "--method", "curate", "--data", str(data), "--exclude",
-                      str(test), "--contamination", "flag", "--output-dir", str(tmp_path / "flag"))
+    flag = run_stage("part0_generate_instruction_data.py", "--method", "curate", "--data", str(data), "--exclude",
+                     str(test), "--contamination", "flag", "--output-dir", str(tmp_path / "flag"))
     flagged = json.loads((tmp_path / "flag" / "generated" / "instruction-data.meta.json").read_text())["contamination_flagged"]
     assert flag.returncode == 0 and [f["index"] for f in flagged] == [10, 11]
 
     server = generator_server()
-    result = run_script("part0_generate_instruction_data.py", *openai_args(server.url, tmp_path / "dry", "--dry-run"), env=ENV)
+    result = run_stage("part0_generate_instruction_data.py", *openai_args(server.url, tmp_path / "dry", "--dry-run"), env=ENV)
     assert result.returncode == 0 and "Task 9:" in result.stdout and "at most 1000 in all" in result.stdout
     assert server.requests == 0 and not (tmp_path / "dry").exists()
 
@@ -341,14 +341,14 @@ def test_curate_and_dry_run_send_nothing(generator_server, tmp_path):
 def test_embedded_generator_offline_self_instruct_magpie_and_reflect(tmp_path):
     out = tmp_path / "out"
     small = ["--output-dir", str(out), "--batch-size", "4", "--max-new-tokens", "80", "--overwrite"]
-    result = run_script("part0_generate_instruction_data.py", "--num-instructions", "2", *small)
+    result = run_stage("part0_generate_instruction_data.py", "--num-instructions", "2", *small)
     assert result.returncode == 0, result.stderr
     meta = json.loads((out / "generated" / "instruction-data.meta.json").read_text())
     assert meta["generator"]["model"] == "smollm2-135m-instruct" and meta["method"] == "self-instruct"
     assert meta["counts"]["requests"] >= 4 + 2 * 2 and meta["temperature"] == 0.7
     assert "train on it: python part1_instruction_finetuning.py --data" in result.stdout
 
-    result = run_script("part0_generate_instruction_data.py", "--method", "magpie", "--num-instructions", "1", *small)
+    result = run_stage("part0_generate_instruction_data.py", "--method", "magpie", "--num-instructions", "1", *small)
     assert result.returncode == 0, result.stderr
     magpie = json.loads((out / "generated" / "instruction-data.meta.json").read_text())
     assert magpie["method"] == "magpie" and magpie["counts"]["requests"] >= 4 + 1
@@ -357,8 +357,8 @@ def test_embedded_generator_offline_self_instruct_magpie_and_reflect(tmp_path):
 
     source = tmp_path / "two.json"
     source.write_text(json.dumps(RECORDS[:2]))
-    result = run_script("part0_generate_instruction_data.py", "--method", "reflect", "--reflect", "response",
-                        "--data", str(source), *small)
+    result = run_stage("part0_generate_instruction_data.py", "--method", "reflect", "--reflect", "response",
+                       "--data", str(source), *small)
     assert result.returncode == 0, result.stderr
     reflected = json.loads((out / "generated" / "instruction-data.json").read_text())
     outcomes = json.loads((out / "generated" / "instruction-data.meta.json").read_text())["counts"]["outcomes"]

@@ -1,0 +1,68 @@
+"""Tiny random-weight models of the architectures we ship, for tests of mechanics (TRL's habit:
+`tiny-Qwen2ForCausalLM` and friends). Each is the real model's config shrunk to two layers of
+width 64, with the real tokenizer and chat template, written as a GGUF file by llama.cpp's own
+converter with the real model's vocabulary (as stage 6 writes one): so a tiny model enters every
+stage by the same path as the embedded default (a `.gguf` reference, converted once) and exports to
+GGUF again. Built offline from the embedded models' converted folders, once per recipe and library
+versions, in the model cache (about 30 s)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+# Two layers (Gemma 3: one sliding-window, one global), 2 query heads sharing 1 key/value head (GQA
+# as in both real models), widths that llama.cpp's q8_0 blocks of 32 divide. The usual initialiser
+# (0.02): next-token logits over 262k tokens then lie within hundredths of each other, so a greedy
+# answer can flip on bf16 rounding; compare answers of two paths in fp32. (Wider weights were tried:
+# the answers collapse onto one token, often a newline, and say nothing about the code.)
+SHRUNK = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+          "num_key_value_heads": 1, "head_dim": 32, "max_position_embeddings": 2048}
+SEED = 0
+
+
+def tiny_gguf(reference: str) -> Path:
+    """The tiny model of the embedded model `reference`'s architecture, built on first use. Its name
+    carries a digest of the recipe and of the versions that make the weights (the conversion cache
+    is keyed by file name and size)."""
+    import torch
+    import transformers
+    from filelock import FileLock
+
+    from instructkit.models.references import cache_dir
+
+    recipe = json.dumps([reference, SHRUNK, SEED, torch.__version__, transformers.__version__], sort_keys=True)
+    target = cache_dir() / "tiny" / f"tiny-{reference}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}.gguf"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not target.is_file():
+            with tempfile.TemporaryDirectory(dir=target.parent) as staging:
+                _build(reference, Path(staging), target)
+    return target
+
+
+def _build(reference: str, staging: Path, target: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    from instructkit.export.gguf_files import convert
+    from instructkit.models.loading import load_tokenizer
+    from instructkit.models.references import EMBEDDED_GGUF, resolve_model
+
+    real = resolve_model(reference)
+    config = AutoConfig.from_pretrained(real.path)
+    for key, value in SHRUNK.items():
+        setattr(config, key, value)
+    if getattr(config, "layer_types", None):
+        config.layer_types = ["sliding_attention", "full_attention"]
+    if getattr(config, "sliding_window", None):
+        config.sliding_window = 64  # shorter than many test prompts, so the window is exercised
+    torch.manual_seed(SEED)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(staging)
+    load_tokenizer(real).save_pretrained(staging)
+    if (Path(real.path) / "generation_config.json").is_file():
+        GenerationConfig.from_pretrained(real.path).save_pretrained(staging)
+    convert(staging, target, "f32", EMBEDDED_GGUF[reference](), target.stem)  # appears whole, by rename
