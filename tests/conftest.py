@@ -48,14 +48,14 @@ def run_script(script: str, *args: str, timeout: int = 900, cwd: Path = ROOT, **
     """The script in a new interpreter: for tests where the process is the subject (exit codes,
     kills, servers, what gets imported), and for stages 1 and 1b, whose dataset preparation hashes
     the 262k-token Gemma tokenizer (datasets' fingerprint): 7 s in a fresh process, 30 s or more in
-    a long-lived one like pytest's (measured; an allocator effect of pickling 4 million objects)."""
+    a long-lived one like pytest's (measured; the same pickle calls, each slower: cause not found)."""
     return subprocess.run(
         [sys.executable, str(ROOT / script), *args],
         cwd=cwd, capture_output=True, text=True, timeout=timeout, **kwargs,
     )
 
 
-@contextlib.contextmanager
+@contextmanager
 def _environment(env: dict | None):
     """os.environ as `env` (a whole environment, as subprocess.run takes it; None: as it is) while the
     block runs, and as it was afterwards (a --config file's `env:` sets variables)."""
@@ -70,7 +70,7 @@ def _environment(env: dict | None):
         os.environ.update(saved)
 
 
-@contextlib.contextmanager
+@contextmanager
 def _log_streams(old: tuple, new: tuple):
     """Logging handlers writing to `old` streams write to `new` ones while the block runs; those the
     block made on `new` streams write to `old` ones afterwards (a stream handler keeps the stream it

@@ -4,7 +4,7 @@ width 64, with the real tokenizer and chat template, written as a GGUF file by l
 converter with the real model's vocabulary (as stage 6 writes one): so a tiny model enters every
 stage by the same path as the embedded default (a `.gguf` reference, converted once) and exports to
 GGUF again. Built offline from the embedded models' converted folders, once per recipe and library
-versions, in the model cache (about 30 s)."""
+versions, in the model cache (about 40 s)."""
 
 from __future__ import annotations
 
@@ -29,21 +29,17 @@ def tiny_gguf(reference: str) -> Path:
     is keyed by file name and size)."""
     import torch
     import transformers
-    from filelock import FileLock
 
-    from instructkit.models.references import cache_dir
+    from instructkit.models.references import build_once, cache_dir
 
     recipe = json.dumps([reference, SHRUNK, SEED, torch.__version__, transformers.__version__], sort_keys=True)
-    target = cache_dir() / "tiny" / f"tiny-{reference}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}.gguf"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if not target.is_file():
-            with tempfile.TemporaryDirectory(dir=target.parent) as staging:
-                _build(reference, Path(staging), target)
-    return target
+    name = f"tiny-{reference}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}.gguf"
+    folder = build_once(cache_dir() / "tiny" / name.removesuffix(".gguf"), name,
+                        lambda staging: _build(reference, staging / name), f"building {name} (once)")
+    return folder / name
 
 
-def _build(reference: str, staging: Path, target: Path) -> None:
+def _build(reference: str, target: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
@@ -60,9 +56,9 @@ def _build(reference: str, staging: Path, target: Path) -> None:
     if getattr(config, "sliding_window", None):
         config.sliding_window = 64  # shorter than many test prompts, so the window is exercised
     torch.manual_seed(SEED)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.save_pretrained(staging)
-    load_tokenizer(real).save_pretrained(staging)
-    if (Path(real.path) / "generation_config.json").is_file():
-        GenerationConfig.from_pretrained(real.path).save_pretrained(staging)
-    convert(staging, target, "f32", EMBEDDED_GGUF[reference](), target.stem)  # appears whole, by rename
+    with tempfile.TemporaryDirectory(dir=target.parent) as hf:
+        AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(hf)
+        load_tokenizer(real).save_pretrained(hf)
+        if (Path(real.path) / "generation_config.json").is_file():
+            GenerationConfig.from_pretrained(real.path).save_pretrained(hf)
+        convert(Path(hf), target, "f32", EMBEDDED_GGUF[reference](), target.stem)
