@@ -47,11 +47,14 @@ export: setup
 	$(BIN)/python part6_export.py
 
 # llama.cpp for stage 6 (the GGUF answering through llama.cpp, --serve): built from source, about
-# 6 minutes on 2 cores, once per environment
+# 6 minutes on 2 cores, once per environment. For AVX2, not -march=native: on CPUs with AMX (Intel
+# Sapphire Rapids and later) the native build's AMX kernels crash on q8_0 files (llama.cpp #20824,
+# seen here: a segfault in libggml-cpu); not from pip's wheel cache, which ignores CMAKE_ARGS.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 llama-cpp: $(VENV)/.llama-cpp
 
 $(VENV)/.llama-cpp: $(VENV)/.installed requirements-llama.txt
-	$(BIN)/pip install -q -r requirements-llama.txt -c constraints.txt
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --no-cache-dir -q -r requirements-llama.txt -c constraints.txt
 	touch $@
 
 # Stage 5, after stage 1: the chat app on http://127.0.0.1:7860/

@@ -146,7 +146,7 @@ def chat_app_served(log: Path, *args: str):
 
 
 def lora_sft_trainer(base_model, tokenizer, output_dir: Path, n_records: int, batch_size: int = 8):
-    """TRL's SFTTrainer on the embedded model and default data, LoRA on all linear layers, no dropout:
+    """TRL's SFTTrainer on `base_model` and the default data, LoRA on all linear layers, no dropout:
     the reference that our loss-side levers (compact head, padding-free batches) must match."""
     import torch
     from datasets import Dataset
@@ -199,22 +199,39 @@ def base_tokenizer(base_model):
 @pytest.fixture(scope="session")
 def tiny_gemma() -> str:
     """A model reference (--base-model): a two-layer random-weight Gemma 3 with gemma-3-270m's
-    tokenizer, for tests of mechanics (tests/tiny_models.py)."""
-    from tiny_models import tiny_gguf
+    tokenizer, as a transformers folder, for mechanics where Gemma's attention matters
+    (tests/tiny_models.py)."""
+    from tiny_models import tiny_model
 
     from instructkit.models.references import EMBEDDED_BASE
 
-    return str(tiny_gguf(EMBEDDED_BASE))
+    return str(tiny_model(EMBEDDED_BASE, as_gguf=False))
 
 
 @pytest.fixture(scope="session")
 def tiny_llama() -> str:
-    """A model reference: a two-layer random-weight Llama with SmolLM2's tokenizer and chat template."""
-    from tiny_models import tiny_gguf
+    """A model reference: a two-layer random-weight Llama with SmolLM2's tokenizer and chat template,
+    as a GGUF file: the model of every other test of mechanics."""
+    from tiny_models import tiny_model
 
     from instructkit.models.references import EMBEDDED_JUDGE
 
-    return str(tiny_gguf(EMBEDDED_JUDGE))
+    return str(tiny_model(EMBEDDED_JUDGE, as_gguf=True))
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tiny_llama):
+    """The tiny Llama as a loaded reference (what base_model is for the embedded model)."""
+    from instructkit.models.references import resolve_model
+
+    return resolve_model(tiny_llama)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_base):
+    from instructkit.models.loading import load_tokenizer
+
+    return load_tokenizer(tiny_base)
 
 
 @pytest.fixture(scope="session")
@@ -232,7 +249,7 @@ def kill_at_checkpoint(command: list[str], cwd: Path, output_dir: Path, step: in
     state = output_dir / staged / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json"
     deadline = time.time() + 600
     while not state.exists() and first.poll() is None and time.time() < deadline:
-        time.sleep(0.5)
+        time.sleep(0.05)  # a tiny model's next step comes soon after: kill at once
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert state.exists(), f"stage 1 ended before its checkpoint {step} was saved"
@@ -255,14 +272,27 @@ def trained_run(tmp_path_factory, base_model) -> Path:
     return output_dir
 
 
+TINY_TRAIN_ARGS = [*TRAIN_ARGS, "--precision", "fp32"]
+
+
 @pytest.fixture(scope="session")
-def tiny_trained_run(tmp_path_factory, tiny_gemma) -> Path:
-    """Stage 1 on the tiny Gemma 3 (TRAIN_ARGS less --merge, in fp32 on every CPU): a finished run
+def tiny_trained_run(tmp_path_factory, tiny_llama) -> Path:
+    """Stage 1 on the tiny Llama (TINY_TRAIN_ARGS: merged, in fp32 on every CPU): a finished run
     folder for the tests of what comes after stage 1 (reuse, refusals, plumbing) that do not need
-    real weights. Copy what you change (copy_run)."""
+    real weights. The Llama, not the Gemma 3: its 49k-token vocabulary makes every later stage and
+    the GGUF export several times cheaper. Copy what you change (copy_run)."""
     output_dir = tmp_path_factory.mktemp("tiny-stage1")
-    result = run_script("part1_instruction_finetuning.py", "--output-dir", str(output_dir), "--base-model", tiny_gemma,
-                        *TRAIN_ARGS[:TRAIN_ARGS.index("--merge")], "--precision", "fp32")
+    result = run_stage("part1_instruction_finetuning.py", "--output-dir", str(output_dir), "--base-model", tiny_llama,
+                       *TINY_TRAIN_ARGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_responses_dir(tiny_trained_run, tmp_path_factory) -> Path:
+    """Stage 2 (STAGE2_ARGS) on tiny_trained_run: a finished test_base_model.json for mechanics."""
+    output_dir = tmp_path_factory.mktemp("tiny-stage2")
+    result = run_stage("part2_generate_test_responses.py", *stage2_args(tiny_trained_run, output_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     return output_dir
 

@@ -1,4 +1,6 @@
-"""Stage 3: lm-eval on the real embedded model; offline MMLU renders exactly lm-eval's prompts."""
+"""Stage 3: offline MMLU renders exactly lm-eval's prompts; our scorer's log-likelihoods equal stock
+lm-eval's on the real embedded model and its finetune; the artifact, groups, own tasks and refusals
+on the tiny Llama's run (mechanics: tests/tiny_models.py)."""
 
 import json
 
@@ -63,9 +65,9 @@ def test_mcnemar_counts_discordant_pairs():
 
 
 @pytest.fixture(scope="module")
-def benchmark_dir(trained_run, tmp_path_factory):
+def benchmark_dir(tiny_trained_run, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("stage3")
-    result = run_stage("part3_benchmark_evaluation.py", "--adapter", str(trained_run / "finetuned"),
+    result = run_stage("part3_benchmark_evaluation.py", "--adapter", str(tiny_trained_run / "finetuned"),
                        "--output-dir", str(output_dir), "--limit", "12")
     assert result.returncode == 0, result.stderr[-3000:]
     return output_dir
@@ -102,8 +104,8 @@ def test_harness_files_are_kept(benchmark_dir):
         assert list((benchmark_dir / "benchmark" / model).rglob("results_*.json"))
 
 
-def test_unknown_task_through_the_script(trained_run, tmp_path):
-    result = run_stage("part3_benchmark_evaluation.py", "--adapter", str(trained_run / "finetuned"),
+def test_unknown_task_through_the_script(tiny_trained_run, tmp_path):
+    result = run_stage("part3_benchmark_evaluation.py", "--adapter", str(tiny_trained_run / "finetuned"),
                        "--output-dir", str(tmp_path / "o"), "--tasks", "no_such_task")
     assert result.returncode == 2
     assert "unknown lm-eval task(s): no_such_task" in result.stderr
@@ -140,7 +142,7 @@ metric_list:
 }
 
 
-def test_a_group_and_tasks_with_other_metrics(trained_run, tmp_path):
+def test_a_group_and_tasks_with_other_metrics(tiny_trained_run, tmp_path):
     """mmlu_humanities (13 subjects, offline) with lm-eval's own size-weighted aggregate, and two tasks
     of our own through --include-path: acc_norm beside acc, exact_match on generated text; one question
     each, where lm-eval reports the standard error as "N/A"."""
@@ -151,7 +153,7 @@ def test_a_group_and_tasks_with_other_metrics(trained_run, tmp_path):
         data.write_text("".join(json.dumps(d) + "\n" for d in docs))
         (tasks / f"{name}.yaml").write_text(f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
                                             f"    test: {json.dumps(str(data))}\ntest_split: test\n{body}")
-    result = run_stage("part3_benchmark_evaluation.py", "--adapter", str(trained_run / "finetuned"),
+    result = run_stage("part3_benchmark_evaluation.py", "--adapter", str(tiny_trained_run / "finetuned"),
                        "--output-dir", str(tmp_path / "out"), "--limit", "1", "--include-path", str(tasks),
                        "--tasks", "mmlu_humanities,instructkit_test_mc,instructkit_test_gen")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,6 +1,7 @@
 """Stage 5: the chat app served for real on a local port, driven through its page in headless
-Chromium and through its API with gradio_client. Its models are stage 1's adapter (and the base
-with the adapter off) and a served chat model on a local OpenAI-compatible server. Markup from a
+Chromium and through its API with gradio_client. Its models are stage 1's adapter on the tiny Llama
+(and the base with the adapter off: the wiring, not the weights, is tested here) and a served chat
+model on a local OpenAI-compatible server. Markup from a
 model or a file shows as text, runs nothing and fetches nothing; requests for another host are refused."""
 
 from __future__ import annotations
@@ -42,20 +43,20 @@ def add_hostile_record(run) -> None:
 
 
 @pytest.fixture(scope="module")
-def chat_app(trained_run, tmp_path_factory):
+def chat_app(tiny_trained_run, tmp_path_factory):
     """(url, run folder): stage 2 answered 2 test records one at a time (batch 1, as the app answers),
     with a served chat model as a third column; a third record is added by hand (add_hostile_record).
     The app serves that folder and finds all three models."""
     run = tmp_path_factory.mktemp("chat")
     echo = LocalServer(EchoChat)
     threading.Thread(target=echo.serve_forever, daemon=True).start()
-    stage2 = run_stage("part2_generate_test_responses.py", "--test-file", str(trained_run / "data" / "test.json"),
-                       "--adapter", str(trained_run / "finetuned"), "--output-dir", str(run), "--limit", "2",
+    stage2 = run_stage("part2_generate_test_responses.py", "--test-file", str(tiny_trained_run / "data" / "test.json"),
+                       "--adapter", str(tiny_trained_run / "finetuned"), "--output-dir", str(run), "--limit", "2",
                        "--batch-size", "1", "--max-new-tokens", MAX_NEW_TOKENS,
                        "--compare", "echo=openai:echo", "--compare-base-url", echo.url)
     assert stage2.returncode == 0, stage2.stderr[-3000:]
     add_hostile_record(run)
-    with chat_app_served(run / "app.log", "--output-dir", str(run), "--adapter", str(trained_run / "finetuned"),
+    with chat_app_served(run / "app.log", "--output-dir", str(run), "--adapter", str(tiny_trained_run / "finetuned"),
                          "--max-new-tokens", MAX_NEW_TOKENS) as url:
         yield url, run
     echo.shutdown()
@@ -141,14 +142,14 @@ def test_api_chats_in_turns_refuses_bad_ratings_and_stops_on_request(chat_app):
     assert text_of(echo[-1]) == "(stopped)" and status.startswith("Stopped after")
 
 
-def test_app_refuses_without_an_adapter_and_on_a_taken_port(tmp_path, trained_run):
+def test_app_refuses_without_an_adapter_and_on_a_taken_port(tmp_path, tiny_trained_run):
     result = run_script("part5_chat_app.py", "--output-dir", str(tmp_path), timeout=120)
     assert result.returncode == 2 and "run stage 1 first" in result.stderr
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_script("part5_chat_app.py", "--adapter", str(trained_run / "finetuned"), "--port", str(port),
+        result = run_script("part5_chat_app.py", "--adapter", str(tiny_trained_run / "finetuned"), "--port", str(port),
                             timeout=120)
     assert result.returncode == 2 and f"cannot serve on 127.0.0.1:{port}" in result.stderr
 

@@ -1,5 +1,6 @@
-"""Comparing with any model: stage 2 answers with a third real model (SmolLM2-135M-Instruct, through
-its own chat template) beside the base and the finetune, reusing their finished answers; stage 4
+"""Comparing with any model: stage 2 answers with a third model (the tiny Llama again, but through
+SmolLM2's chat template, as any chat model) beside the base and the finetune of the tiny Llama's
+Alpaca run, reusing their finished answers (mechanics: tests/tiny_models.py); stage 4
 scores every column, judges finetuned:smol and finetuned:output in both orders, and writes task
 metrics for all three."""
 
@@ -50,17 +51,17 @@ def test_compare_names_are_checked_all_at_once():
     assert "'Big=x': the name must" in message and "the name a is given twice" in message
 
 
-def test_a_third_model_answers_beside_base_and_finetuned_and_stage4_compares_all(trained_run, responses_dir, tmp_path,
-                                                                               local_servers):
+def test_a_third_model_answers_beside_base_and_finetuned_and_stage4_compares_all(tiny_trained_run, tiny_responses_dir,
+                                                                               tiny_llama, tmp_path, local_servers):
     out = tmp_path / "out"
     out.mkdir()
     for name in ("test_base_model.json", "test_base_model.meta.json"):  # stage 2's finished base and finetuned answers
-        shutil.copy(responses_dir / name, out / name)
-    result = run_stage("part2_generate_test_responses.py", *stage2_args(trained_run, out), "--compare", "smol=smollm2-135m-instruct")
+        shutil.copy(tiny_responses_dir / name, out / name)
+    result = run_stage("part2_generate_test_responses.py", *stage2_args(tiny_trained_run, out), "--compare", f"smol={tiny_llama}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "reusing the base model's 6 responses" in result.stdout and "reusing the finetuned model's 6 responses" in result.stdout
     rows = json.loads((out / "test_base_model.json").read_text())
-    before = json.loads((responses_dir / "test_base_model.json").read_text())
+    before = json.loads((tiny_responses_dir / "test_base_model.json").read_text())
     assert [{k: r[k] for k in before[0]} for r in rows] == before  # the two answered columns are kept as they were
     assert all(isinstance(r["smol_model_response"], str) and r["smol_model_response"] for r in rows)
     assert [r["smol_model_response"] for r in rows] != [r["base_model_response"] for r in rows]

@@ -1,6 +1,8 @@
-"""Stage 6 (part6_export.py): the embedded finetune shipped as a merged model, f16 and q8_0 GGUF
-files, an Ollama Modelfile and a model card, each proven to answer as stage 2's finetune did; the
-served GGUF evaluated by stage 2; the leaderboard tools' loaders reading our answer files."""
+"""Stage 6 (part6_export.py): the embedded finetune shipped as a merged model, an f16 GGUF file, an
+Ollama Modelfile and a model card, each proven to answer as stage 2's finetune did; the served GGUF
+evaluated by stage 2; the leaderboard tools' loaders reading our answer files. The q8_0 file, the
+Modelfile's choice of the smallest file and a killed export resumed are mechanics, on the tiny
+Llama (here and in test_preference_tuning's export of a preference adapter)."""
 
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from instructkit.export.templates import (
 from instructkit.runs.artifacts import write_json_atomic
 
 PARITY_RECORDS = 10
+EXPORT_TYPES = ["--gguf-type", "f16"]
 LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 needs_llama_cpp = pytest.mark.skipif(not LLAMA_CPP, reason="llama-cpp-python is not installed: `make llama-cpp` "
                                      "builds it (make test does)")
@@ -169,7 +172,8 @@ def test_mt_bench_answers_become_a_fastchat_bench_of_the_models_that_answered(tm
 
 @pytest.fixture(scope="module")
 def export_run(trained_run, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """Stage 2 (finetuned, 10 records) and stage 6 in a copy of the trained run."""
+    """Stage 2 (finetuned, 10 records) and stage 6 in a copy of the trained run: the f16 GGUF alone,
+    the file whose answers real weights can hold to stage 2's (q8_0's rounding may move some)."""
     run = tmp_path_factory.mktemp("export-run")
     shutil.copytree(trained_run / "finetuned", run / "finetuned", ignore=shutil.ignore_patterns("merged"))
     shutil.copytree(trained_run / "data", run / "data")
@@ -177,7 +181,7 @@ def export_run(trained_run, tmp_path_factory) -> tuple[Path, subprocess.Complete
                          "--limit", str(PARITY_RECORDS), "--max-new-tokens", "32")
     assert answered.returncode == 0, answered.stderr[-3000:]
     exported = run_stage("part6_export.py", "--output-dir", str(run), "--parity-records", str(PARITY_RECORDS),
-                         "--name", "tiny")
+                         "--name", "tiny", *EXPORT_TYPES)
     assert exported.returncode == 0, exported.stderr[-3000:]
     return run, exported
 
@@ -198,30 +202,29 @@ def test_the_merged_model_carries_the_runs_template_and_stops_where_training_did
     assert list(merged.glob("*.safetensors"))
 
 
-def test_the_gguf_files_name_the_architecture_and_carry_the_template_and_eos(export_run):
+def test_the_gguf_file_names_the_architecture_and_carries_the_template_and_eos(export_run):
     from transformers import AutoTokenizer
 
     from instructkit.export.gguf_files import gguf_metadata
 
     run, _ = export_run
     tokenizer = AutoTokenizer.from_pretrained(run / "export" / "merged")
-    for gguf_type, file_type in (("f16", 1), ("q8_0", 7)):  # llama.cpp's LlamaFileType
-        metadata = gguf_metadata(run / "export" / f"tiny-{gguf_type}.gguf")
-        assert metadata["architecture"] == "gemma3" and metadata["file_type"] == file_type
-        assert metadata["chat_template"] == tokenizer.chat_template
-        assert (metadata["eos_token"], metadata["eos_token_id"]) == (tokenizer.eos_token, tokenizer.eos_token_id)
-        assert metadata["add_bos_token"] is True and metadata["vocabulary"] == 262144
-        assert (metadata["bos_token"], metadata["bos_token_id"]) == (tokenizer.bos_token, tokenizer.bos_token_id)
+    metadata = gguf_metadata(run / "export" / "tiny-f16.gguf")
+    assert metadata["architecture"] == "gemma3" and metadata["file_type"] == 1  # llama.cpp's LlamaFileType
+    assert metadata["chat_template"] == tokenizer.chat_template
+    assert (metadata["eos_token"], metadata["eos_token_id"]) == (tokenizer.eos_token, tokenizer.eos_token_id)
+    assert metadata["add_bos_token"] is True and metadata["vocabulary"] == 262144
+    assert (metadata["bos_token"], metadata["bos_token_id"]) == (tokenizer.bos_token, tokenizer.bos_token_id)
 
 
-def test_the_modelfile_uses_the_smallest_gguf_the_runs_template_and_every_stop(export_run):
+def test_the_modelfile_uses_the_gguf_the_runs_template_and_every_stop(export_run):
     from transformers import AutoTokenizer
 
     from instructkit.data.prompts import load_style
 
     run, _ = export_run
     text = (run / "export" / "Modelfile").read_text()
-    assert "FROM ./tiny-q8_0.gguf\n" in text
+    assert "FROM ./tiny-f16.gguf\n" in text
     template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
     style = load_style(run / "finetuned")
     tokenizer = AutoTokenizer.from_pretrained(run / "export" / "merged")
@@ -237,20 +240,20 @@ def test_each_shipped_file_answers_as_stage2s_finetune(export_run):
     run, exported = export_run
     parity = json.loads((run / "export" / "parity.json").read_text())
     by_name = {a["artifact"]: a for a in parity["artifacts"]}
-    expected = ["merged/ (transformers)", "tiny-f16.gguf (transformers)", "tiny-q8_0.gguf (transformers)"]
+    expected = ["merged/ (transformers)", "tiny-f16.gguf (transformers)"]
     if LLAMA_CPP:
-        expected += ["tiny-f16.gguf (llama.cpp)", "tiny-q8_0.gguf (llama.cpp)"]
+        expected += ["tiny-f16.gguf (llama.cpp)"]
     assert sorted(by_name) == sorted(expected)
     assert all(a["records"] == PARITY_RECORDS for a in by_name.values())
     assert by_name["merged/ (transformers)"]["identical"] >= PARITY_RECORDS - 1
     assert by_name["tiny-f16.gguf (transformers)"]["identical"] >= PARITY_RECORDS - 1
-    for name in ("merged/ (transformers)", "tiny-f16.gguf (transformers)", "tiny-q8_0.gguf (transformers)"):
+    for name in ("merged/ (transformers)", "tiny-f16.gguf (transformers)"):
         assert by_name[name]["prompt_ids_identical"] == PARITY_RECORDS, name
     for artifact in by_name.values():
         for difference in artifact["differences"]:
             assert difference["stage2_answer"] != difference["artifact_answer"]
             assert isinstance(difference["first_differing_token"], int)
-    assert "tiny-q8_0.gguf (transformers)" in exported.stdout  # the share is printed per artifact
+    assert "tiny-f16.gguf (transformers)" in exported.stdout  # the share is printed per artifact
     assert not list((run / "export").glob(".parity-*"))
     card = (run / "export" / "README.md").read_text()
     metadata = yaml.safe_load(card.split("---")[1])
@@ -263,7 +266,7 @@ def test_a_rerun_keeps_the_costly_files_and_writes_the_card_again(export_run):
     run, _ = export_run
     converted = (run / "export" / "tiny-f16.gguf").stat().st_mtime_ns
     again = run_stage("part6_export.py", "--output-dir", str(run), "--parity-records", str(PARITY_RECORDS),
-                      "--name", "tiny", "--license", "gemma")
+                      "--name", "tiny", *EXPORT_TYPES, "--license", "gemma")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "reusing the merged model, GGUF files and parity answers" in again.stdout
     assert "answering" not in again.stdout and "converting" not in again.stdout
@@ -293,7 +296,7 @@ def test_the_served_gguf_is_evaluated_by_stage2_like_any_model(export_run, tmp_p
               for row in json.loads((run / "test_base_model.json").read_text())}
     port = free_port()
     with (tmp_path / "server.log").open("w") as log:
-        server = subprocess.Popen(server_command(run / "export" / "tiny-q8_0.gguf", "tiny", port),
+        server = subprocess.Popen(server_command(run / "export" / "tiny-f16.gguf", "tiny", port),
                                   stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline, models = time.time() + 120, None
@@ -326,7 +329,7 @@ def test_the_served_gguf_is_evaluated_by_stage2_like_any_model(export_run, tmp_p
 
 
 def test_a_killed_export_resumes_without_redoing_finished_work(tiny_trained_run, tmp_path):
-    """Mechanics, so on the tiny Gemma 3: killed once its merged model is saved, the rerun keeps it."""
+    """Mechanics, so on the tiny Llama: killed once its merged model is saved, the rerun keeps it."""
     import signal
 
     run = copy_run(tiny_trained_run, tmp_path / "run")

@@ -1,4 +1,7 @@
-"""Stage 2 on the real embedded model and the adapter trained in conftest.trained_run."""
+"""Stage 2: what only real weights show (the finetune answers otherwise than the base, cleanly) on
+the embedded model and conftest.trained_run's adapter; the mechanics (the file and its sidecar, a
+killed run resumed, reuse, limits, refusals, merged weights, decoding in spans) on the tiny Llama's
+run, conftest.tiny_trained_run."""
 
 import importlib.util
 import json
@@ -19,9 +22,9 @@ KEYS = ["instruction", "input", "output", "category", "base_model_response", "fi
 
 
 
-def test_one_record_per_test_record_in_order_with_its_fields_and_both_responses(trained_run, responses_dir):
-    rows = json.loads((responses_dir / "test_base_model.json").read_text())
-    test = json.loads((trained_run / "data" / "test.json").read_text())[:6]
+def test_one_record_per_test_record_in_order_with_its_fields_and_both_responses(tiny_trained_run, tiny_responses_dir):
+    rows = json.loads((tiny_responses_dir / "test_base_model.json").read_text())
+    test = json.loads((tiny_trained_run / "data" / "test.json").read_text())[:6]
     assert [list(row) for row in rows] == [KEYS] * 6
     assert [{k: row[k] for k in KEYS[:4]} for row in rows] == test
     assert all(isinstance(row["base_model_response"], str) and isinstance(row["finetuned_model_response"], str) for row in rows)
@@ -40,14 +43,14 @@ def test_responses_are_clean(responses_dir):
             assert not row[key].startswith("Below is an instruction"), "prompt echo must be removed"
 
 
-def test_sidecar_holds_settings_timings_and_versions(responses_dir):
-    meta = json.loads((responses_dir / "test_base_model.meta.json").read_text())
+def test_sidecar_holds_settings_timings_and_versions(tiny_responses_dir):
+    meta = json.loads((tiny_responses_dir / "test_base_model.meta.json").read_text())
     assert meta["settings"]["max_new_tokens"] == 32 and meta["settings"]["limit"] == 6
     assert meta["prompt_style"] == "alpaca" and meta["n_records"] == 6
     assert set(meta["timings"]) == {"base", "finetuned"}
     assert meta["timings"]["base"]["generated_tokens"] > 0
     assert meta["versions"]["transformers"]
-    assert not list(responses_dir.glob(".*progress*")), "the progress file is removed once the output is final"
+    assert not list(tiny_responses_dir.glob(".*progress*")), "the progress file is removed once the output is final"
 
 
 @pytest.mark.parametrize("logged, overwrite", [(4, False), (8, True)])  # records done: 4 of base's 6; all 6 and 2 of finetuned's
@@ -83,27 +86,27 @@ def test_killed_run_resumes_to_the_same_file(trained_run, responses_dir, tmp_pat
     assert (tmp_path / "test_base_model.json").read_text() == (responses_dir / "test_base_model.json").read_text()
 
 
-def test_rerun_does_nothing_and_changed_settings_do_not_mix(trained_run, responses_dir, tmp_path):
-    result = run_stage("part2_generate_test_responses.py", *stage2_args(trained_run, responses_dir))
+def test_rerun_does_nothing_and_changed_settings_do_not_mix(tiny_trained_run, tiny_responses_dir, tmp_path):
+    result = run_stage("part2_generate_test_responses.py", *stage2_args(tiny_trained_run, tiny_responses_dir))
     assert result.returncode == 0 and "stage 2 already finished" in result.stdout
     # A partial run with another --max-new-tokens, made from the same inputs: refused, not mixed in.
-    meta = json.loads((responses_dir / "test_base_model.meta.json").read_text())
+    meta = json.loads((tiny_responses_dir / "test_base_model.meta.json").read_text())
     progress = tmp_path / ".test_base_model.json.progress.jsonl"
     header = {"settings": {**meta["settings"], "max_new_tokens": 999}, "inputs": meta["inputs"], "run_id": "x"}
     progress.write_text(json.dumps(header) + "\n" + json.dumps({"key": ["base", 0], "value": "an answer"}) + "\n")
-    result = run_stage("part2_generate_test_responses.py", *stage2_args(trained_run, tmp_path))
+    result = run_stage("part2_generate_test_responses.py", *stage2_args(tiny_trained_run, tmp_path))
     assert result.returncode == 2
     assert "holds partial results made with other settings (max_new_tokens: 999 -> 32" in result.stderr
     assert "--restart" in result.stderr
 
 
-def test_a_prompt_past_the_limit_is_not_answered_and_is_counted(trained_run, tmp_path):
-    records = json.loads((trained_run / "data" / "test.json").read_text())[:2]
+def test_a_prompt_past_the_limit_is_not_answered_and_is_counted(tiny_trained_run, tmp_path):
+    records = json.loads((tiny_trained_run / "data" / "test.json").read_text())[:2]
     records[1] = {**records[1], "instruction": "Summarize: " + "the quick brown fox jumps over it. " * 400}
     test_file = tmp_path / "test.json"
     test_file.write_text(json.dumps(records))
     result = run_stage("part2_generate_test_responses.py", "--test-file", str(test_file), "--output-dir", str(tmp_path),
-                       "--adapter", str(trained_run / "finetuned"), "--max-new-tokens", "8", "--max-prompt-tokens", "256")
+                       "--adapter", str(tiny_trained_run / "finetuned"), "--max-new-tokens", "8", "--max-prompt-tokens", "256")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1 prompts are longer than 256 tokens" in result.stdout
     rows = json.loads((tmp_path / "test_base_model.json").read_text())
@@ -114,21 +117,21 @@ def test_a_prompt_past_the_limit_is_not_answered_and_is_counted(trained_run, tmp
         {"base": (256, [1]), "finetuned": (256, [1])}
 
 
-def test_missing_adapter_is_a_clear_error(trained_run, tmp_path):
+def test_missing_adapter_is_a_clear_error(tiny_trained_run, tmp_path):
     adapter = tmp_path / "adapter"
-    shutil.copytree(trained_run / "finetuned", adapter, ignore=shutil.ignore_patterns("checkpoints", "merged"))
+    shutil.copytree(tiny_trained_run / "finetuned", adapter, ignore=shutil.ignore_patterns("checkpoints", "merged"))
     (adapter / "adapter_config.json").unlink()
     result = run_stage("part2_generate_test_responses.py", "--adapter", str(adapter), "--output-dir", str(tmp_path / "o"),
-                       "--test-file", str(trained_run / "data" / "test.json"))
+                       "--test-file", str(tiny_trained_run / "data" / "test.json"))
     assert result.returncode == 2
     assert f"{adapter}: no adapter_config.json" in result.stderr
     assert not (tmp_path / "o").exists()
 
 
-def test_vllm_engine_without_vllm_says_so(trained_run, tmp_path):
+def test_vllm_engine_without_vllm_says_so(tiny_trained_run, tmp_path):
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed here")
-    result = run_stage("part2_generate_test_responses.py", *stage2_args(trained_run, tmp_path), "--engine", "vllm")
+    result = run_stage("part2_generate_test_responses.py", *stage2_args(tiny_trained_run, tmp_path), "--engine", "vllm")
     assert result.returncode == 2 and "--engine vllm needs vLLM" in result.stderr
 
 
@@ -140,15 +143,16 @@ def test_clean_response_and_batching():
     assert length_sorted_batches([5, 1, 4, 2, 3], 2) == [[1, 3], [4, 2], [0]]
 
 
-def test_merged_model_answers_alone_without_loading_the_base(trained_run, tmp_path, base_model):
+def test_merged_model_answers_alone_without_loading_the_base(tiny_trained_run, tmp_path, tiny_llama):
     from instructkit.generate.generator import TransformersGenerator
+    from instructkit.models.references import resolve_model
 
-    merged = trained_run / "finetuned" / "merged"
-    assert TransformersGenerator(base_model, None, str(merged), False, ["finetuned"]).model is None
+    merged = tiny_trained_run / "finetuned" / "merged"
+    assert TransformersGenerator(resolve_model(tiny_llama), None, str(merged), False, ["finetuned"]).model is None
 
     # In fp32 both: bf16 weights would round W + BA and W apart before any answer is compared.
     for folder, extra in (("merged", ["--merged", str(merged)]), ("adapter", [])):
-        result = run_stage("part2_generate_test_responses.py", *stage2_args(trained_run, tmp_path / folder),
+        result = run_stage("part2_generate_test_responses.py", *stage2_args(tiny_trained_run, tmp_path / folder),
                            *extra, "--models", "finetuned", "--precision", "fp32")
         assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads((tmp_path / "merged" / "test_base_model.json").read_text())
@@ -161,7 +165,8 @@ def test_merged_model_answers_alone_without_loading_the_base(trained_run, tmp_pa
 
 def test_finished_rows_leave_the_batch_and_the_answers_stay_the_same(trained_run, base_model):
     """Decoding in spans, the finished rows dropped between them with their KV-cache rows, gives
-    the answers of one `generate` call over the whole batch (span longer than the answers)."""
+    the answers of one `generate` call over the whole batch (span longer than the answers). Real
+    weights: random ones seldom end an answer, so no row would leave early."""
     from instructkit.data.prompts import load_style
     from instructkit.generate.generator import TransformersGenerator
 

@@ -214,7 +214,7 @@ def test_rejected_key_stops_at_once_names_the_server_and_is_not_echoed(server, t
 
 
 def test_killed_judging_resumes_to_the_same_file_and_a_second_run_is_refused(server, tmp_path):
-    judge = server(delay=0.6)
+    judge = server(delay=0.3)
     responses = responses_file(tmp_path / "responses.json", [f"ok{7 * i % 101}" for i in range(12)])
     args = ["--concurrency", "1"]  # 4 requests per logged chunk
     command = [sys.executable, str(ROOT / "part4_local_evaluation.py"), *stage4_args(responses, tmp_path / "a", judge.url, *args)]

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,11 +66,12 @@ def test_unreachable_hub_model_is_a_clear_error():
         load_tokenizer(ResolvedModel("meta-llama/Meta-Llama-3-8B", "meta-llama/Meta-Llama-3-8B", "hub"))
 
 
-def test_two_processes_converting_at_once_share_one_conversion(tmp_path):
-    """Two first runs on an empty cache: one converts, the other waits and reuses it."""
-    script = textwrap.dedent("""
-        from instructkit.models.references import EMBEDDED_JUDGE, resolve_model
-        print(resolve_model(EMBEDDED_JUDGE).path)
+def test_two_processes_converting_at_once_share_one_conversion(tmp_path, tiny_llama):
+    """Two first runs on an empty cache: one converts, the other waits and reuses it (the tiny
+    Llama's GGUF file: the lock is the subject, not the weights)."""
+    script = textwrap.dedent(f"""
+        from instructkit.models.references import resolve_model
+        print(resolve_model({tiny_llama!r}).path)
     """)
     env = {**os.environ, "INSTRUCTKIT_CACHE": str(tmp_path / "cache")}
     procs = [subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -80,4 +82,6 @@ def test_two_processes_converting_at_once_share_one_conversion(tmp_path):
     assert len(paths) == 1
     assert sum(r[0].startswith("converting ") for r in results) == 1, "exactly one process converts"
     models = tmp_path / "cache" / f"models-v{CONVERSION_VERSION}"
-    assert sorted(p.name for p in models.iterdir() if not p.name.endswith(".lock")) == ["smollm2-135m-instruct"]
+    gguf = Path(tiny_llama)
+    assert sorted(p.name for p in models.iterdir() if not p.name.endswith(".lock")) == [
+        f"{gguf.stem}-{gguf.stat().st_size}"]

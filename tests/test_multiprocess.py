@@ -1,4 +1,4 @@
-"""Stage 1 unchanged under `torchrun`: two CPU processes (DDP over gloo) on the tiny Gemma 3 (the
+"""Stage 1 unchanged under `torchrun`: two CPU processes (DDP over gloo) on the tiny Llama (the
 sharding and gradient averaging are mechanics: random weights show them as well as real ones).
 
 torchrun, not `accelerate launch --cpu`: on a CPU accelerate starts a single process unless it
@@ -11,25 +11,21 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TRAIN_ARGS, run_script
+from conftest import ROOT, TINY_TRAIN_ARGS, TRAIN_ARGS
 
 
 def _option(args: list[str], name: str) -> str:
     return args[args.index(name) + 1]
 
 
-def test_two_processes_take_the_same_steps_as_one_process_with_their_global_batch(tiny_trained_run, tiny_gemma,
+def test_two_processes_take_the_same_steps_as_one_process_with_their_global_batch(tiny_trained_run, tiny_llama,
                                                                                    tmp_path):
     # tiny_trained_run is one process at batch 4; here two processes at batch 2 each see the same 4
     # records per step (accelerate shards each global batch across ranks) with the same settings.
-    # Both in fp32: bf16 weights round a batch of 2 and one of 4 apart by about 1% of the loss.
+    # Both in fp32 (TINY_TRAIN_ARGS): bf16 weights round a batch of 2 and one of 4 apart by about 1%
+    # of the loss.
     global_batch = int(_option(TRAIN_ARGS, "--batch-size"))
-    one_process_args = [*TRAIN_ARGS[:TRAIN_ARGS.index("--merge")], "--precision", "fp32", "--base-model", tiny_gemma]
-    single_run = tiny_trained_run
-    if json.loads((tiny_trained_run / "finetuned" / "training_summary.json").read_text())["precision"] != "fp32":
-        single_run = tmp_path / "one"  # auto chose bf16 on this CPU: train the fp32 reference here
-        result = run_script("part1_instruction_finetuning.py", "--output-dir", str(single_run), *one_process_args)
-        assert result.returncode == 0, result.stderr[-3000:]
+    one_process_args = [*TINY_TRAIN_ARGS, "--base-model", tiny_llama]
     args = [*one_process_args, "--batch-size", str(global_batch // 2)]
     launcher = Path(sys.executable).parent / "torchrun"
     command = [str(launcher), "--standalone", "--nproc_per_node", "2", str(ROOT / "part1_instruction_finetuning.py"),
@@ -42,7 +38,7 @@ def test_two_processes_take_the_same_steps_as_one_process_with_their_global_batc
 
     adapter = tmp_path / "two" / "finetuned"
     summary = json.loads((adapter / "training_summary.json").read_text())
-    single = json.loads((single_run / "finetuned" / "training_summary.json").read_text())
+    single = json.loads((tiny_trained_run / "finetuned" / "training_summary.json").read_text())
     assert summary["n_processes"] == 2 and single["n_processes"] == 1
     assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
     n_steps = int(_option(TRAIN_ARGS, "--max-steps"))

@@ -1,6 +1,6 @@
-"""Padding-free batches: the same loss, gradients and metrics as padded ones on the real model under
-SDPA, the check that tells whether a model's attention keeps records in one row apart, and what
-stage 1 does when it does not."""
+"""Padding-free batches: the same loss, gradients and metrics as padded ones under SDPA, the check
+that tells whether a model's attention keeps records in one row apart, and what stage 1 does when
+it does not. Equalities of two computations, so on the tiny models (tests/tiny_models.py)."""
 
 from __future__ import annotations
 
@@ -24,13 +24,13 @@ AttentionInterface.register("unmasked_sdpa", sdpa_attention_forward)
 
 
 @pytest.fixture(scope="module")
-def trainer(base_model, base_tokenizer, tmp_path_factory):
-    return lora_sft_trainer(base_model, base_tokenizer, tmp_path_factory.mktemp("padding_free"), n_records=8)
+def trainer(tiny_base, tiny_tokenizer, tmp_path_factory):
+    return lora_sft_trainer(tiny_base, tiny_tokenizer, tmp_path_factory.mktemp("padding_free"), n_records=8)
 
 
 @pytest.fixture(scope="module")
-def mixing_model(base_model):
-    model = load_causal_lm(base_model)
+def mixing_model(tiny_base):
+    model = load_causal_lm(tiny_base)
     model.set_attn_implementation("unmasked_sdpa")
     return model
 
@@ -44,10 +44,10 @@ def _assert_same(result, reference):
     assert metrics == pytest.approx(reference[2], rel=1e-4)
 
 
-def test_padding_free_batch_gives_the_padded_batch_loss_gradients_and_metrics(trainer, base_tokenizer):
+def test_padding_free_batch_gives_the_padded_batch_loss_gradients_and_metrics(trainer, tiny_tokenizer):
     rows = [trainer.train_dataset[i] for i in range(8)]
     padded = trainer.data_collator(rows)
-    free = padding_free_collator(base_tokenizer)(rows)
+    free = padding_free_collator(tiny_tokenizer)(rows)
     n_tokens = sum(len(row["input_ids"]) for row in rows)
     assert free["input_ids"].shape == (1, n_tokens)
     assert n_tokens < 0.8 * padded["input_ids"].numel(), "the padded batch should carry padding to save"
@@ -59,23 +59,25 @@ def test_padding_free_batch_gives_the_padded_batch_loss_gradients_and_metrics(tr
 
 
 def test_the_check_tells_attention_that_keeps_records_apart_from_attention_that_mixes_them(
-        trainer, mixing_model, base_tokenizer):
+        trainer, mixing_model, tiny_tokenizer):
     assert trainer.model.config._attn_implementation == "sdpa"
-    assert records_stay_apart(trainer.model, base_tokenizer)
-    assert not records_stay_apart(mixing_model, base_tokenizer)
+    assert records_stay_apart(trainer.model, tiny_tokenizer)
+    assert not records_stay_apart(mixing_model, tiny_tokenizer)
     assert trainer.model.training, "the check restores training mode"
 
 
 def test_where_attention_mixes_records_packing_is_refused_and_batches_stay_padded(
-        mixing_model, base_tokenizer, capsys):
+        mixing_model, tiny_tokenizer, capsys):
     with pytest.raises(UserError, match=r"--packing: under this model's attention \(unmasked_sdpa\)"):
-        _padding_free(TrainingConfig(packing=True), mixing_model, base_tokenizer)
-    assert _padding_free(TrainingConfig(), mixing_model, base_tokenizer) is False
+        _padding_free(TrainingConfig(packing=True), mixing_model, tiny_tokenizer)
+    assert _padding_free(TrainingConfig(), mixing_model, tiny_tokenizer) is False
     assert "padded batches" in capsys.readouterr().out
-    assert _padding_free(TrainingConfig(padding_free=False), mixing_model, base_tokenizer) is False
+    assert _padding_free(TrainingConfig(padding_free=False), mixing_model, tiny_tokenizer) is False
 
 
-def test_packing_trains_under_sdpa(tmp_path, tiny_gemma):  # mechanics: the tiny Gemma 3 with the real tokenizer
+def test_packing_trains_under_sdpa(tmp_path, tiny_gemma):
+    """Mechanics, on the tiny Gemma 3: packed rows under its sliding-window and global layers. (A process
+    of its own: see run_script.)"""
     result = run_script("part1_instruction_finetuning.py", "--packing", "--max-steps", "2", "--batch-size", "2",
                         "--max-length", "256", "--val-fraction", "0", "--output-dir", str(tmp_path),
                         "--base-model", tiny_gemma)

@@ -50,10 +50,11 @@ def test_the_setting_is_recorded_only_where_it_departs_from_earlier_runs():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU path: bf16 weights without autocast")
-def test_bf16_training_stores_base_weights_in_bf16_and_lora_in_fp32(tmp_path):
-    """Two real training steps of stage 1 with --precision bf16 (the first has the warm-up's zero rate)."""
-    train(TrainingConfig(output_dir=str(tmp_path), max_steps=2, batch_size=2, max_length=96, eval_steps=2,
-                         val_fraction=0.01, precision="bf16"))
+def test_bf16_training_stores_base_weights_in_bf16_and_lora_in_fp32(tmp_path, tiny_llama):
+    """Two training steps of stage 1 with --precision bf16 (the first has the warm-up's zero rate), on
+    the tiny Llama: the dtypes are the subject."""
+    train(TrainingConfig(base_model=tiny_llama, output_dir=str(tmp_path), max_steps=2, batch_size=2, max_length=96,
+                         eval_steps=2, val_fraction=0.01, precision="bf16"))
     summary = json.loads((tmp_path / "finetuned" / SUMMARY_FILE).read_text())
     assert (summary["precision"], summary["precision_reason"]) == ("bf16", "--precision bf16")
     assert summary["settings"]["precision"] == "bf16"
@@ -63,8 +64,8 @@ def test_bf16_training_stores_base_weights_in_bf16_and_lora_in_fp32(tmp_path):
     assert any(w.abs().sum() > 0 for name, w in weights.items() if "lora_B" in name)  # the step trained them
 
 
-def test_stage2_in_bf16_records_it_and_a_change_is_a_rerun(trained_run, tmp_path):
-    args = [*stage2_args(trained_run, tmp_path), "--models", "base", "--limit", "2", "--max-new-tokens", "8"]
+def test_stage2_in_bf16_records_it_and_a_change_is_a_rerun(tiny_trained_run, tmp_path):
+    args = [*stage2_args(tiny_trained_run, tmp_path), "--models", "base", "--limit", "2", "--max-new-tokens", "8"]
     result = run_stage("part2_generate_test_responses.py", *args, "--precision", "bf16")
     assert result.returncode == 0, result.stderr[-3000:]
     meta = json.loads((tmp_path / "test_base_model.meta.json").read_text())

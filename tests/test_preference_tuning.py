@@ -1,8 +1,8 @@
 """Stage 1b end to end: DPO from stage 1's adapter on the default pairs (the reference is the SFT
 model: loss ln 2 and margin 0 before the first step) learning held-out preferences on the embedded
-model; then, on the tiny Gemma 3 (mechanics: tests/tiny_models.py), stages 2, 3 and 4 with a third
-model and the report, KTO, a killed run resumed, the export, and pairs from what a run's judge and
-people said."""
+model, and stage 0's pairs made by rewriting and by sampling it; then, on the tiny Llama's run
+(mechanics: tests/tiny_models.py), stages 2, 3 and 4 with a third model and the report, KTO, a
+killed run resumed, the export, and pairs from what a run's judge and people said."""
 
 import json
 import math
@@ -65,20 +65,20 @@ class PairMaker(OverlapJudge):
         return ("Certainly! " if aspect == "more polite" else "Whatever. ") + answer
 
 
-def _preference_run(stage1: Path, target: Path):
+def _preference_run(stage1: Path, target: Path, run_stage1b=run_stage):
     run = copy_run(stage1, target)
     pairs = json.loads(open(DEFAULT_PAIRS, encoding="utf-8").read())[:N_PAIRS]
     (run / "pairs.json").write_text(json.dumps(pairs))
-    result = run_script("part1b_preference_tuning.py", "--output-dir", str(run), "--data", str(run / "pairs.json"),
-                        *DPO_ARGS)
+    result = run_stage1b("part1b_preference_tuning.py", "--output-dir", str(run), "--data", str(run / "pairs.json"),
+                         *DPO_ARGS)
     assert result.returncode == 0, result.stderr[-3000:]
     return run, result
 
 
 @pytest.fixture(scope="module")
 def preference_run(trained_run, tmp_path_factory):
-    """DPO on the real finetune: what it learns needs real weights."""
-    return _preference_run(trained_run, tmp_path_factory.mktemp("preference"))
+    """DPO on the real finetune: what it learns needs real weights. (A process of its own: see run_script.)"""
+    return _preference_run(trained_run, tmp_path_factory.mktemp("preference"), run_script)
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def test_pairs_from_a_runs_judge_and_chat_ratings_train_end_to_end(rated_run, ti
     refused = run_stage("part1b_preference_tuning.py", *args)  # every pair asks a test record of this run
     assert refused.returncode == 2 and "--keep-test-prompts" in refused.stderr
     assert not (target / "preference").exists() and not (target / ".stage1b.partial").exists()
-    result = run_script("part1b_preference_tuning.py", *args, "--keep-test-prompts")
+    result = run_stage("part1b_preference_tuning.py", *args, "--keep-test-prompts")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((target / "preference" / "training_summary.json").read_text())
     kinds = summary["pairs"]["by_source"]
@@ -215,9 +215,9 @@ def test_pairs_from_a_runs_judge_and_chat_ratings_train_end_to_end(rated_run, ti
 def test_kto_learns_from_pairs_and_single_ratings(rated_run, tiny_trained_run, tmp_path):
     run, rows, _ = rated_run
     target = copy_run(tiny_trained_run, tmp_path / "kto")
-    result = run_script("part1b_preference_tuning.py", "--output-dir", str(target), "--method", "kto",
-                        "--from-run", str(run), "--data", str(run / "pairs.json"), "--keep-test-prompts",
-                        "--max-steps", "2", "--batch-size", "4", "--val-fraction", "0.25", "--eval-steps", "2")
+    result = run_stage("part1b_preference_tuning.py", "--output-dir", str(target), "--method", "kto",
+                       "--from-run", str(run), "--data", str(run / "pairs.json"), "--keep-test-prompts",
+                       "--max-steps", "2", "--batch-size", "4", "--val-fraction", "0.25", "--eval-steps", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((target / "preference" / "training_summary.json").read_text())
     assert summary["method"]["trainer"] == "trl.KTOTrainer" and summary["method"]["loss_type"] == "kto"
@@ -263,8 +263,8 @@ def test_a_killed_preference_run_resumes_its_trained_adapter(tiny_preference_run
 
 def test_stage0_makes_pairs_by_rewriting_and_by_sampling_the_sft_model_and_stage_1b_tunes_on_them(
         trained_run, tmp_path, local_servers):
-    # The real finetune: the judge scores its answers by their overlap with the expected output, which
-    # random weights do not have.
+    # The real finetune: pairs-sample keeps answers that ended (random weights never end one), and
+    # the judge scores them by their overlap with the expected output.
     run = copy_run(trained_run, tmp_path / "made")
     train = json.loads((run / "data" / "train.json").read_text())
     maker = type("Maker", (PairMaker,), {"unchanged": train[1]["instruction"]})
@@ -330,20 +330,28 @@ def test_stage0_makes_pairs_by_rewriting_and_by_sampling_the_sft_model_and_stage
 
 
 def test_the_preference_adapter_exports_with_its_results_on_the_card_and_in_the_report(evaluated_run):
-    """Stage 6 on stage 1b's adapter: its stage 2 column is the one compared, stages 3-4's results of
-    the preference model go on the card, and the report gains the export section."""
+    """Stage 6 on stage 1b's adapter, both GGUF types (the default): its stage 2 column is the one
+    compared, the Modelfile takes the smaller file, stages 3-4's results of the preference model go
+    on the card, and the report gains the export section."""
+    from instructkit.export.gguf_files import gguf_metadata
+
     run, _ = evaluated_run
-    result = run_stage("part6_export.py", "--output-dir", str(run), "--model", "preference", "--gguf-type", "q8_0",
-                       "--parity-records", "4")
+    result = run_stage("part6_export.py", "--output-dir", str(run), "--model", "preference", "--parity-records", "4")
     assert result.returncode == 0, result.stderr[-3000:]
     parity = json.loads((run / "export" / "parity.json").read_text())
     assert parity["compared_with"] == "test_base_model.json, column preference"
     assert all(a["records"] == 4 for a in parity["artifacts"])
+    name = f"{run.resolve().name}-preference"
+    assert {a["artifact"] for a in parity["artifacts"]} >= {"merged/ (transformers)", f"{name}-f16.gguf (transformers)",
+                                                           f"{name}-q8_0.gguf (transformers)"}
     merged = next(a for a in parity["artifacts"] if a["artifact"] == "merged/ (transformers)")
     assert merged["identical"] >= 3 and merged["prompt_ids_identical"] == 4
+    for gguf_type, file_type in (("f16", 1), ("q8_0", 7)):  # llama.cpp's LlamaFileType
+        metadata = gguf_metadata(run / "export" / f"{name}-{gguf_type}.gguf")
+        assert (metadata["architecture"], metadata["file_type"]) == ("llama", file_type)
+    assert f"FROM ./{name}-q8_0.gguf\n" in (run / "export" / "Modelfile").read_text()  # the smaller file
     card = (run / "export" / "README.md").read_text()
     assert "- dpo" in card and "| stage 3 (lm-evaluation-harness) | mmlu_philosophy | acc |" in card
     assert "| stage 4 (task metrics) | test split | ROUGE-L |" in card
     page = (run / "report.html").read_text()
-    assert 'id="export-parity"' in page and f"{run.resolve().name}-preference-q8_0.gguf (transformers)" in page
-    assert (run / "export" / f"{run.resolve().name}-preference-q8_0.gguf").is_file()
+    assert 'id="export-parity"' in page and f"{name}-q8_0.gguf (transformers)" in page

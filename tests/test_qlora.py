@@ -1,32 +1,32 @@
 """QLoRA on the CPU as on a GPU: stage 1 trains on a 4-bit NF4 base (bitsandbytes' CPU backend), and
-every later stage loads that base as it was trained. Mechanics, so on the tiny Gemma 3 (real
-architecture and tokenizer, random weights; tests/tiny_models.py)."""
+every later stage loads that base as it was trained. Mechanics, so on the tiny Llama (the
+architecture of the Llama 3 8B QLoRA recipe, SmolLM2's tokenizer, random weights; tests/tiny_models.py)."""
 
 import json
 
 import pytest
 import torch
 
-from conftest import run_script, run_stage
+from conftest import run_stage
 from instructkit.app.chat import ChatSession
 from instructkit.app.config import ChatConfig
 from instructkit.models.loading import load_causal_lm, qlora_settings
 from instructkit.models.precision import resolve_precision
 from instructkit.models.references import resolve_model
 
-QLORA_ARGS = ["--qlora", "--max-steps", "6", "--batch-size", "4", "--lr", "2e-3", "--eval-steps", "3",
+QLORA_ARGS = ["--qlora", "--max-steps", "6", "--batch-size", "4", "--lr", "1e-2", "--eval-steps", "3",
               "--lora-dropout", "0"]
 
 
 @pytest.fixture(scope="module")
-def qlora_args(tiny_gemma) -> list[str]:
-    return [*QLORA_ARGS, "--base-model", tiny_gemma]
+def qlora_args(tiny_llama) -> list[str]:
+    return [*QLORA_ARGS, "--base-model", tiny_llama]
 
 
 @pytest.fixture(scope="module")
 def qlora_run(tmp_path_factory, qlora_args):
     run = tmp_path_factory.mktemp("qlora")
-    result = run_script("part1_instruction_finetuning.py", "--output-dir", str(run), *qlora_args, "--merge")
+    result = run_stage("part1_instruction_finetuning.py", "--output-dir", str(run), *qlora_args, "--merge")
     assert result.returncode == 0, result.stderr[-3000:]
     return run
 
@@ -46,11 +46,11 @@ def test_qlora_trains_on_a_4bit_nf4_base_and_the_loss_falls(summary):
     assert summary["tokens_per_second"] > 0
 
 
-def test_the_base_loads_as_4bit_nf4_with_double_quantization_and_the_adapter_on_it(qlora_run, tiny_gemma):
+def test_the_base_loads_as_4bit_nf4_with_double_quantization_and_the_adapter_on_it(qlora_run, tiny_llama):
     import bitsandbytes as bnb
     from peft import PeftModel
 
-    model = load_causal_lm(resolve_model(tiny_gemma), quantization=qlora_settings(torch.float32))
+    model = load_causal_lm(resolve_model(tiny_llama), quantization=qlora_settings(torch.float32))
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(layers) >= 7 * model.config.num_hidden_layers  # q, k, v, o, gate, up, down in each layer
     state = layers[0].weight.quant_state
@@ -125,8 +125,8 @@ def test_a_qlora_adapter_exports_merged_into_the_unquantized_base(qlora_run, sta
 def test_a_rerun_is_reused_and_dropping_qlora_trains_again_saying_why(qlora_run, qlora_args):  # last: it retrains the folder
     again = run_stage("part1_instruction_finetuning.py", "--output-dir", str(qlora_run), *qlora_args, "--merge")
     assert again.returncode == 0 and "stage 1 already finished" in again.stdout
-    lora = run_script("part1_instruction_finetuning.py", "--output-dir", str(qlora_run),
-                      *[a for a in qlora_args if a != "--qlora"], "--max-steps", "1")  # one step says enough
+    lora = run_stage("part1_instruction_finetuning.py", "--output-dir", str(qlora_run),
+                     *[a for a in qlora_args if a != "--qlora"], "--max-steps", "1")  # one step says enough
     assert lora.returncode == 0, lora.stderr[-3000:]
     assert "settings changed since the adapter was trained (" in lora.stdout
     assert "qlora: True -> False; quantization: {'method': 'bitsandbytes-4bit'" in lora.stdout

@@ -1,5 +1,5 @@
-"""Reruns you can trust: a whole run in its own folder (stages 1-4 on tiny random-weight models of the
-embedded architectures: the mechanics, not the weights, are tested here), reused while nothing
+"""Reruns you can trust: a whole run in its own folder (stages 1-4 on the tiny random-weight Llama,
+base and judge: the mechanics, not the weights, are tested here), reused while nothing
 changed, redone stage by stage when stage 1 is retrained with another flag, and a killed retraining
 that leaves the previous adapter in place. Plus the clear errors of bad inputs."""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, kill_at_checkpoint, run_script, run_stage
+from conftest import ROOT, kill_at_checkpoint, run_stage
 from instructkit.errors import UserError
 
 STAGE1 = ["--max-steps", "2", "--batch-size", "2", "--eval-steps", "1", "--val-fraction", "0.02", "--lora-dropout", "0"]
@@ -46,8 +46,7 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def run_in(workdir: Path, script: str, *args: str) -> subprocess.CompletedProcess:
-    run = run_script if script.startswith("part1_") else run_stage  # (see run_script)
-    result = run(script, *args, cwd=workdir)
+    result = run_stage(script, *args, cwd=workdir)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
 
@@ -61,10 +60,10 @@ def _state(folder: Path) -> dict:
     return {p: (p.stat().st_mtime_ns, p.read_text()) for p in folder.rglob("*") if p.is_file()}
 
 
-def test_one_folder_is_one_run_reused_while_unchanged_and_redone_after_retraining(workdir, tiny_gemma, tiny_llama):
+def test_one_folder_is_one_run_reused_while_unchanged_and_redone_after_retraining(workdir, tiny_llama):
     run = workdir / "runs" / "lr-test"
     poison_state = _state(workdir / "outputs")
-    stage1 = [*STAGE1, "--base-model", tiny_gemma]
+    stage1 = [*STAGE1, "--base-model", tiny_llama]
 
     # 1. The whole pipeline with --output-dir alone: every stage reads the folder it writes.
     run_in(workdir, "part1_instruction_finetuning.py", "--output-dir", str(run), *stage1, "--lr", "2e-3")
@@ -105,7 +104,7 @@ def test_one_folder_is_one_run_reused_while_unchanged_and_redone_after_retrainin
     from instructkit.models.loading import load_causal_lm
     from instructkit.models.references import resolve_model
 
-    PeftModel.from_pretrained(load_causal_lm(resolve_model(tiny_gemma)), run / "finetuned")  # the previous adapter still loads
+    PeftModel.from_pretrained(load_causal_lm(resolve_model(tiny_llama)), run / "finetuned")  # the previous adapter still loads
     assert "already finished" in stage(workdir, run, 2, tiny_llama).stdout  # and later stages still stand on it
 
     # 4. The rerun resumes the retraining and swaps it in; the report flags what it invalidated.

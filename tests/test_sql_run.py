@@ -7,7 +7,7 @@ import json
 from conftest import ROOT, run_script, run_stage
 
 SQL_DATA = str(ROOT / "instructkit" / "data" / "default" / "sql-data.json")
-N = 16
+N = 8
 
 
 def test_offline_text_to_sql_run_reports_execution_accuracy_first(tmp_path):

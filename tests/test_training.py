@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from conftest import SHARED_DATA, TRAIN_ARGS, needs_shared_data, run_script, run_stage
+from conftest import SHARED_DATA, TINY_TRAIN_ARGS, TRAIN_ARGS, needs_shared_data, run_stage
 from instructkit.data.prompts import load_style
 from instructkit.models.loading import load_causal_lm
 from instructkit.models.precision import earlier_default
@@ -106,12 +106,12 @@ def test_rerun_of_a_finished_stage_does_nothing(trained_run):
 
 
 @needs_shared_data
-def test_shared_public_dataset_trains(tmp_path, tiny_gemma):
+def test_shared_public_dataset_trains(tmp_path, tiny_llama):
     """The issue's acceptance command, on the real 1,100-record public dataset (5 steps; the data is
-    what is tested, so on the tiny Gemma 3)."""
-    result = run_script("part1_instruction_finetuning.py", "--data", str(SHARED_DATA), "--max-steps", "5",
-                        "--batch-size", "2", "--val-fraction", "0.02", "--output-dir", str(tmp_path),
-                        "--base-model", tiny_gemma)
+    what is tested, so on the tiny Llama)."""
+    result = run_stage("part1_instruction_finetuning.py", "--data", str(SHARED_DATA), "--max-steps", "5",
+                       "--batch-size", "2", "--val-fraction", "0.02", "--output-dir", str(tmp_path),
+                       "--base-model", tiny_llama)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "finetuned" / "training_summary.json").read_text())
     assert summary["steps"] == 5
@@ -149,9 +149,11 @@ def test_a_run_finished_by_the_previous_version_is_not_trained_again(trained_run
     assert reason == "settings changed since it was trained (seed: 123 -> 7)"
 
 
-def test_merge_can_be_asked_for_after_training(trained_run, tmp_path):
-    shutil.copytree(trained_run / "finetuned", tmp_path / "finetuned", ignore=shutil.ignore_patterns("merged", "checkpoints"))
-    result = run_stage("part1_instruction_finetuning.py", "--output-dir", str(tmp_path), "--merge", *TRAIN_ARGS[:-1])
+def test_merge_can_be_asked_for_after_training(tiny_trained_run, tiny_llama, tmp_path):
+    shutil.copytree(tiny_trained_run / "finetuned", tmp_path / "finetuned", ignore=shutil.ignore_patterns("merged"))
+    without_merge = [a for a in TINY_TRAIN_ARGS if a != "--merge"]
+    result = run_stage("part1_instruction_finetuning.py", "--output-dir", str(tmp_path), "--merge", *without_merge,
+                       "--base-model", tiny_llama)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "finetuned" / "merged" / "config.json").is_file()
     summary = json.loads((tmp_path / "finetuned" / "training_summary.json").read_text())

@@ -8,6 +8,7 @@ changes only where the documents come from, so prompts stay byte-identical to lm
 from __future__ import annotations
 
 import csv
+import functools
 import importlib.util
 import json
 import os
@@ -122,6 +123,14 @@ def _in_folder(path, folder: Path) -> bool:
     return path is not None and Path(path).resolve().is_relative_to(folder.resolve())
 
 
+@functools.cache
+def _task_manager(include: str | None):
+    """lm-eval's index of its 14,000 task YAMLs (and of `include`'s): 5 s to build, so once a process."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include)
+
+
 def resolve_tasks(config: BenchmarkConfig, offline: bool, workdir: Path):
     """The lm-eval task names to run (requested name -> name to run) and the TaskManager that knows
     them; a clear error, before any model loads, for names the harness does not know or cannot run."""
@@ -134,7 +143,7 @@ def resolve_tasks(config: BenchmarkConfig, offline: bool, workdir: Path):
     include = Path(config.include_path) if config.include_path else None
     if include is not None and not include.is_dir():
         raise UserError(f"--include-path {include}: no such folder")
-    manager = TaskManager(include_path=str(include) if include else None)  # indexing every YAML takes seconds: once
+    manager = _task_manager(str(include) if include else None)
     unknown = [t for t in requested if t not in manager.all_tasks]
     if unknown:
         raise UserError(f"unknown lm-eval task(s): {', '.join(unknown)} (see `lm-eval ls tasks`)")

@@ -62,9 +62,9 @@ def _die_with_parent() -> None:
 def gguf_metadata(path: Path) -> dict:
     """What a runtime reads from the file before the weights: architecture, chat template, the
     special tokens and whether BOS is added."""
-    import gguf
+    from instructkit.models.gguf import gguf_fields
 
-    fields = gguf.GGUFReader(path).fields
+    fields = gguf_fields(path)
 
     def value(key: str):
         return fields[key].contents() if key in fields else None

@@ -6,6 +6,7 @@ dequantize, so we convert once into a cache folder and reload from there in seco
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import gguf
@@ -19,12 +20,20 @@ GEMMA_ARCHITECTURES = {"gemma", "gemma2", "gemma3"}
 CONTROL_TOKEN_TYPE = 3  # gguf.TokenType.CONTROL
 
 
-def gguf_architecture(path: Path) -> str:
-    reader = gguf.GGUFReader(path)
-    return reader.fields["general.architecture"].contents()
+def gguf_fields(path: Path) -> dict:
+    """A GGUF file's metadata fields. Parsing them reads the whole vocabulary (12 s for Gemma's 262k
+    tokens on 2 cores), so each version of a file is parsed once a process: stage 6 reads its
+    metadata, then its tokenizer."""
+    stat = Path(path).stat()
+    return _parsed_fields(str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
-def _gemma_tokenizer(path: Path) -> GemmaTokenizer:
+@functools.lru_cache(maxsize=4)
+def _parsed_fields(path: str, inode: int, size: int, mtime_ns: int) -> dict:
+    return gguf.GGUFReader(path).fields
+
+
+def _gemma_tokenizer(fields: dict) -> GemmaTokenizer:
     """Gemma's SentencePiece-BPE tokenizer rebuilt with its merges.
 
     transformers 5.3 turns a Gemma GGUF vocabulary into a BPE model with no merges, which splits
@@ -32,7 +41,6 @@ def _gemma_tokenizer(path: Path) -> GemmaTokenizer:
     English. SentencePiece BPE merges follow from the piece scores, which is what transformers'
     own `generate_merges` computes for its slow-to-fast conversion.
     """
-    fields = gguf.GGUFReader(path).fields
     tokens = fields["tokenizer.ggml.tokens"].contents()
     scores = fields["tokenizer.ggml.scores"].contents()
     types = fields["tokenizer.ggml.token_type"].contents()
@@ -56,14 +64,13 @@ def _gemma_tokenizer(path: Path) -> GemmaTokenizer:
     return tokenizer
 
 
-def _byte_level_bpe_tokenizer(path: Path) -> PreTrainedTokenizerFast:
+def _byte_level_bpe_tokenizer(fields: dict) -> PreTrainedTokenizerFast:
     """A GPT-2-style byte-level BPE tokenizer (SmolLM2's) rebuilt from the GGUF vocabulary and merges.
 
     transformers 5.3 loads such a GGUF tokenizer as a CodeLlama (SentencePiece-style) tokenizer: once
     saved and reloaded it maps "\n" and every word after a space to <unk>, and decodes to "Ċ"/"Ġ"
     soup. The GGUF's `tokenizer.ggml.pre` names the pre-tokenizer; "smollm" splits digits one by one.
     """
-    fields = gguf.GGUFReader(path).fields
     tokens = fields["tokenizer.ggml.tokens"].contents()
     types = fields["tokenizer.ggml.token_type"].contents()
     merges = [tuple(merge.split(" ", 1)) for merge in fields["tokenizer.ggml.merges"].contents()]
@@ -88,10 +95,11 @@ def _byte_level_bpe_tokenizer(path: Path) -> PreTrainedTokenizerFast:
 
 
 def load_gguf_tokenizer(path: Path) -> PreTrainedTokenizerBase:
-    if gguf_architecture(path) in GEMMA_ARCHITECTURES:
-        return _gemma_tokenizer(path)
-    if gguf.GGUFReader(path).fields["tokenizer.ggml.model"].contents() == "gpt2":
-        return _byte_level_bpe_tokenizer(path)
+    fields = gguf_fields(path)
+    if fields["general.architecture"].contents() in GEMMA_ARCHITECTURES:
+        return _gemma_tokenizer(fields)
+    if fields["tokenizer.ggml.model"].contents() == "gpt2":
+        return _byte_level_bpe_tokenizer(fields)
     return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
 
 
