@@ -6,7 +6,6 @@ dequantize, so we convert once into a cache folder and reload from there in seco
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import gguf
@@ -18,19 +17,21 @@ from transformers.models.gemma.tokenization_gemma import GemmaTokenizer
 
 GEMMA_ARCHITECTURES = {"gemma", "gemma2", "gemma3"}
 CONTROL_TOKEN_TYPE = 3  # gguf.TokenType.CONTROL
+_PARSED: dict[tuple, dict] = {}  # gguf_fields: a file's (device, inode, size, time) -> its fields
 
 
 def gguf_fields(path: Path) -> dict:
     """A GGUF file's metadata fields. Parsing them reads the whole vocabulary (12 s for Gemma's 262k
-    tokens on 2 cores), so each version of a file is parsed once a process: stage 6 reads its
-    metadata, then its tokenizer."""
+    tokens on 2 cores), so each version of a file is parsed once a process, known by its inode, size
+    and time: stage 6 reads its metadata in the staging folder, its tokenizer, and again once the
+    folder is swapped in."""
     stat = Path(path).stat()
-    return _parsed_fields(str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=4)
-def _parsed_fields(path: str, inode: int, size: int, mtime_ns: int) -> dict:
-    return gguf.GGUFReader(path).fields
+    version = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if version not in _PARSED:
+        if len(_PARSED) >= 4:  # each holds a memory map of its file
+            del _PARSED[next(iter(_PARSED))]
+        _PARSED[version] = gguf.GGUFReader(path).fields
+    return _PARSED[version]
 
 
 def _gemma_tokenizer(fields: dict) -> GemmaTokenizer:
