@@ -262,7 +262,7 @@ def test_a_killed_preference_run_resumes_its_trained_adapter(tiny_preference_run
 
 
 def test_stage0_makes_pairs_by_rewriting_and_by_sampling_the_sft_model_and_stage_1b_tunes_on_them(
-        trained_run, tmp_path, local_servers):
+        trained_run, tiny_trained_run, tmp_path, local_servers):
     # The real finetune: pairs-sample keeps answers that ended (random weights never end one), and
     # the judge scores them by their overlap with the expected output.
     run = copy_run(trained_run, tmp_path / "made")
@@ -320,12 +320,14 @@ def test_stage0_makes_pairs_by_rewriting_and_by_sampling_the_sft_model_and_stage
     redone = run_stage(*sample_args, "--overwrite", env=env)
     assert redone.returncode == 0 and json.loads(made.read_text()) == pairs
 
-    tune = run_script("part1b_preference_tuning.py", "--output-dir", str(run), "--data", str(made), "--max-steps", "1",
-                      "--batch-size", "2", "--val-fraction", "0")
+    # Stage 1b takes them with their provenance (plumbing: on the tiny run, whose split is the same)
+    tiny = copy_run(tiny_trained_run, tmp_path / "tiny")
+    tune = run_stage("part1b_preference_tuning.py", "--output-dir", str(tiny), "--data", str(made), "--max-steps", "1",
+                     "--batch-size", "2", "--val-fraction", "0")
     assert tune.returncode == 0, tune.stderr[-3000:]
-    summary = json.loads((run / "preference" / "training_summary.json").read_text())
+    summary = json.loads((tiny / "preference" / "training_summary.json").read_text())
     assert summary["pairs"]["by_source"] == {"file (sampled)": len(pairs)}
-    tuned = json.loads((run / "preference" / "pairs" / "train.json").read_text())
+    tuned = json.loads((tiny / "preference" / "pairs" / "train.json").read_text())
     assert all(p["source"]["made"]["kind"] == "sampled" and p["source"]["file"] == str(made) for p in tuned)
 
 

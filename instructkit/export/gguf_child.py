@@ -16,13 +16,17 @@ import sys
 def vocab_from(source: str, model_class: type) -> type:
     """`model_class` writing the tokenizer of the GGUF `source`: the special tokens, flags and chat
     template the model folder's tokenizer files give (as for any model), the rest from `source`."""
+    from pathlib import Path
+
     import gguf
+
+    from instructkit.models.gguf import gguf_fields  # its reader: the converter's gguf is the same 0.19 code
 
     class SourceVocab(model_class):
         model_arch = model_class.model_arch  # the converter wants it on every subclass
 
         def set_vocab(self) -> None:
-            fields = gguf.GGUFReader(source).fields
+            fields = gguf_fields(Path(source))
             writer = self.gguf_writer
             gguf.SpecialVocab(self.dir_model, n_vocab=len(fields["tokenizer.ggml.tokens"].data)).add_to_gguf(writer)
             for key, field in fields.items():

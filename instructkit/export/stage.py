@@ -329,10 +329,9 @@ def _answer_parity(folder: Path, merged: Path, ggufs: dict[Path, dict], style: P
     """Each artifact's answers against stage 2's, one model in memory at a time; each result is
     kept in the staging folder, so a rerun after a crash does not answer again."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from instructkit.generate.generator import TransformersGenerator
-    from instructkit.models.gguf import load_gguf_tokenizer
+    from instructkit.models.gguf import load_gguf_model, load_gguf_tokenizer, transformers_gguf_tokenizer
 
     dtype = torch.bfloat16 if sample.precision == "bf16" else torch.float32
     trained = sample.tokenizer  # the tokenizer training and stage 2 used
@@ -344,11 +343,11 @@ def _answer_parity(folder: Path, merged: Path, ggufs: dict[Path, dict], style: P
         return transformers_runtime(generator, style, max_new, sample.batches)
 
     def gguf_runtime(path: Path):
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+        model = load_gguf_model(path, dtype)
         # The tokenizer transformers builds from the GGUF; for the models whose tokenizer came from a
         # GGUF (the embedded ones), the reader training used (models/gguf.py)
         tokenizer = (load_gguf_tokenizer(path) if base.source in ("embedded", "gguf")
-                     else AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name))
+                     else transformers_gguf_tokenizer(path))
         return transformers_runtime(TransformersGenerator.loaded(model, tokenizer), style, max_new, sample.batches)
 
     planned: list[tuple[str, Callable]] = [("merged/ (transformers)", merged_runtime)]

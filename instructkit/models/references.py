@@ -129,7 +129,7 @@ def converted_gguf(gguf_path: Path, name: str) -> Path:
 
     target = converted_models_dir() / name
     return build_once(target, "config.json", lambda staging: convert_gguf_to_hf(gguf_path, staging),
-                      f"converting {gguf_path.name} to safetensors in {target} (once; about 2 minutes on 2 cores)")
+                      f"converting {gguf_path.name} to safetensors in {target} (once; about 30 s on 2 cores)")
 
 
 def hub_error(reference: str, exc: Exception) -> UserError:
