@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from http.server import ThreadingHTTPServer
 
 import pytest
@@ -44,6 +45,17 @@ class FaultyJudgeServer(ThreadingHTTPServer):
 
     def attempts_for(self, fault: str, retry: bool = False) -> list[list[float]]:
         return [times for key, times in self.attempts.items() if key.startswith(f"{fault}|{int(retry)}|")]
+
+
+@contextmanager
+def unhurried(judge: FaultyJudgeServer):
+    """The judge without its delay while the block runs: the delay is there to kill a run at a
+    chosen point, and a rerun or a reference run is raced by nothing."""
+    delay, judge.delay = judge.delay, 0.0
+    try:
+        yield
+    finally:
+        judge.delay = delay
 
 
 class FaultyJudgeHandler(JSONHandler):
@@ -231,6 +243,7 @@ def test_killed_judging_resumes_to_the_same_file_and_a_second_run_is_refused(ser
     assert not (tmp_path / "a" / "judge_scores.json").exists(), "killed too late to test resuming"
     finished_before_kill = progress.read_text().count("\n") - 1  # whole lines after the settings line
     requests_before = sum(len(t) for t in judge.attempts.values())
+    judge.delay = 0.0  # nothing is raced from here on
 
     rerun = run_stage("part4_local_evaluation.py", *stage4_args(responses, tmp_path / "a", judge.url, *args),
                       env=env_with_key())
@@ -271,8 +284,9 @@ def kill_case(steady_judge, tmp_path_factory):
     responses.write_text(json.dumps([{**r, "base_model_response": f"FAULT:{f}", "finetuned_model_response": f"FAULT:ok{100 - i}"}
                                      for i, (r, f) in enumerate(zip(records, faults))]))
     args = ["--pairwise", "--concurrency", "1"]
-    result = run_stage("part4_local_evaluation.py", *stage4_args(responses, folder / "whole", steady_judge.url, *args),
-                       env=env_with_key())
+    with unhurried(steady_judge):
+        result = run_stage("part4_local_evaluation.py", *stage4_args(responses, folder / "whole", steady_judge.url, *args),
+                           env=env_with_key())
     assert result.returncode == 0, result.stderr[-3000:]
     return responses, args, json.loads((folder / "whole" / "judge_scores.json").read_text())
 
@@ -303,8 +317,9 @@ def test_killed_overwrite_run_resumes_and_a_plain_rerun_keeps_both(steady_judge,
     assert "stage 4 judging already finished" in plain.stdout and "holds a partial --overwrite run" in plain.stdout
     assert progress.read_text().count("\n") - 1 == logged
 
-    rerun = run_stage("part4_local_evaluation.py", *stage4_args(responses, output, steady_judge.url, *args, "--overwrite"),
-                      env=env_with_key())
+    with unhurried(steady_judge):
+        rerun = run_stage("part4_local_evaluation.py", *stage4_args(responses, output, steady_judge.url, *args,
+                                                                     "--overwrite"), env=env_with_key())
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming from" in rerun.stdout
     assert json.loads((output / "judge_scores.meta.json").read_text())["items_judged_this_run"] == 48 - logged
@@ -342,7 +357,9 @@ def test_killed_at_any_point_the_rerun_equals_an_uninterrupted_run(steady_judge,
     assert not (output / "judge_scores.json").exists(), "killed too late"
     logged = progress.read_text().count("\n") - 1
 
-    rerun = run_stage("part4_local_evaluation.py", *stage4_args(responses, output, steady_judge.url, *args), env=env_with_key())
+    with unhurried(steady_judge):
+        rerun = run_stage("part4_local_evaluation.py", *stage4_args(responses, output, steady_judge.url, *args),
+                          env=env_with_key())
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert json.loads((output / "judge_scores.json").read_text()) == whole
     meta = json.loads((output / "judge_scores.meta.json").read_text())
