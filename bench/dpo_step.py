@@ -74,7 +74,7 @@ def one_trial(variant: str, steps: int, batch_size: int, seed: int) -> dict:
     if variant == "sft":
         config = TrainingConfig(max_steps=steps, batch_size=batch_size, eval_steps=steps, seed=seed)
         args = sft_arguments(config, workdir, len(pairs), has_val=False)
-        examples = [style.training_example(prompt_record(p)) for p in pairs]
+        examples = [style.training_example(prompt_record(p), tokenizer) for p in pairs]
         trainer = SFTTrainer(model=load_causal_lm(base), args=args, train_dataset=Dataset.from_list(examples),
                              processing_class=tokenizer, data_collator=padding_free_collator(tokenizer), peft_config=lora)
         use_compact_head(trainer)
@@ -82,7 +82,7 @@ def one_trial(variant: str, steps: int, batch_size: int, seed: int) -> dict:
         config = PreferenceConfig(max_steps=steps, batch_size=batch_size, eval_steps=steps, seed=seed)
         args = DPOConfig(**trainer_arguments(config, workdir, len(pairs), False, False, quantized=False),
                          beta=config.beta, precompute_ref_log_probs=variant == "dpo_precomputed")
-        examples = [dpo_example(style, p) for p in pairs]
+        examples = [dpo_example(style, p, tokenizer) for p in pairs]
         trainer = _trainer_class("dpo", variant != "dpo_trl_head")(model=load_causal_lm(base), args=args, processing_class=tokenizer,
                                                             train_dataset=Dataset.from_list(examples), peft_config=lora)
     setup_s = time.perf_counter() - setup

@@ -190,10 +190,16 @@ def print_config(config: object, title: str) -> None:
 
 def run_stage(main: Callable[[ConfigT], object], parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
     """Parse, run, and turn expected failures into a one-line message and a non-zero exit."""
+    from jinja2.exceptions import SecurityError
+
     try:
         main(parse_config(parser, argv))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SecurityError as exc:  # from any template a model or run folder brings (tokenizer_config.json, prompt_style.json)
+        print(f"error: a chat template tried what Jinja's sandbox forbids ({exc}); nothing of it ran. Use a model or "
+              "run folder whose template you trust, or --prompt-style chatml", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: finished work is on disk; rerun the same command to resume", file=sys.stderr)

@@ -24,7 +24,7 @@ from conftest import ROOT, copy_run, free_port, run_stage
 from instructkit.data.prompts import get_style
 from instructkit.errors import UserError
 from instructkit.export.config import ExportConfig, check
-from instructkit.export.leaderboard import TEST_BENCH, write_leaderboard_files
+from instructkit.export.leaderboard import TEST_BENCH, read_leaderboard_sources, write_leaderboard_files
 from instructkit.export.templates import (
     mismatch_error,
     model_text,
@@ -136,7 +136,7 @@ def test_alpaca_eval_and_fastchat_read_the_leaderboard_files(tmp_path):
     write_json_atomic(tmp_path / "test_base_model.json", [
         {**RECORDS[0], "base_model_response": "Six.", "finetuned_model_response": "Five."},
         {**RECORDS[1], "base_model_response": "Hola", "finetuned_model_response": None}])
-    written = write_leaderboard_files(tmp_path, tmp_path / "leaderboard", {"base": "run-base", "finetuned": "mine"})
+    written = write_leaderboard_files(read_leaderboard_sources(tmp_path), tmp_path / "leaderboard", {"base": "run-base", "finetuned": "mine"})
     assert written == {"run-base": {"alpaca_eval": 2, TEST_BENCH: 1}, "mine": {"alpaca_eval": 1, TEST_BENCH: 1}}
     outputs = load_or_convert_to_dataframe(str(tmp_path / "leaderboard" / "alpaca_eval" / "mine" / "model_outputs.json"))
     assert outputs[["instruction", "output", "generator"]].values.tolist() == [["Add 2 and 3.", "Five.", "mine"]]
@@ -162,7 +162,7 @@ def test_mt_bench_answers_become_a_fastchat_bench_of_the_models_that_answered(tm
     write_json_atomic(tmp_path / "mt_bench_responses.json", [  # stage 2 --questions --models finetuned
         {"question_id": 81, "category": "math", "turns": ["2+2?", "And 3+3?"], "reference": ["4", "6"],
          "base_model_response": [None, None], "finetuned_model_response": ["4", "6"]}])
-    written = write_leaderboard_files(tmp_path, tmp_path / "lb", {"base": "run-base", "finetuned": "mine"})
+    written = write_leaderboard_files(read_leaderboard_sources(tmp_path), tmp_path / "lb", {"base": "run-base", "finetuned": "mine"})
     assert written == {"mine": {"mt_bench": 1}}
     bench = tmp_path / "lb" / "fastchat" / "data" / "mt_bench"
     assert [q["turns"] for q in load_questions(str(bench / "question.jsonl"), None, None)] == [["2+2?", "And 3+3?"]]

@@ -20,11 +20,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from instructkit.cli import build_parser, parse_config
-from instructkit.data.questions import read_questions
+from instructkit.data.preferences import load_pairs
+from instructkit.data.prompts import load_style
+from instructkit.data.questions import read_mt_responses, read_questions
 from instructkit.data.records import load_records, validate_records
-from instructkit.data.responses import read_responses
+from instructkit.data.responses import COLUMN_NAME, read_responses
 from instructkit.errors import UserError
+from instructkit.evaluate.metrics import Metric, Scored, score
 from instructkit.judge.human import read_human_ratings
+from instructkit.judge.pairs import pairs_from_run
 from instructkit.runs.artifacts import read_json
 
 pytestmark = pytest.mark.fast
@@ -146,6 +150,86 @@ def test_responses_and_json_artifacts_are_read_or_refused_by_name(content):
 @given(content=file_bytes(RATINGS))
 def test_human_ratings_are_read_or_refused_by_name(content):
     read_bytes_as("human_ratings.json", content, read_human_ratings, checked=False)
+
+
+# --- what stages read from a run folder someone sent (issue 43) -----------------------------------
+
+ANSWERED = st.fixed_dictionaries({}, optional={
+    "question_id": st.one_of(st.integers(0, 3), VALUE), "category": st.one_of(st.just("math"), VALUE),
+    "turns": st.one_of(st.lists(TEXT, min_size=1, max_size=2), VALUE),
+    "finetuned_model_response": st.one_of(st.lists(st.one_of(st.none(), TEXT), max_size=2), VALUE),
+    "../x_model_response": st.lists(TEXT, max_size=1), "Bad_model_response": VALUE})
+
+
+@fuzz(60)
+@given(content=file_bytes(st.lists(st.one_of(ANSWERED, VALUE), max_size=3)))
+def test_mt_bench_answers_are_read_or_refused_by_name(content):
+    def read(path):  # what stage 6 turns into file names must be a column name
+        rows, models = read_mt_responses(path)
+        assert all(COLUMN_NAME.match(m) for m in models)
+        return rows
+
+    read_bytes_as("mt_bench_responses.json", content, read)
+
+
+PAIR = st.dictionaries(st.one_of(st.sampled_from(["instruction", "input", "prompt", "question", "system", "chosen",
+                                                  "rejected", "source"]), TEXT),
+                       st.one_of(TEXT, VALUE, st.lists(st.fixed_dictionaries(
+                           {"role": st.sampled_from(["user", "assistant", "x"]), "content": VALUE}), max_size=3)),
+                       max_size=6)
+
+
+@fuzz(60)
+@given(content=file_bytes(st.one_of(st.lists(st.one_of(PAIR, VALUE), max_size=4), VALUE)))
+def test_pair_files_are_read_or_refused_by_name(content):
+    read_bytes_as("pairs.json", content, lambda p: load_pairs(str(p), False))
+
+
+JUDGED = st.fixed_dictionaries({"index": st.one_of(st.integers(-1, 2), VALUE)}, optional={
+    "instruction": st.one_of(TEXT, VALUE), "input": st.one_of(TEXT, VALUE), "output": st.one_of(TEXT, VALUE),
+    "responses": st.one_of(st.fixed_dictionaries({"base": TEXT, "finetuned": TEXT}), VALUE),
+    "pairwise": st.one_of(st.fixed_dictionaries({"finetuned:base": st.one_of(st.fixed_dictionaries(
+        {"outcome": st.sampled_from(["win", "loss", "tie"]), "consistent": st.booleans()}), VALUE)}), VALUE)})
+
+
+@fuzz(60)
+@given(content=file_bytes(st.one_of(st.fixed_dictionaries({"judge": VALUE, "records": st.lists(
+    st.one_of(JUDGED, VALUE), max_size=3)}), VALUE)))
+def test_judge_rows_for_from_run_are_read_or_refused_by_name(content):
+    def read(path):
+        try:
+            pairs, _ = pairs_from_run(path.parent, 20)
+        except UserError as exc:  # no pairs in the folder names the folder, a bad row names the file
+            assert str(path.parent) in str(exc), str(exc)
+            return []
+        assert all(isinstance(p["instruction"], str) and p["instruction"].strip() for p in pairs)
+        return pairs
+
+    read_bytes_as("judge_scores.json", content, read)
+
+
+STYLE = st.fixed_dictionaries({}, optional={
+    "prompt_style": st.one_of(st.sampled_from(["alpaca", "chatml", "chat", "x"]), VALUE),
+    "chat_template": st.one_of(st.just("{{ messages }}"), TEXT, VALUE), "end_of_turn": st.one_of(TEXT, VALUE)})
+
+
+@fuzz(40)
+@given(content=file_bytes(st.one_of(STYLE, VALUE)))
+def test_prompt_style_files_are_read_or_refused_by_name(content):
+    read_bytes_as("prompt_style.json", content, lambda p: dataclasses.asdict(load_style(p.parent)))
+
+
+@fuzz(80)
+@given(value=st.one_of(VALUE, st.integers(-10**500, 10**500), st.builds(Scored, VALUE, VALUE),
+                       st.dictionaries(TEXT, st.one_of(VALUE, st.builds(Scored, VALUE, VALUE)), max_size=3)))
+def test_plugin_return_values_are_scored_or_refused_naming_the_record(value):
+    metric = Metric("mine", "mine", lambda response, record: value, time_limit=1.0)
+    try:
+        found = score(metric, "an answer", {"instruction": "q", "input": "", "output": "a"}, "record 7")
+    except UserError as exc:
+        assert "record 7" in str(exc) and "metric mine" in str(exc), str(exc)
+    else:
+        json.dumps({n: [s.value, s.reason] for n, s in found.items()}, ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 # --- settings: flags and YAML configs through each stage's parser and check -----------------------

@@ -33,7 +33,7 @@ def test_only_the_answer_and_its_end_token_carry_labels(tiny_llama, tmp_path, st
                             prompt_style=style_name)
     trainer = SFTTrainer(model=load_causal_lm(base), args=sft_arguments(config, tmp_path / "checkpoints", len(records), False),
                          data_collator=padding_free_collator(tokenizer),
-                         train_dataset=Dataset.from_list(training_examples(style, records, tokenizer)),
+                         train_dataset=Dataset.from_list(training_examples(style, records, tokenizer, config.max_length)),
                          processing_class=tokenizer, peft_config=LoraConfig(r=4, target_modules="all-linear",
                                                                             task_type="CAUSAL_LM"))
     batch = next(iter(trainer.get_train_dataloader()))

@@ -254,6 +254,8 @@ def test_a_killed_preference_run_resumes_its_trained_adapter(tiny_preference_run
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((target / "preference" / "training_summary.json").read_text())
     assert summary["resumed"] and summary["steps"] == 4 and [e["step"] for e in summary["val_curve"]] == [0, 2, 4]
+    # its time is of the 2 steps it trained, not of all 4
+    assert summary["steps_this_run"] == 2 and abs(2 * summary["seconds_per_step"] - summary["train_s"]) <= 0.1
     # The training went on from step 2's adapter, not from the SFT weights (the policy would then be
     # the reference again, and its DPO loss ln 2 exactly)
     assert summary["train_curve"][2]["step"] == 3 and abs(summary["train_curve"][2]["loss"] - math.log(2)) > 1e-4

@@ -64,7 +64,7 @@ def test_labels_mask_prompt_and_padding_but_not_eos(base_model, base_tokenizer, 
     trainer = SFTTrainer(
         model=load_causal_lm(base_model),
         args=SFTConfig(output_dir="/tmp/unused", use_cpu=True, bf16=False, report_to="none", completion_only_loss=True),
-        train_dataset=Dataset.from_list([style.training_example(r) for r in records]),
+        train_dataset=Dataset.from_list([style.training_example(r, base_tokenizer) for r in records]),
         processing_class=base_tokenizer,
         peft_config=LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"),
     )

@@ -34,8 +34,9 @@ def trained_prompt_ids(style: PromptStyle, record: Record, tokenizer) -> list[in
         return example["input_ids"][:start]
     from trl.data_utils import common_prefix_length  # the rule TRL's prompt-completion path applies
 
-    prompt = style.prompt(record)
-    prompt_ids, full = tokenizer(prompt)["input_ids"], tokenizer(prompt + record["output"])["input_ids"]
+    example = style.training_example(record, tokenizer)  # as stage 1 gave it to TRL
+    prompt_ids = tokenizer(example["prompt"])["input_ids"]
+    full = tokenizer(example["prompt"] + example["completion"])["input_ids"]
     return full[:common_prefix_length(prompt_ids, full)]
 
 

@@ -85,19 +85,21 @@ def _pair(item: dict, where: str) -> tuple[Pair, list[str]]:
     chosen, rejected = item["chosen"], item["rejected"]
     if isinstance(chosen, list) or isinstance(rejected, list):
         pair, problems = _conversational(item, where)
+        if problems:  # said of the turns: not again of the fields as text
+            return {}, problems
     elif item.get("question") is not None:  # Orca-DPO
         history = [{"role": "system", "content": item["system"]}] if item.get("system") else []
         pair, problems = {"instruction": item["question"], "input": "", "history": history}, []
-        problems += _text_problems(item, where, ("question", "system"), optional=("system",))
+        problems += text_problems(item, where, ("question", "system"), optional=("system",))
     elif item.get("instruction") is not None:  # LLMs-from-scratch (its `output` is the original answer)
         pair = {"instruction": item["instruction"], "input": item.get("input") or ""}
-        problems = _text_problems(item, where, ("instruction", "input"), optional=("input",))
+        problems = text_problems(item, where, ("instruction", "input"), optional=("input",))
     elif item.get("prompt") is not None:  # TRL's standard form
-        pair, problems = {"instruction": item["prompt"], "input": ""}, _text_problems(item, where, ("prompt",))
+        pair, problems = {"instruction": item["prompt"], "input": ""}, text_problems(item, where, ("prompt",))
     else:
         return {}, [f"{where}: no prompt: expected one of {'; '.join(FORMS)}"]
     if "chosen" not in pair:
-        problems += _text_problems(item, where, ("chosen", "rejected"))
+        problems += text_problems(item, where, ("chosen", "rejected"))
         pair |= {"chosen": chosen, "rejected": rejected}
     if not problems and pair["chosen"].strip() == pair["rejected"].strip():
         problems.append(f"{where}: fields 'chosen' and 'rejected'{SAME_ANSWER}")
@@ -106,7 +108,8 @@ def _pair(item: dict, where: str) -> tuple[Pair, list[str]]:
     return pair, problems
 
 
-def _text_problems(item: dict, where: str, fields: tuple[str, ...], optional: tuple[str, ...] = ()) -> list[str]:
+def text_problems(item: dict, where: str, fields: tuple[str, ...], optional: tuple[str, ...] = ()) -> list[str]:
+    """One line per field of `item` that is not non-empty text (an `optional` one may be absent or empty)."""
     problems = []
     for field in fields:
         value = item.get(field)

@@ -15,6 +15,7 @@ from typing import Any
 from instructkit.data.conversations import Message, earlier_turns
 from instructkit.data.records import Record
 from instructkit.errors import UserError
+from instructkit.models.tokens import plain_messages, plain_text
 from instructkit.runs.artifacts import read_json, write_json_atomic
 
 STYLE_FILE = "prompt_style.json"
@@ -32,6 +33,21 @@ CHATML = ("{{ BOS }}{% for message in messages %}{{ 'START' + message['role'] + 
           "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] + 'END' }}{% endgeneration %}"
           "{{ '\\n' }}{% else %}{{ message['content'] + 'END\\n' }}{% endif %}{% endfor %}"
           "{% if add_generation_prompt %}{{ 'STARTassistant\\n' }}{% endif %}")
+
+
+# Text fields of a record, a pair or a rated answer: what a user or a model wrote, never markup
+TEXT_FIELDS = ("instruction", "input", "output", "chosen", "rejected", "completion")
+
+
+def as_text(item: dict, tokenizer) -> dict:
+    """`item` (a record, a pair, a rated answer) with its text fields and turns as plain text for
+    `tokenizer` (models/tokens.py: a control token's name in them is not that token)."""
+    plain = {key: plain_text(value, tokenizer) if key in TEXT_FIELDS and isinstance(value, str) else value
+             for key, value in item.items()}
+    for key in ("messages", "history"):
+        if isinstance(item.get(key), list):
+            plain[key] = plain_messages(item[key], tokenizer)
+    return plain
 
 
 @dataclass(frozen=True)
@@ -90,23 +106,27 @@ class PromptStyle:
         """The whole conversation of a record, its answer last (chat styles)."""
         return self.prompt(record) + [{"role": "assistant", "content": record["output"]}]
 
-    def training_example(self, record: Record) -> dict[str, Any]:
-        """A TRL prompt-completion example for the text styles; TRL adds EOS and masks the prompt out
-        of the loss. (The chat styles train on `token_example`, every answer of the conversation.)"""
+    def training_example(self, record: Record, tokenizer=None) -> dict[str, Any]:
+        """A TRL prompt-completion example for the text styles, its text as plain text for the
+        `tokenizer` it trains with (`as_text`; None: as written); TRL adds EOS and masks the prompt
+        out of the loss. (The chat styles train on `token_example`, every answer of the conversation.)"""
+        record = as_text(record, tokenizer) if tokenizer is not None else record
         return {"prompt": self.prompt(record), "completion": record["output"]}
 
     def render_turn(self, history: list[Message], record: Record, tokenizer) -> str:
         """The prompt for `record` as the next user turn after `history` (and the record's own
         earlier turns), as text ready to tokenize with `encode`."""
-        prompt = self.prompt(record, history)
+        prompt = self.prompt(as_text(record, tokenizer), plain_messages(list(history), tokenizer))
         return prompt if isinstance(prompt, str) else self.apply(prompt, tokenizer, add_generation_prompt=True)
 
     def render(self, record: Record, tokenizer) -> str:
         return self.render_turn([], record, tokenizer)
 
     def apply(self, messages: list[Message], tokenizer, add_generation_prompt: bool) -> str:
-        """Messages through the saved template (the tokenizer's own for a style saved without one)."""
-        return tokenizer.apply_chat_template(messages, chat_template=self.template.jinja if self.template else None,
+        """Messages through the saved template (the tokenizer's own for a style saved without one),
+        their content as plain text."""
+        return tokenizer.apply_chat_template(plain_messages(messages, tokenizer),
+                                             chat_template=self.template.jinja if self.template else None,
                                              tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def encode(self, text: str, tokenizer) -> list[int]:
@@ -114,21 +134,25 @@ class PromptStyle:
         tokenizer's, as TRL gave them in training."""
         return tokenizer(text, add_special_tokens=not self.is_chat)["input_ids"]
 
-    def token_example(self, record: Record, tokenizer) -> dict[str, list[int]]:
+    def token_example(self, record: Record, tokenizer, max_tokens: int | None = None) -> dict[str, list[int]]:
         """A tokenized conversation for TRL with `completion_mask` on every assistant turn (its text
-        and the template's end-of-turn token), the system and user turns masked out.
+        and the template's end-of-turn token), the system and user turns masked out; the turns
+        that start past `max_tokens` (which training truncates away) are not looked at, so a
+        conversation of thousands of turns costs what its first `max_tokens` do.
 
         Each answer's span is where the conversation up to it, rendered with the generation prompt,
         ends, to where the conversation including it ends; a template that renders earlier turns
         differently once later ones follow (some drop reasoning from old turns) cannot be trained
         turn by turn, and is refused."""
-        messages = self.conversation(record)
+        messages = self.conversation(as_text(record, tokenizer))
         ids = self.encode(self.apply(messages, tokenizer, add_generation_prompt=False), tokenizer)
         mask = [0] * len(ids)
         for turn, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
             start = self.encode(self.apply(messages[:turn], tokenizer, add_generation_prompt=True), tokenizer)
+            if max_tokens is not None and len(start) >= max_tokens:
+                break
             end = self.encode(self.apply(messages[:turn + 1], tokenizer, add_generation_prompt=False), tokenizer)
             if ids[:len(start)] != start or ids[:len(end)] != end:
                 raise UserError(f"the {self.name} template renders turn {turn} of a conversation differently once "

@@ -7,8 +7,15 @@ A metric is a function of (response, record) that returns
 - None: not scored (counted, never averaged in),
 - or `Scored(value, reason)`: a number, or None, with why (the error of a query that failed).
 `record` holds the test record's `instruction`, `input`, `output` (the expected answer) and, where
-it has them, `category`, `db_id` and `messages` (RECORD_FIELDS). A function that raises stops the
-stage with the record and the function named; nothing is written.
+it has them, `category`, `db_id` and `messages` (RECORD_FIELDS). A function that raises (or calls
+sys.exit) stops the stage with the record and the function named; nothing is written.
+
+Answers are untrusted (a stage 2 file, a served model): the built-in metrics read at most
+MAX_ANSWER_CHARS of an answer (a longer one scores 0 with the reason), and any failure of a built-in
+metric on one answer is that answer's 0 with the reason. A user's function may take `time_limit`
+seconds per call (stage 4's --metric-time-limit; enforced by SIGALRM in the main thread, so a call
+stuck inside C code ends when it returns to Python); past it the answer scores 0 under the
+function's name, with the reason. It runs in stage 4's process, with no limit on its memory.
 """
 
 from __future__ import annotations
@@ -18,14 +25,17 @@ import importlib.util
 import math
 import numbers
 import re
+import signal
 import string
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from instructkit.errors import UserError
+from instructkit.errors import UserError, not_unicode
 from instructkit.runs.fingerprints import sha256_file
 
 
@@ -38,6 +48,9 @@ class Scored:
 RECORD_FIELDS = ("instruction", "input", "output", "category", "db_id", "messages")  # what a metric is given
 VERSION = 1  # of the built-in metrics' rules: a change here recomputes their stored values
 RESERVED = ("corpus",)  # a key of each model's summary beside its metrics
+MAX_ANSWER_CHARS = 100_000  # what a built-in metric reads of one answer (ROUGE-L: 0.5 s and 0.1 GB at most)
+MAX_REASON_CHARS = 500
+TIME_LIMIT = 60.0  # seconds a user's function may take on one answer (--metric-time-limit)
 
 
 @dataclass
@@ -49,6 +62,7 @@ class Metric:
     pass_fail: bool | None = None  # every value 0 or 100 (McNemar's test); None: decided by the values
     inputs: Callable[[list[dict]], dict] = lambda records: {}  # fingerprints of what the records point to
     close: Callable[[], None] = lambda: None
+    time_limit: float | None = None  # seconds per call: a user's function; None: a built-in one
 
 
 def _versions(*packages: str) -> dict:
@@ -174,7 +188,7 @@ BUILT_IN: dict[str, Callable[[Path], Metric]] = {
 _LOADED: dict[tuple, Metric] = {}
 
 
-def _user_metric(spec: str) -> Metric:
+def _user_metric(spec: str, time_limit: float) -> Metric:
     """`path/to/file.py:function`, loaded once per process (again when the file changed)."""
     file, _, name = spec.rpartition(":")
     path = Path(file).expanduser()
@@ -183,7 +197,9 @@ def _user_metric(spec: str) -> Metric:
     key = (str(path.resolve()), name, sha256_file(path))
     if key not in _LOADED:
         _LOADED[key] = _load_user_metric(spec, path, name, key[2])
-    return _LOADED[key]
+    loaded = _LOADED[key]
+    return Metric(loaded.name, loaded.label, loaded.function, {**loaded.fingerprint, "time_limit_s": time_limit},
+                  time_limit=time_limit)
 
 
 def _load_user_metric(spec: str, path: Path, name: str, digest: str) -> Metric:
@@ -193,7 +209,7 @@ def _load_user_metric(spec: str, path: Path, name: str, digest: str) -> Metric:
     try:
         sys.modules[module_name] = module
         module_spec.loader.exec_module(module)
-    except Exception as exc:  # the user's file: whatever it raises is theirs to see
+    except (Exception, SystemExit) as exc:  # the user's file: whatever it raises is theirs to see
         raise UserError(f"--metric {spec}: loading {path} raised {type(exc).__name__}: {exc}") from exc
     function = getattr(module, name, None)
     if not callable(function):
@@ -203,14 +219,15 @@ def _load_user_metric(spec: str, path: Path, name: str, digest: str) -> Metric:
     return Metric(name, name, function, {"file_sha256": digest, "function": name})  # by content, wherever it lies
 
 
-def resolve_metrics(specs: list[str], databases: Path) -> list[Metric]:
-    """The metrics to compute: those asked for, in order, then the text metrics not among them."""
+def resolve_metrics(specs: list[str], databases: Path, time_limit: float = TIME_LIMIT) -> list[Metric]:
+    """The metrics to compute: those asked for, in order, then the text metrics not among them;
+    `time_limit`: seconds a user's function may take per call."""
     metrics = []
     for spec in specs:
         if spec in BUILT_IN:
             metrics.append(BUILT_IN[spec](databases))
         elif ":" in spec and spec.rpartition(":")[0].endswith(".py"):
-            metrics.append(_user_metric(spec))
+            metrics.append(_user_metric(spec, time_limit))
         else:
             raise UserError(f"--metric {spec}: not a built-in metric ({', '.join(BUILT_IN)}) nor a "
                             "path/to/file.py:function")
@@ -221,14 +238,50 @@ def resolve_metrics(specs: list[str], databases: Path) -> list[Metric]:
     return metrics + [BUILT_IN[name](databases) for name in TEXT_METRICS if name not in names]
 
 
+class _TimeUp(BaseException):  # not an Exception: a user's `except Exception` cannot swallow it
+    pass
+
+
+@contextmanager
+def _time_limited(seconds: float | None) -> Iterator[None]:
+    """Raise _TimeUp in the block after `seconds` (SIGALRM: the main thread only; elsewhere, no limit)."""
+    if seconds is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def up(signum, frame):
+        raise _TimeUp
+
+    previous = signal.signal(signal.SIGALRM, up)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def score(metric: Metric, response: str, record: dict, where: str) -> dict[str, Scored]:
     """The metric's values for one response, by result name (`name`, or `name.key` for a dict), each
     checked to be a number on 0-100 or None; anything else, or an exception, names `where`."""
+    built_in = metric.time_limit is None
+    if built_in and len(response) > MAX_ANSWER_CHARS:
+        return {metric.name: Scored(0.0, f"the answer is longer than {MAX_ANSWER_CHARS:,} characters: not read")}
     try:
-        value = metric.function(response, {k: record[k] for k in RECORD_FIELDS if k in record})
+        with _time_limited(metric.time_limit):
+            value = metric.function(response, {k: record[k] for k in RECORD_FIELDS if k in record})
+    except _TimeUp:
+        return {metric.name: Scored(0.0, f"the function ran past the time limit of {metric.time_limit:g} s "
+                                         "(--metric-time-limit)")}
     except UserError as exc:
         raise UserError(f"metric {metric.name} on {where}: {exc}") from exc
-    except Exception as exc:  # a user's function: the record and the function are what they need
+    except SystemExit as exc:
+        raise UserError(f"metric {metric.name} called sys.exit({exc.code!r}) on {where}: a metric returns its "
+                        "value") from exc
+    except Exception as exc:
+        if built_in:  # model-written text broke a parser: this answer's 0, never the stage
+            return {metric.name: Scored(0.0, _clip(f"the metric failed on this answer: {type(exc).__name__}: {exc}"))}
+        # a user's function: the record and the function are what they need
         raise UserError(f"metric {metric.name} raised {type(exc).__name__}: {exc} (on {where})") from exc
     if value is None:  # not scored
         return {}
@@ -237,12 +290,27 @@ def score(metric: Metric, response: str, record: dict, where: str) -> dict[str, 
     return {metric.name: checked(metric, value, where)}
 
 
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS - 1] + "…"
+
+
 def checked(metric: Metric, value: Any, where: str, key: str | None = None) -> Scored:
-    """`value` as a Scored number on 0-100 (or None), or an error naming `where`."""
+    """`value` as a Scored number on 0-100 (or None) with a reason in text (or None), or an error
+    naming `where`."""
     scored = value if isinstance(value, Scored) else Scored(value)
-    number = scored.value
-    if number is not None and (isinstance(number, bool) or not isinstance(number, numbers.Real)
-                               or not math.isfinite(number) or not 0 <= number <= 100):
-        raise UserError(f"metric {metric.name}{'.' + key if key else ''} returned {number!r} on {where}: a metric's "
-                        "value is a number on 0-100, or None for a response it cannot score")
-    return Scored(None if number is None else float(number), scored.reason)
+    number, name = scored.value, f"metric {metric.name}{'.' + key if key else ''}"
+    try:
+        finite = number is None or (not isinstance(number, bool) and isinstance(number, numbers.Real)
+                                    and math.isfinite(number) and 0 <= number <= 100)
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if not finite:
+        shown = repr(number) if not isinstance(number, int) or abs(number) < 10**20 else "an integer beyond 1e20"
+        raise UserError(f"{name} returned {shown} on {where}: a metric's value is a number on 0-100, or None for a "
+                        "response it cannot score")
+    if scored.reason is not None and not isinstance(scored.reason, str):
+        raise UserError(f"{name} returned a reason of type {type(scored.reason).__name__} on {where}: "
+                        "Scored's reason is text")
+    if scored.reason is not None and (why := not_unicode(scored.reason)):
+        raise UserError(f"{name} returned a reason that {why} on {where}")
+    return Scored(None if number is None else float(number), None if scored.reason is None else _clip(scored.reason))

@@ -6,8 +6,9 @@ Model-written SQL is untrusted. Each database is opened read-only (SQLite URI `m
 query_only`), under an authorizer that allows reading and nothing else (no ATTACH, writes, DDL,
 pragmas, transactions, virtual tables or extension loading), one statement per query, with limits:
 5 seconds (a progress handler, and a timer that interrupts an operation the handler never sees),
-values of at most 10 MB (SQLite's length limit), 100,000 rows and 50 MB of result, and SQLite's
-heap and temporary storage held in memory under 256 MB (a limit for the whole process, set once).
+values of at most 10 MB (SQLite's length limit), 100,000 rows and 50 MB of result (counted as the
+rows arrive), and SQLite's heap and temporary storage held in memory under 256 MB (a limit for the
+whole process, set once).
 A query that breaks a rule scores 0 with the reason kept.
 
 Results are compared as Spider's execution accuracy does: as multisets of rows (duplicates count,
@@ -89,14 +90,14 @@ class Database:
             if cursor.description is None:
                 return Outcome(None, "not a query: it returns no result")
             rows, size = [], 0
-            while chunk := cursor.fetchmany(1000):
-                rows += chunk
-                size += sum(_size(value) for row in chunk for value in row)
+            for row in cursor:  # the limits row by row: a few rows of large values must not pile up first
+                rows.append(tuple(row))
+                size += sum(_size(value) for value in row)
                 if len(rows) > ROW_LIMIT:
                     return Outcome(None, f"returned more than {ROW_LIMIT} rows")
                 if size > BYTE_LIMIT:
                     return Outcome(None, f"returned more than {BYTE_LIMIT // 1_000_000} MB")
-            return Outcome([tuple(row) for row in rows])
+            return Outcome(rows)
         except (sqlite3.Error, ValueError, OverflowError, MemoryError) as exc:  # refused, malformed, too big
             if time.monotonic() > deadline:
                 return Outcome(None, f"ran past the time limit of {time_limit:g} s")
@@ -176,7 +177,7 @@ def ordered(query: str) -> bool:
 
     try:
         tree = sqlglot.parse_one(query, read="sqlite")
-    except sqlglot.errors.SqlglotError:  # cannot tokenize or parse it
+    except (sqlglot.errors.SqlglotError, RecursionError):  # cannot tokenize or parse it; nested too deep
         return False
     return tree.args.get("order") is not None
 
@@ -231,12 +232,17 @@ def clauses(query: str) -> dict | None:
     resolved (dropped where one table is read once). Values are compared too (Spider's exact set
     match leaves them out). None when sqlglot cannot parse it."""
     import sqlglot
-    from sqlglot import exp
 
     try:
-        tree = sqlglot.parse_one(query, read="sqlite")
-    except sqlglot.errors.SqlglotError:  # cannot tokenize or parse it
+        return _clauses(sqlglot.parse_one(query, read="sqlite"))
+    # cannot tokenize or parse it (some parse errors come while resolving aliases); nested too deep
+    except (sqlglot.errors.SqlglotError, RecursionError):
         return None
+
+
+def _clauses(tree) -> dict:
+    from sqlglot import exp
+
     tree = tree.transform(lambda n: exp.to_identifier(n.name.lower()) if isinstance(n, exp.Identifier) else n)
     references = list(tree.find_all(exp.Table))
     counts = Counter(t.name for t in references)

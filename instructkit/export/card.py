@@ -3,6 +3,8 @@ was made from, how to prompt it, and what stages 3 and 4 measured, with their in
 
 from __future__ import annotations
 
+import html
+import re
 from pathlib import Path
 
 import yaml
@@ -58,6 +60,22 @@ def _metric_rows(result: dict, model: str) -> list[dict]:
             for name in result.get("metrics", []) if name in summary]
 
 
+_MARKDOWN = re.compile(r"([\\`*\[\]#|!~])")  # not _: names hold it, and GitHub never reads it inside a word
+
+
+def _md(value) -> str:
+    """Text from a run's artifacts (a task's or a metric's name, a note) as literal Markdown on one
+    line: a `|` cannot split a table cell, a `<img>` or `# heading` is shown, never rendered."""
+    return _MARKDOWN.sub(r"\\\1", html.escape(" ".join(str(value).split()), quote=False))
+
+
+def _code(value) -> str:
+    """Text as an inline code span, fenced by more backticks than it holds."""
+    text = " ".join(str(value).split())
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}" if text.startswith("`") or text.endswith("`") else f"{fence}{text}{fence}"
+
+
 def model_card(*, name: str, base: ResolvedModel, training: dict, preference: dict | None, license_id: str,
                style_name: str, files: dict[str, str], parity: dict | None, results: list[dict], notes: list[str]) -> str:
     """The README.md text: YAML metadata (base model, datasets, license, model-index) and the body."""
@@ -80,21 +98,22 @@ def model_card(*, name: str, base: ResolvedModel, training: dict, preference: di
             for r in scored]}]
     lines = ["---", yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
              f"# {name}", "",
-             f"A finetune of `{base_model}` made with instructkit: LoRA{' on a 4-bit base (QLoRA, merged into the unquantized weights)' if 'qlora' in metadata['tags'] else ''} "
-             f"on `{training.get('data') or 'the embedded default records'}`"
-             + (f", then preference-tuned ({preference.get('settings', {}).get('method', 'dpo')}) on `{preference.get('data')}`" if preference else "")
+             f"A finetune of {_code(base_model)} made with instructkit: LoRA{' on a 4-bit base (QLoRA, merged into the unquantized weights)' if 'qlora' in metadata['tags'] else ''} "
+             f"on {_code(training.get('data') or 'the embedded default records')}"
+             + (f", then preference-tuned ({_md(preference.get('settings', {}).get('method', 'dpo'))}) on "
+                f"{_code(preference.get('data'))}" if preference else "")
              + f". Prompt format: `{style_name}` (the chat template in `merged/` and in each GGUF file renders it).", "",
              "## Files", "", "| file | what it is for |", "|---|---|"]
     lines += [f"| `{file}` | {use} |" for file, use in files.items()]
     lines += ["", "## Evaluation", ""]
     if scored:
         lines += ["| source | task | metric | value | 95% interval | n |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['source']} | {r['task']} | {r['metric']} | {fmt(r['value'], '.4f')} | "
+        lines += [f"| {r['source']} | {_md(r['task'])} | {_md(r['metric'])} | {fmt(r['value'], '.4f')} | "
                   f"{fmt_interval({'ci95': r['interval']}, '.4f', missing='n/a')} | {r['n'] if r['n'] is not None else 'n/a'} |"
                   for r in scored]
     else:
         lines.append("No current results of stages 3 and 4 for this model (run them before exporting).")
-    lines += [f"- {note}" for note in notes]
+    lines += [f"- {_md(note)}" for note in notes]
     if parity:
         lines += ["", "## Does the shipped model answer as the trained one?", "",
                   f"Greedy answers to {parity['records']} test records, compared with stage 2's (`parity.json`):", "",

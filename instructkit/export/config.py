@@ -42,7 +42,7 @@ def shipped_adapter(config: ExportConfig) -> Path:
 
 def export_name(config: ExportConfig) -> str:
     """--name, or `<run folder>-<model>` with what a file or Ollama name cannot hold replaced."""
-    return config.name or safe_name(f"{Path(config.output_dir).resolve().name}-{config.model}")
+    return config.name or safe_name(f"{Path(config.output_dir).resolve().name}-{config.model}").lstrip("-_.")
 
 
 def safe_name(text: str) -> str:
@@ -64,8 +64,11 @@ def check(config: ExportConfig) -> None:
     if config.serve and (importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("sse_starlette") is None):
         problems.append("--serve needs llama-cpp-python with its server: `make llama-cpp` builds it (about 6 minutes "
                         "on 2 cores), or pip install -r requirements-llama.txt")
-    if config.name and NAME_UNSAFE.search(config.name):
-        problems.append(f"--name {config.name!r}: letters, digits, '-', '_' and '.' only (it names files and the Ollama model)")
+    if config.name and (NAME_UNSAFE.search(config.name) or not config.name[0].isalnum()):
+        problems.append(f"--name {config.name!r}: letters, digits, '-', '_' and '.', starting with a letter or digit "
+                        "(it names files and the Ollama model)")
+    if '"""' in config.system_prompt:
+        problems.append('--system-prompt holds """, which the Modelfile cannot quote')
     if problems:
         raise problems_error(problems)
     adapter = shipped_adapter(config)

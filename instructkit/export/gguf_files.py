@@ -4,13 +4,13 @@ themselves (read with the pinned `gguf`)."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from instructkit.errors import UserError
 from instructkit.models.references import EMBEDDED_GGUF, ResolvedModel
+from instructkit.runs.children import die_with_parent
 
 CONVERTER_ENV = "INSTRUCTKIT_GGUF_CONVERTER"
 
@@ -43,20 +43,12 @@ def convert(merged: Path, target: Path, gguf_type: str, source: Path | None, nam
     path = [str(converter_dir()), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     partial.unlink(missing_ok=True)  # a converter orphaned by a killed run writes on into the unlinked file
-    done = subprocess.run(command, env=env, capture_output=True, text=True, preexec_fn=_die_with_parent)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, preexec_fn=die_with_parent)  # not left writing on
     if done.returncode != 0 or not partial.is_file():
         partial.unlink(missing_ok=True)
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         raise UserError(f"llama.cpp's converter failed on {merged} ({gguf_type}):\n{tail}")
     os.replace(partial, target)
-
-
-def _die_with_parent() -> None:
-    """The converter ends when stage 6 is killed (Linux: PR_SET_PDEATHSIG), instead of writing on."""
-    if sys.platform == "linux":
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 def gguf_metadata(path: Path) -> dict:

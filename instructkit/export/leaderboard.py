@@ -7,27 +7,42 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from instructkit.data.prompts import get_style
-from instructkit.data.questions import MT_RESPONSES_FILE
-from instructkit.data.responses import RESPONSES_FILE, SUFFIX, read_responses, response_columns, response_field
-from instructkit.runs.artifacts import read_json, write_json_atomic, write_text_atomic
+from instructkit.data.questions import MT_RESPONSES_FILE, read_mt_responses
+from instructkit.data.responses import RESPONSES_FILE, read_responses, response_field
+from instructkit.runs.artifacts import write_json_atomic, write_text_atomic
 
 TEST_BENCH = "instructkit_test"  # FastChat's bench name for this run's test split
 MT_BENCH = "mt_bench"
 REFERENCE_MODEL = "gpt-4"  # the name FastChat's judges look reference answers up under
 
 
-def write_leaderboard_files(output_dir: Path, target: Path, generator: dict[str, str]) -> dict:
+@dataclass
+class LeaderboardSources:
+    """Stage 2's answers in a run folder, read and checked (they may come from someone else's run:
+    a column's name becomes a file name); None: the file is not there."""
+    test: tuple[list[dict], list[str]] | None
+    mt_bench: tuple[list[dict], list[str]] | None
+
+
+def read_leaderboard_sources(output_dir: Path) -> LeaderboardSources:
+    """Read before any costly step, so that a bad file stops stage 6 at once."""
+    responses, mt = output_dir / RESPONSES_FILE, output_dir / MT_RESPONSES_FILE
+    return LeaderboardSources(read_responses(responses) if responses.is_file() else None,
+                              read_mt_responses(mt) if mt.is_file() else None)
+
+
+def write_leaderboard_files(sources: LeaderboardSources, target: Path, generator: dict[str, str]) -> dict:
     """Every model's answers in stage 2's files (`generator`: a model's name there -> its name in
     the tools) under `target`; what was written. FastChat asks every model to have answered every
     question, so its benches hold the questions all models answered (a null answer: a prompt too
     long for stage 2); AlpacaEval's files hold each model's answered ones."""
     written: dict = {}
-    responses = output_dir / RESPONSES_FILE
-    if responses.is_file():
-        records, models = read_responses(responses)
+    if sources.test:
+        records, models = sources.test
         chat = get_style("chat")
         questions = [{"question_id": i + 1, "category": r.get("category") or "instruction", "turns": [chat.user_text(r)]}
                      for i, r in enumerate(records)]
@@ -44,12 +59,8 @@ def write_leaderboard_files(output_dir: Path, target: Path, generator: dict[str,
                         [[r["output"]] for _, r in everywhere])
         for model in models:
             written[generator.get(model, model)][TEST_BENCH] = len(everywhere)
-    mt = output_dir / MT_RESPONSES_FILE
-    if mt.is_file():
-        rows = read_json(mt)
-        # a model stage 2 did not run has a column of nulls
-        models = [m for m in response_columns(key for row in rows for key in row if key.endswith(SUFFIX))
-                  if any(any(a is not None for a in row.get(response_field(m)) or []) for row in rows)]
+    if sources.mt_bench:
+        rows, models = sources.mt_bench
         complete = [row for row in rows if all(isinstance(row.get(response_field(m)), list)
                                                and None not in row[response_field(m)] for m in models)]
         _fastchat_bench(target / "fastchat" / "data" / MT_BENCH,

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from instructkit.data.parity import stop_ids
 from instructkit.data.prompts import PromptStyle
+from instructkit.errors import UserError
 from instructkit.export.templates import runtime_template
 from instructkit.models.loading import load_causal_lm, load_tokenizer
 from instructkit.models.references import ResolvedModel
@@ -29,6 +32,9 @@ def save_merged(base: ResolvedModel, adapter: Path, style: PromptStyle, target: 
     tokenizer.eos_token = end
     tokenizer.chat_template = runtime_template(style, tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
+    try:
+        model.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+    except (OSError, SafetensorError) as exc:  # a full disk: safetensors says so in its own error
+        raise UserError(f"cannot write {target}: {exc}") from exc
     style.save(target)

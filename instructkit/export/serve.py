@@ -11,6 +11,7 @@ from pathlib import Path
 from instructkit.errors import UserError
 from instructkit.export.config import MANIFEST_FILE
 from instructkit.runs.artifacts import read_json
+from instructkit.runs.children import die_with_parent
 
 CONTEXT = 4096
 
@@ -60,7 +61,7 @@ def serve(folder: Path, port: int) -> None:
           f"  python part2_generate_test_responses.py --output-dir {folder.parent} --compare shipped=openai:{name} "
           f"--compare-base-url http://127.0.0.1:{port}/v1")
     try:
-        subprocess.run(command, check=False)
+        subprocess.run(command, check=False, preexec_fn=die_with_parent)  # not left serving
     except KeyboardInterrupt:
         print("server stopped")
 

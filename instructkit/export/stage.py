@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from instructkit.data.parity import check_parity, stop_ids
-from instructkit.data.prompts import PromptStyle, adds_bos, load_style
+from instructkit.data.prompts import PromptStyle, adds_bos, as_text, load_style
 from instructkit.data.records import Record
 from instructkit.data.responses import RESPONSES_FILE, read_responses
 from instructkit.errors import UserError
@@ -39,7 +39,7 @@ from instructkit.export.config import (
     shipped_adapter,
 )
 from instructkit.export.gguf_files import convert, gguf_metadata, vocab_source
-from instructkit.export.leaderboard import write_leaderboard_files
+from instructkit.export.leaderboard import LeaderboardSources, read_leaderboard_sources, write_leaderboard_files
 from instructkit.export.merge import save_merged
 from instructkit.export.templates import (
     mismatch_error,
@@ -74,7 +74,7 @@ class Stage2Sample:
     max_new_tokens: int
     precision: str
     quantized: bool  # stage 2 answered on the 4-bit base (QLoRA); the merge is unquantized
-    fingerprint: dict
+    fingerprint: dict  # its inputs entries: the answers, and how stage 2 made them
     tokenizer: object  # the base's, as training and stage 2 used it
 
 
@@ -84,19 +84,23 @@ def export(config: ExportConfig) -> Path:
     adapter = shipped_adapter(config)
     base = resolve_model(base_reference("", adapter))
     style = load_style(adapter)
+    if gguf_types(config) and style.template and '"""' in style.template.jinja:  # refused before the merge
+        raise UserError(f'{adapter}: the run\'s chat template holds """, which the Modelfile cannot quote; '
+                        "export with --gguf-type none")
     name = export_name(config)
     sample = _stage2_sample(output_dir, config, adapter, base, style)
+    answers = read_leaderboard_sources(output_dir)
     made_from = {"settings": {"model": config.model, "gguf_types": gguf_types(config), "name": name,
                               "parity_records": config.parity_records, "export_version": EXPORT_VERSION},
                  "inputs": {"adapter": path_input(adapter), "base_model": model_input(base),
-                            **({"stage2_answers": sample.fingerprint} if sample else {})}}
+                            **(sample.fingerprint if sample else {})}}
     target, staging = output_dir / EXPORT_DIR, output_dir / STAGING_DIR
     with output_lock(output_dir, "export"):
         if (staging / EXPORT_DIR / MANIFEST_FILE).is_file():
             print(f"note: completing the swap-in of the export finished in {staging}")
             swap_in(output_dir, staging, (EXPORT_DIR,))
         _open_staging(staging, target, made_from, config)
-        _export(config, staging / EXPORT_DIR, adapter, base, style, name, sample, made_from)
+        _export(config, staging / EXPORT_DIR, adapter, base, style, name, sample, made_from, answers)
         swap_in(output_dir, staging, (EXPORT_DIR,))
     _rebuild_report(output_dir)
     print(f"\n== stage 6 done: {target}")
@@ -133,7 +137,7 @@ def _open_staging(staging: Path, target: Path, made_from: dict, config: ExportCo
 
 
 def _export(config: ExportConfig, folder: Path, adapter: Path, base: ResolvedModel, style: PromptStyle, name: str,
-            sample: Stage2Sample | None, made_from: dict) -> None:
+            sample: Stage2Sample | None, made_from: dict, answers: LeaderboardSources) -> None:
     from transformers import AutoTokenizer, GenerationConfig
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -149,7 +153,8 @@ def _export(config: ExportConfig, folder: Path, adapter: Path, base: ResolvedMod
     check_parity(trained_prompts(adapter), {"stage 6 (the merged model's tokenizer)":
                                             lambda r: style.encode(style.render(r, tokenizer), tokenizer)},
                  stop_ids(GenerationConfig.from_pretrained(merged), style, tokenizer), tokenizer)
-    checks = sample.records if sample else _test_records(Path(config.output_dir))
+    # as text for every runtime (rendering them again changes nothing): models/tokens.py
+    checks = [as_text(r, tokenizer) for r in (sample.records if sample else _test_records(Path(config.output_dir)))]
 
     def chat_render(template: str | None = None) -> Callable[[list, bool], str]:
         return lambda messages, generation: tokenizer.apply_chat_template(
@@ -196,7 +201,7 @@ def _export(config: ExportConfig, folder: Path, adapter: Path, base: ResolvedMod
             kept.unlink()
         files[PARITY_FILE] = "the shipped files' answers against stage 2's (identical share, first differing token)"
     leaderboard = _write_cheap_files(config, folder, name, style, tokenizer, ollama_template, ggufs, files, parity,
-                                     base, adapter)
+                                     base, adapter, answers)
     write_json_atomic(folder / MANIFEST_FILE, manifest(
         stage="part6_export", **made_from, name=name, prompt_style=style.name,
         card={"license": config.license, "system_prompt": config.system_prompt},
@@ -207,7 +212,7 @@ def _export(config: ExportConfig, folder: Path, adapter: Path, base: ResolvedMod
 
 def _write_cheap_files(config: ExportConfig, folder: Path, name: str, style: PromptStyle, tokenizer, ollama_template: str,
                        ggufs: dict[Path, dict], files: dict[str, str], parity: dict | None, base: ResolvedModel,
-                       adapter: Path) -> dict:
+                       adapter: Path, answers: LeaderboardSources) -> dict:
     """The Modelfile, the leaderboard files and the model card, written on every run; what the
     leaderboard files hold."""
     output_dir = Path(config.output_dir)
@@ -219,7 +224,7 @@ def _write_cheap_files(config: ExportConfig, folder: Path, name: str, style: Pro
     shutil.rmtree(folder / "leaderboard", ignore_errors=True)
     generators = {model: f"{output_dir.resolve().name}-{model}" for model in ("base", "finetuned", "preference")}
     generators[config.model] = name
-    written = write_leaderboard_files(output_dir, folder / "leaderboard", generators)
+    written = write_leaderboard_files(answers, folder / "leaderboard", generators)
     if written:
         files["leaderboard/"] = "AlpacaEval's model_outputs.json and FastChat's question, answer and reference files"
     files["README.md"] = "this card"
@@ -269,15 +274,21 @@ def _stage2_sample(output_dir: Path, config: ExportConfig, adapter: Path, base: 
     lengths = [len(ids) for ids in tokenizer([style.render(r, tokenizer) for r in pool])["input_ids"]]
     batches = [[pool[i] for i in batch] for batch in length_sorted_batches(lengths, settings.get("batch_size", 32))
                if min(batch) < count]
-    digest = hashlib.sha256(json.dumps([records, answers, batches], sort_keys=True).encode()).hexdigest()
+    def digest(value) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
     quantized = bool(settings.get("base_quantization"))
     if quantized:
         print(f"note: {QUANTIZED_NOTE}")
     return Stage2Sample(records, answers, batches, settings.get("max_new_tokens", 128), meta.get("precision", "fp32"),
                         quantized,
-                        {"reference": f"{RESPONSES_FILE}: the {config.model} answers to {len(records)} records",
-                         "answers_sha256": digest, "batches": [len(b) for b in batches],
-                         "max_new_tokens": settings.get("max_new_tokens", 128), "precision": meta.get("precision", "fp32")},
+                        # apart, so that a rerun says which changed: the answers, or how stage 2 made them
+                        {"stage2_answers": {"reference": f"{RESPONSES_FILE}: the {config.model} answers to "
+                                                         f"{len(records)} records", "answers_sha256": digest([records, answers])},
+                         "stage2_decoding": {"reference": f"{RESPONSES_FILE}: stage 2's batches, longest answer and "
+                                                          "precision", "batches_sha256": digest(batches),
+                                             "max_new_tokens": settings.get("max_new_tokens", 128),
+                                             "precision": meta.get("precision", "fp32")}},
                         tokenizer)
 
 

@@ -9,6 +9,7 @@ from instructkit.config import SEED, APIClient, LocalModel, Reruns, setting_prob
 from instructkit.data import packaged
 from instructkit.data.responses import RESPONSES_FILE, read_responses, responses_path
 from instructkit.errors import problems_error
+from instructkit.evaluate.metrics import TIME_LIMIT as METRIC_TIME_LIMIT
 from instructkit.evaluate.metrics import resolve_metrics
 from instructkit.models.references import EMBEDDED_JUDGE, backend_kind
 
@@ -27,6 +28,7 @@ class JudgeConfig(Reruns, LocalModel, APIClient):
     input: str = field(default="", metadata={"help": f"stage 2's responses to score (default: <output-dir>/{RESPONSES_FILE})"})
     judge: str = field(default=f"hf:{EMBEDDED_JUDGE}", metadata={"help": f"hf:<model> (transformers), litgpt:<model> or openai:<model>; {NO_JUDGE}: the task metrics only"})
     metric: list[str] = field(default_factory=list, metadata={"help": "a task metric to compute, and lead with, beside exact match, ROUGE-L, chrF and BLEU (repeatable): sql-execution (the predicted and the gold query run on the record's database, results compared), sql-exact-set-match (their clauses compared, sqlglot), or path/to/file.py:function, your function of (response, record) returning a number on 0-100 or a dict of them (docs/domain-metrics.md)"})
+    metric_time_limit: float = field(default=METRIC_TIME_LIMIT, metadata={"help": "seconds a --metric path/to/file.py:function may take on one answer; past it the answer scores 0 with the reason", "exclusive_minimum": 0})
     sql_databases: str = field(default=SQL_DATABASES, metadata={"help": "where sql-execution finds a record's database (its db_id): <db_id>.sqlite, <db_id>.db, Spider's <db_id>/<db_id>.sqlite, or a <db_id>.sql script (default: the shipped text-to-SQL data's)"})
     judge_base_url: str = field(default="", metadata={"help": "an OpenAI-compatible server for openai: judges (vLLM, Ollama, litgpt serve); the key comes from OPENAI_API_KEY"})
     scoring: str = field(default="auto", metadata={"help": "generate: parse the judge's reply; probability: expected score from its token probabilities (hf: judges; always a number, no retries); auto: probability for hf: judges, generate for the others (bench/judge_scoring.py)", "choices": ["auto", "generate", "probability"]})
@@ -63,7 +65,7 @@ def check_settings(config: JudgeConfig) -> None:
                         "ratings or MT-Bench questions")
     if problems:
         raise problems_error(problems)
-    resolve_metrics(config.metric, Path(config.sql_databases))  # a bad spec or metric file, before torch loads
+    resolve_metrics(config.metric, Path(config.sql_databases), config.metric_time_limit)  # a bad spec or metric file, before torch loads
 
 
 def check(config: JudgeConfig) -> None:

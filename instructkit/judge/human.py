@@ -140,7 +140,7 @@ def _chat_rating_problems(entry, where: str) -> list[str]:
     entry.setdefault("history_turns", 0)  # saved before the app counted earlier turns
     entry.setdefault("input", "")
     checks = {
-        "message": (lambda v: isinstance(v, str), "text"),
+        "message": (lambda v: isinstance(v, str) and bool(v.strip()), "the message as typed (non-empty text)"),
         "input": (lambda v: isinstance(v, str), "text"),
         "record_index": (lambda v: v is None or (type(v) is int and v >= 0), "null or a record index (0 or more)"),
         "history_turns": (lambda v: type(v) is int and v >= 0, "a count of earlier exchanges (0 or more)"),

@@ -10,9 +10,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from instructkit.data.questions import MT_RESPONSES_FILE, uses_reference
-from instructkit.data.responses import response_columns, response_field
-from instructkit.errors import UserError, problems_error
+from instructkit.data.questions import MT_RESPONSES_FILE, read_mt_responses, uses_reference
+from instructkit.data.responses import response_field
+from instructkit.errors import UserError
 from instructkit.evaluate.stats import describe, fmt
 from instructkit.judge.config import MT_SCORES_FILE, REFERENCE, JudgeConfig
 from instructkit.judge.judges import load_judge
@@ -44,26 +44,6 @@ from instructkit.runs.reuse import open_work
 API_JUDGE_MIN_TOKENS = 512
 
 
-def read_answers(path: Path) -> tuple[list[dict], list[str]]:
-    """Stage 2's answered conversations, and the models that answered them."""
-    rows = read_json(path)
-    if not isinstance(rows, list) or not rows:
-        raise UserError(f"{path}: expected the JSON list stage 2 --questions writes")
-    models = [m for m in response_columns(rows[0]) if response_field(m) in rows[0]]
-    problems = []
-    for index, row in enumerate(rows):
-        for model in models:
-            answers = row.get(response_field(model))
-            if answers is not None and (not isinstance(answers, list) or len(answers) != len(row.get("turns", []))):
-                problems.append(f"{path}: question {index}: field '{response_field(model)}' must list one answer per turn")
-    if problems:
-        raise problems_error(problems)
-    models = [m for m in models if any(row.get(response_field(m)) for row in rows)]
-    if not models:
-        raise UserError(f"{path}: no question has answers to grade (run stage 2 with --questions)")
-    return rows, models
-
-
 def answers_of(row: dict, model: str) -> list[str | None]:
     return row.get(response_field(model)) or [None] * len(row["turns"])
 
@@ -75,7 +55,9 @@ def judge_mt_bench(config: JudgeConfig) -> Path:
     if not source.is_file():
         raise UserError(f"{source} not found: run stage 2 with --questions FILE.jsonl first (--rubric mt-bench "
                         "grades multi-turn answers)")
-    rows, models = read_answers(source)
+    rows, models = read_mt_responses(source)
+    if not models:
+        raise UserError(f"{source}: no question has answers to grade (run stage 2 with --questions)")
     pairs = parse_pairs(config.pairwise, models)
     if any(REFERENCE in pair for pair in pairs):
         raise UserError(f"--rubric mt-bench compares models; '{REFERENCE}' (a test record's expected answer) is not a "

@@ -11,9 +11,9 @@ from itertools import combinations
 from pathlib import Path
 
 from instructkit.app.config import PLACEHOLDERS
-from instructkit.data.preferences import Pair
+from instructkit.data.preferences import Pair, text_problems
 from instructkit.data.responses import RESPONSES_FILE, read_responses
-from instructkit.errors import UserError
+from instructkit.errors import UserError, problems_error
 from instructkit.judge.config import HUMAN_FILE, REFERENCE, SCORES_FILE
 from instructkit.judge.human import read_human_ratings
 from instructkit.runs.artifacts import read_json
@@ -58,7 +58,7 @@ def _rated_records(path: Path, saved: dict, records: list[dict] | None) -> list[
 
 def _prompt(record: dict, records: list[dict] | None, index: int) -> dict:
     """A test record's prompt, with its earlier turns from stage 2's responses file when it has them."""
-    prompt = {"instruction": record["instruction"], "input": record["input"]}
+    prompt = {"instruction": record["instruction"], "input": record.get("input") or ""}
     if records and index < len(records) and records[index]["instruction"] == record["instruction"]:
         history = records[index].get("messages", [])[:-2]
         if history:
@@ -89,13 +89,17 @@ def _judged(path: Path, records: list[dict] | None, skipped: Counter) -> list[Pa
     if not isinstance(rows, list):
         raise UserError(f"{path}: expected stage 4's judge scores (an object with 'records')")
     judge = (scores.get("judge") or {}).get("model") if isinstance(scores.get("judge"), dict) else None
-    pairs = []
-    for row in rows:
+    pairs, problems = [], []
+    for number, row in enumerate(rows):
         if not isinstance(row, dict) or not isinstance(row.get("pairwise"), dict):
+            continue
+        # the prompt a pair trains on, checked as a pair file's is (a run folder may come from anyone)
+        if found := text_problems(row, f"{path}: record {number}", ("instruction", "input"), optional=("input",)):
+            problems += found
             continue
         for name, verdict in row["pairwise"].items():
             # a file from before pairs were named (one flat verdict) has no pair to read
-            if ":" not in name or not isinstance(verdict, dict) or not isinstance(row.get("index"), int):
+            if ":" not in name or not isinstance(verdict, dict) or type(row.get("index")) is not int or row["index"] < 0:
                 skipped["pairwise verdicts were in an older form"] += 1
                 continue
             if verdict.get("outcome") not in ("win", "loss") or verdict.get("consistent") is not True:
@@ -107,6 +111,8 @@ def _judged(path: Path, records: list[dict] | None, skipped: Counter) -> list[Pa
             source = {"file": str(path), "kind": "judge pairwise", "record": row["index"], "judge": judge,
                       "chosen_model": winner, "rejected_model": loser}
             pairs += _pair(_prompt(row, records, row["index"]), answers[winner], answers[loser], source, skipped)
+    if problems:
+        raise problems_error(problems)
     return pairs
 
 

@@ -142,7 +142,7 @@ def write_task_metrics(config: JudgeConfig, records: list[dict], models: list[st
     per model (seconds of work for the text metrics, so it always runs before the judge); a rerun
     computes only the values whose metric, record or response changed."""
     final_path = Path(config.output_dir) / TASK_METRICS_FILE
-    metrics = resolve_metrics(config.metric, Path(config.sql_databases))
+    metrics = resolve_metrics(config.metric, Path(config.sql_databases), config.metric_time_limit)
     for metric in metrics:  # with what the records point to (the databases they run on)
         metric.fingerprint |= metric.inputs(records)
     inputs = inputs | {f"metric {m.name}": m.fingerprint for m in metrics}

@@ -14,6 +14,7 @@ import torch
 from instructkit.errors import UserError
 from instructkit.models.loading import load_causal_lm, load_tokenizer
 from instructkit.models.references import resolve_model
+from instructkit.models.tokens import plain_messages
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -79,7 +80,8 @@ class HFBackend:
         return {"kind": "hf", "model": self.resolved.reference, "path": self.resolved.path, "source": self.resolved.source}
 
     def chat_text(self, conversation: Conversation, prefill: str = "") -> str:
-        return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True) + prefill
+        return self.tokenizer.apply_chat_template(plain_messages(conversation, self.tokenizer), tokenize=False,
+                                                  add_generation_prompt=True) + prefill
 
     def user_header(self) -> str:
         return user_header(self.tokenizer, self.resolved.reference)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -90,7 +91,28 @@ def _environment() -> Environment:
 _ENV = _environment()
 
 
-def _image(path: Path, alt: str) -> dict:
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_IMAGE_BYTES = 8 << 20  # our plots are 20-100 kB
+
+
+def _plot_problem(path: Path, run: Path) -> str:
+    """Why a plot of the run folder is not embedded in a page meant to be shared ("" if it is): a
+    folder someone sent may link `loss.png`, or a folder above it, to any file of the reader's."""
+    if path.is_symlink():
+        return "a link"
+    if not path.resolve().is_relative_to(run.resolve()):
+        return "outside the run folder (a linked folder)"
+    if not path.is_file():
+        return "not a regular file"
+    if path.stat().st_size > MAX_IMAGE_BYTES:
+        return f"larger than {MAX_IMAGE_BYTES >> 20} MB"
+    with open(path, "rb") as file:
+        return "" if file.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE else "not a PNG image"
+
+
+def _image(path: Path, alt: str, run: Path) -> dict:
+    if problem := _plot_problem(path, run):
+        return {"alt": alt, "data": "", "refused": f"{path.relative_to(run)} is {problem}"}
     return {"alt": alt, "data": base64.b64encode(path.read_bytes()).decode()}
 
 
@@ -153,7 +175,7 @@ def _training_section(output_dir: Path) -> dict:
             ("device", summary.get("device"))]
     loss_png = output_dir / "finetuned" / "loss.png"
     return {"template": "training.html.j2", "stale": _stale(summary, path, "stage 1"), "rows": rows,
-            "loss_image": _image(loss_png, "training and validation loss") if loss_png.is_file() else None}
+            "loss_image": _image(loss_png, "training and validation loss", output_dir) if os.path.lexists(loss_png) else None}
 
 
 def _preference_section(output_dir: Path) -> dict:
@@ -175,7 +197,8 @@ def _preference_section(output_dir: Path) -> dict:
     image = output_dir / PREFERENCE_DIR / "preference.png"
     return {"template": "preference.html.j2", "not_run": False, "stale": _stale(summary, path, "stage 1b"), "rows": rows,
             "test_prompts": pairs["n_test_prompts"] if pairs.get("test_prompts_kept") else 0,
-            "image": _image(image, "loss and held-out reward margin (and DPO's preference accuracy)") if image.is_file() else None}
+            "image": (_image(image, "loss and held-out reward margin (and DPO's preference accuracy)", output_dir)
+                      if os.path.lexists(image) else None)}
 
 
 def _benchmark_section(output_dir: Path) -> dict:
@@ -287,7 +310,7 @@ def _category_section(output_dir: Path, scores: dict | None) -> dict:
              "judge": [describe(values(m, by_category[c], True), 0)["mean"] for m in models] if judged else []}
             for c in order]
     chart = (_image(plot_category_changes({c: changes[c] for c in order}, output_dir / "category_changes.png", label),
-                    f"finetuned minus base {label} per category") if changes else None)
+                    f"finetuned minus base {label} per category", output_dir) if changes else None)
     return {"template": "categories.html.j2", "models": models, "paired": bool(changes), "judged": bool(judged),
             "rows": rows, "chart": chart, "lead": label}
 
@@ -321,7 +344,7 @@ def _judge_section(scores: dict | None, path: Path, output_dir: Path) -> dict:
             "differences": [(after, before, summary[step]) for step, (before, after) in STEPS.items() if step in summary],
             "pairwise": _pairwise_table(pairwise) if pairwise else None,
             "agreement": scores.get("agreement"),
-            "histogram": _image(histogram, "judge score histogram per model") if histogram else None}
+            "histogram": _image(histogram, "judge score histogram per model", output_dir) if histogram else None}
 
 
 def _pairwise_table(pairwise: dict, prefix: str = "") -> dict:
@@ -353,7 +376,7 @@ def _mt_bench_section(output_dir: Path) -> dict:
             "judge": result["judge"], "summary": summary,
             "turns": sorted({t for s in summary.values() for t in s["turns"]}, key=int),
             "categories": sorted({c for s in summary.values() for c in s["categories"]}),
-            "chart": _image(chart, "MT-Bench ratings per category"),
+            "chart": _image(chart, "MT-Bench ratings per category", output_dir),
             "pairwise": _pairwise_table(result["pairwise"], "mt-") if result.get("pairwise") else None}
 
 

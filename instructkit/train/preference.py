@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from transformers import ProgressCallback, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from instructkit.data.parity import check_parity, stop_ids, trained_prompt_ids
 from instructkit.data.preferences import (
@@ -31,7 +32,7 @@ from instructkit.data.preferences import (
     source_kind,
     split_pairs,
 )
-from instructkit.data.prompts import PromptStyle, load_style
+from instructkit.data.prompts import PromptStyle, as_text, load_style
 from instructkit.data.records import split_file, validate_records
 from instructkit.errors import UserError
 from instructkit.judge.pairs import labels_from_run, pairs_from_run
@@ -76,6 +77,11 @@ def run_settings(config: PreferenceConfig, quantization: dict | None) -> dict:
     """What the adapter depends on besides its inputs; a QLoRA SFT adapter's 4-bit base is part of
     it (and read from here by the stages that load the result, as from stage 1's summary)."""
     settings = {k: v for k, v in asdict(config).items() if k not in NOT_RUN_SETTINGS}
+    # the ratings' thresholds choose pairs only from run folders (and labels only for KTO): with a
+    # pair file alone they change nothing, and must not retrain
+    unused = ((("rating_margin",) if not config.from_run else ())
+              + (("good_rating", "bad_rating") if not config.from_run or config.method != "kto" else ()))
+    settings = {k: v for k, v in settings.items() if k not in unused}
     if quantization:
         settings["quantization"] = quantization
     return settings | precision_setting(resolve_precision(config.precision, "training"))
@@ -123,16 +129,19 @@ def gather_pairs(config: PreferenceConfig, output_dir: Path) -> tuple[list[Pair]
 def pair_inputs(config: PreferenceConfig, sft_dir: Path, output_dir: Path) -> dict:
     """What the result is made from: the pair files or run folders' judgements, the SFT adapter, and
     the test split (it decides which pairs are left out)."""
-    inputs = {f"pairs {source}": reference_input(source) for source in pair_sources(config)}
-    for folder in config.from_run:
-        inputs |= {f"judgements {Path(folder) / name}": path_input(Path(folder) / name)
+    # keyed by place, not path: the same bytes named another way (./x.json, another clone) are the same input
+    inputs = {f"pair file {n}": reference_input(source) for n, source in enumerate(pair_sources(config), start=1)}
+    for n, folder in enumerate(config.from_run, start=1):
+        inputs |= {f"run folder {n}'s {name}": path_input(Path(folder) / name)
                    for name in ("judge_scores.json", "human_ratings.json", "test_base_model.json")
                    if (Path(folder) / name).is_file()}
     return inputs | {"sft_adapter": path_input(sft_dir), "test_split": path_input(split_file(output_dir, "test"))}
 
 
-def kto_examples(style: PromptStyle, item: Pair) -> list[dict]:
-    """TRL's unpaired examples: a pair's answers labelled good and bad, or one rated answer."""
+def kto_examples(style: PromptStyle, item: Pair, tokenizer) -> list[dict]:
+    """TRL's unpaired examples: a pair's answers labelled good and bad, or one rated answer (their
+    text as plain text for `tokenizer`)."""
+    item = as_text(item, tokenizer)
     record = prompt_record(item)
     answers = [(item["chosen"], True), (item["rejected"], False)] if "chosen" in item else [(item["completion"], item["label"])]
     if style.is_chat:
@@ -141,9 +150,11 @@ def kto_examples(style: PromptStyle, item: Pair) -> list[dict]:
     return [{"prompt": style.prompt(record), "completion": answer, "label": good} for answer, good in answers]
 
 
-def dpo_example(style: PromptStyle, pair: Pair) -> dict:
+def dpo_example(style: PromptStyle, pair: Pair, tokenizer) -> dict:
     """A TRL preference example asked as stage 1 trained: the rendered prompt text and the answers
-    for the text styles (TRL adds EOS); turns for the chat styles, rendered by the saved template."""
+    for the text styles (TRL adds EOS); turns for the chat styles, rendered by the saved template;
+    their text as plain text for `tokenizer`."""
+    pair = as_text(pair, tokenizer)
     record = prompt_record(pair)
     if style.is_chat:
         return {"prompt": style.prompt(record), "chosen": [{"role": "assistant", "content": pair["chosen"]}],
@@ -159,9 +170,23 @@ def _unique(rows: list[dict]) -> list[dict]:
 def _trl_prompt_ids(style: PromptStyle, tokenizer):
     """How TRL's DPOTrainer and KTOTrainer tokenize a prompt (for the template parity check)."""
     if style.is_chat:
-        return lambda record: tokenizer.apply_chat_template(style.prompt(record), add_generation_prompt=True,
+        return lambda record: tokenizer.apply_chat_template(style.prompt(as_text(record, tokenizer)), add_generation_prompt=True,
                                                             tokenize=True, return_dict=True)["input_ids"]
     return lambda record: trained_prompt_ids(style, record, tokenizer)
+
+
+def _check_lengths(max_length: int, pairs: list[Pair], style: PromptStyle, tokenizer) -> None:
+    """TRL leaves out an example whose prompt fills --max-length (no token of its answer is left to
+    learn); when that is every one, refused before the model loads."""
+    prompt_ids = _trl_prompt_ids(style, tokenizer)
+    lengths = [len(prompt_ids(prompt_record(item))) for item in pairs]
+    full = sum(length >= max_length for length in lengths)
+    if lengths and full == len(lengths):
+        raise UserError(f"--max-length {max_length}: every prompt is that long or longer (the shortest has "
+                        f"{min(lengths)} tokens), so no answer is left to learn; raise --max-length")
+    if full:
+        print(f"note: {full} of {len(lengths)} pairs have a prompt of --max-length {max_length} tokens or more: "
+              "TRL leaves them out")
 
 
 def _trainer_class(method: str, compact_head: bool):
@@ -227,6 +252,7 @@ def _train(config: PreferenceConfig, sft_dir: Path, train_pairs: list[Pair], val
     tokenizer = load_tokenizer(base, config.trust_remote_code)
     if style.template:  # TRL renders the chat styles' turns with it
         tokenizer.chat_template = style.template.jinja
+    _check_lengths(config.max_length, train_pairs + val_pairs, style, tokenizer)
     precision = resolve_precision(config.precision, "training")
     quantization = record["settings"].get("quantization")
     model = load_causal_lm(base, quantization=quantization, trust_remote_code=config.trust_remote_code,
@@ -242,14 +268,14 @@ def _train(config: PreferenceConfig, sft_dir: Path, train_pairs: list[Pair], val
     resuming = check_resumable(checkpoints, record, config.restart)
     has_val = bool(val_pairs)
     if config.method == "kto":
-        train_rows, val_rows = (_unique([e for item in items for e in kto_examples(style, item)])
+        train_rows, val_rows = (_unique([e for item in items for e in kto_examples(style, item, tokenizer)])
                                 for items in (train_pairs, val_pairs))
         # KTO reads its data in order and estimates its KL term from the next answer in the batch:
         # shuffled (seeded), or a pair's rejected answer would be estimated from its own chosen one
         random.Random(config.seed).shuffle(train_rows)
     else:
-        train_rows = [dpo_example(style, p) for p in train_pairs]
-        val_rows = [dpo_example(style, p) for p in val_pairs]
+        train_rows = [dpo_example(style, p, tokenizer) for p in train_pairs]
+        val_rows = [dpo_example(style, p, tokenizer) for p in val_pairs]
     method_config = getattr(trl, TRAINERS[config.method][1])
     args = method_config(**trainer_arguments(config, checkpoints, len(train_rows), has_val, resuming,
                                              quantized=bool(quantization)),
@@ -266,6 +292,8 @@ def _train(config: PreferenceConfig, sft_dir: Path, train_pairs: list[Pair], val
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgressCallback({"loss": "loss", "rewards/margins": "margin",
                                                 "eval_loss": "eval_loss", "eval_rewards/accuracies": "eval_accuracy"}))
+    # a resumed run trains from its last checkpoint on: its time is of the steps after it
+    first_step = int(Path(get_last_checkpoint(str(checkpoints))).name.split("-")[-1]) if resuming else 0
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if resuming else None)
     train_s = time.perf_counter() - started
@@ -312,7 +340,8 @@ def _train(config: PreferenceConfig, sft_dir: Path, train_pairs: list[Pair], val
         val_after=val_curve[-1] if val_curve else None,
         setup_s=round(setup_s, 1),
         train_s=round(train_s, 1),
-        seconds_per_step=round(train_s / steps, 3) if steps else None,
+        steps_this_run=steps - first_step,
+        seconds_per_step=round(train_s / (steps - first_step), 3) if steps > first_step else None,
         peak_memory=peak_memory_mb(),
         device="cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         **precision.describe(),

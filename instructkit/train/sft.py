@@ -61,12 +61,12 @@ def _count_truncated(examples: list[dict], tokenizer, max_length: int) -> int:
     return count
 
 
-def training_examples(style: PromptStyle, records: list, tokenizer) -> list[dict]:
+def training_examples(style: PromptStyle, records: list, tokenizer, max_length: int) -> list[dict]:
     """TRL examples: prompt-completion text for the text styles; for the chat styles the tokenized
-    conversation with every answer in the loss (`PromptStyle.token_example`)."""
+    conversation with every answer in the loss (`PromptStyle.token_example`), up to `max_length`."""
     if style.is_chat:
-        return [style.token_example(record, tokenizer) for record in records]
-    return [style.training_example(record) for record in records]
+        return [style.token_example(record, tokenizer, max_length) for record in records]
+    return [style.training_example(record, tokenizer) for record in records]
 
 
 class ThroughputCallback(TrainerCallback):
@@ -193,8 +193,8 @@ def _train(config: TrainingConfig, style: PromptStyle, split: Split, base: Resol
     style = style.bind(tokenizer)
     if style.template:  # the adapter's saved tokenizer carries it too, for runtimes that read it from there
         tokenizer.chat_template = style.template.jinja
-    train_examples = training_examples(style, split.train, tokenizer)
-    val_examples = training_examples(style, split.val, tokenizer)
+    train_examples = training_examples(style, split.train, tokenizer, config.max_length)
+    val_examples = training_examples(style, split.val, tokenizer, config.max_length)
     n_truncated = _count_truncated(train_examples, tokenizer, config.max_length)
     if n_truncated and is_main_process():
         print(f"warning: {n_truncated} of {len(train_examples)} training records exceed --max-length "
