@@ -56,9 +56,10 @@ def one_trial(variant: str, steps: int, batch_size: int, lr: float, seed: int) -
     torch.manual_seed(seed)
     split = split_records(load_records(DEFAULT_DATA), 0.05, 0.10, seed=123)
     style = get_style("alpaca")
-    train = Dataset.from_list([style.training_example(r) for r in split.train])
-    val = Dataset.from_list([style.training_example(r) for r in split.val])
     base = resolve_model(EMBEDDED_BASE)
+    tokenizer = load_tokenizer(base)
+    train = Dataset.from_list([style.training_example(r, tokenizer) for r in split.train])
+    val = Dataset.from_list([style.training_example(r, tokenizer) for r in split.val])
     workdir = Path(tempfile.mkdtemp())
     if variant == "plain_trl":  # TRL's defaults, with only what every run must share set
         args = SFTConfig(output_dir=str(workdir), max_steps=steps, per_device_train_batch_size=batch_size,
@@ -72,7 +73,6 @@ def one_trial(variant: str, steps: int, batch_size: int, lr: float, seed: int) -
         args.save_strategy = "no"
         if variant == "ours_grouped":
             args.train_sampling_strategy = "group_by_length"
-    tokenizer = load_tokenizer(base)
     trainer = SFTTrainer(
         model=load_causal_lm(base), args=args, train_dataset=train, processing_class=tokenizer,
         data_collator=padding_free_collator(tokenizer) if variant == "ours" else None,

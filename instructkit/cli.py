@@ -190,7 +190,7 @@ def print_config(config: object, title: str) -> None:
 
 def run_stage(main: Callable[[ConfigT], object], parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
     """Parse, run, and turn expected failures into a one-line message and a non-zero exit."""
-    from jinja2.exceptions import SecurityError
+    from jinja2.exceptions import SecurityError, TemplateError
 
     try:
         main(parse_config(parser, argv))
@@ -200,6 +200,10 @@ def run_stage(main: Callable[[ConfigT], object], parser: argparse.ArgumentParser
     except SecurityError as exc:  # from any template a model or run folder brings (tokenizer_config.json, prompt_style.json)
         print(f"error: a chat template tried what Jinja's sandbox forbids ({exc}); nothing of it ran. Use a model or "
               "run folder whose template you trust, or --prompt-style chatml", file=sys.stderr)
+        return 2
+    except TemplateError as exc:  # one that does not render (a syntax error, its own raise_exception)
+        print(f"error: a chat template failed to render ({type(exc).__name__}: {exc}); check the template of the model "
+              "or run folder given, or use --prompt-style chatml", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: finished work is on disk; rerun the same command to resume", file=sys.stderr)

@@ -159,7 +159,7 @@ def lora_sft_trainer(base_model, tokenizer, output_dir: Path, n_records: int, ba
     from instructkit.train.config import DEFAULT_DATA
 
     style = get_style("alpaca")
-    examples = [style.training_example(r) for r in load_records(DEFAULT_DATA)[:n_records]]
+    examples = [style.training_example(r, tokenizer) for r in load_records(DEFAULT_DATA)[:n_records]]
     args = SFTConfig(output_dir=str(output_dir), per_device_train_batch_size=batch_size, max_length=128,
                      completion_only_loss=True, use_cpu=True, report_to="none", gradient_checkpointing=False)
     torch.manual_seed(0)

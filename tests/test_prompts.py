@@ -19,7 +19,6 @@ def test_alpaca_matches_the_book_format():
         "\n\n### Instruction:\nAdd the numbers.\n\n### Input:\n2, 3\n\n### Response:\n"
     )
     assert "### Input:" not in style.prompt(NO_INPUT)
-    assert style.training_example(WITH_INPUT)["completion"] == "5"
 
 
 @pytest.mark.fast

@@ -106,11 +106,11 @@ class PromptStyle:
         """The whole conversation of a record, its answer last (chat styles)."""
         return self.prompt(record) + [{"role": "assistant", "content": record["output"]}]
 
-    def training_example(self, record: Record, tokenizer=None) -> dict[str, Any]:
+    def training_example(self, record: Record, tokenizer) -> dict[str, Any]:
         """A TRL prompt-completion example for the text styles, its text as plain text for the
-        `tokenizer` it trains with (`as_text`; None: as written); TRL adds EOS and masks the prompt
-        out of the loss. (The chat styles train on `token_example`, every answer of the conversation.)"""
-        record = as_text(record, tokenizer) if tokenizer is not None else record
+        `tokenizer` it trains with (`as_text`); TRL adds EOS and masks the prompt out of the loss.
+        (The chat styles train on `token_example`, every answer of the conversation.)"""
+        record = as_text(record, tokenizer)
         return {"prompt": self.prompt(record), "completion": record["output"]}
 
     def render_turn(self, history: list[Message], record: Record, tokenizer) -> str:

@@ -11,11 +11,12 @@ it has them, `category`, `db_id` and `messages` (RECORD_FIELDS). A function that
 sys.exit) stops the stage with the record and the function named; nothing is written.
 
 Answers are untrusted (a stage 2 file, a served model): the built-in metrics read at most
-MAX_ANSWER_CHARS of an answer (a longer one scores 0 with the reason), and any failure of a built-in
-metric on one answer is that answer's 0 with the reason. A user's function may take `time_limit`
-seconds per call (stage 4's --metric-time-limit; enforced by SIGALRM in the main thread, so a call
-stuck inside C code ends when it returns to Python); past it the answer scores 0 under the
-function's name, with the reason. It runs in stage 4's process, with no limit on its memory.
+MAX_ANSWER_CHARS of an answer (a longer one scores 0 with the reason), and a query sqlglot fails on
+in any way, or a result too wide to compare, is that answer's 0 with the reason. A user's function
+may take `time_limit` seconds per call (stage 4's --metric-time-limit; enforced by SIGALRM in the
+main thread, so a call stuck inside C code ends when it returns to Python); past it the answer
+scores 0 with the reason, under each result the function gave so far (its name before any). It runs
+in stage 4's process, with no limit on its memory.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import signal
 import string
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +148,10 @@ def _sql_execution(databases: Path) -> Metric:
         predicted = db.run(unfenced(response))
         if predicted.error is not None:
             return Scored(0.0, predicted.error)
-        return Scored(100.0 * same_result(predicted.rows, gold.rows, in_order))
+        try:
+            return Scored(100.0 * same_result(predicted.rows, gold.rows, in_order))
+        except RecursionError:  # a result of more columns than Python's stack allows to match
+            return Scored(0.0, f"cannot compare a result of {len(predicted.rows[0])} columns")
 
     def used(records: list[dict]) -> dict:  # each database the records run on, by content
         ids = sorted({r["db_id"] for r in records if isinstance(r.get("db_id"), str)})
@@ -168,7 +172,10 @@ def _sql_exact_set_match(databases: Path) -> Metric:
         gold = clauses(record["output"])
         if gold is None:
             raise UserError("sqlglot cannot parse the gold query (field 'output')")
-        predicted = clauses(unfenced(response))
+        try:
+            predicted = clauses(unfenced(response))
+        except Exception as exc:  # sqlglot on model-written text: this answer's 0, never the stage
+            return Scored(0.0, _clip(f"sqlglot failed on the query: {type(exc).__name__}: {exc}"))
         if predicted is None:
             return Scored(0.0, "sqlglot cannot parse the query")
         return Scored(100.0 * (predicted == gold))
@@ -261,27 +268,24 @@ def _time_limited(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def score(metric: Metric, response: str, record: dict, where: str) -> dict[str, Scored]:
+def score(metric: Metric, response: str, record: dict, where: str, names: Iterable[str] = ()) -> dict[str, Scored]:
     """The metric's values for one response, by result name (`name`, or `name.key` for a dict), each
-    checked to be a number on 0-100 or None; anything else, or an exception, names `where`."""
-    built_in = metric.time_limit is None
-    if built_in and len(response) > MAX_ANSWER_CHARS:
+    checked to be a number on 0-100 or None; anything else, or an exception, names `where`.
+    `names`: the results the metric gave so far, which a call past its time limit scores 0."""
+    if metric.time_limit is None and len(response) > MAX_ANSWER_CHARS:  # a built-in one
         return {metric.name: Scored(0.0, f"the answer is longer than {MAX_ANSWER_CHARS:,} characters: not read")}
     try:
         with _time_limited(metric.time_limit):
             value = metric.function(response, {k: record[k] for k in RECORD_FIELDS if k in record})
     except _TimeUp:
-        return {metric.name: Scored(0.0, f"the function ran past the time limit of {metric.time_limit:g} s "
-                                         "(--metric-time-limit)")}
+        reason = f"the function ran past the time limit of {metric.time_limit:g} s (--metric-time-limit)"
+        return {name: Scored(0.0, reason) for name in (list(names) or [metric.name])}
     except UserError as exc:
         raise UserError(f"metric {metric.name} on {where}: {exc}") from exc
     except SystemExit as exc:
         raise UserError(f"metric {metric.name} called sys.exit({exc.code!r}) on {where}: a metric returns its "
                         "value") from exc
-    except Exception as exc:
-        if built_in:  # model-written text broke a parser: this answer's 0, never the stage
-            return {metric.name: Scored(0.0, _clip(f"the metric failed on this answer: {type(exc).__name__}: {exc}"))}
-        # a user's function: the record and the function are what they need
+    except Exception as exc:  # a user's function: the record and the function are what they need
         raise UserError(f"metric {metric.name} raised {type(exc).__name__}: {exc} (on {where})") from exc
     if value is None:  # not scored
         return {}

@@ -83,7 +83,7 @@ def task_metrics(records: Sequence[dict], models: Sequence[str], seed: int, metr
             where = f"{label}: record {index}, model {model}"
             for metric in metrics:
                 found = earlier.values(metric, model, key, where)
-                found = score(metric, response, record, where) if found is None else found
+                found = score(metric, response, record, where, found_names[metric.name]) if found is None else found
                 for name, scored in found.items():
                     found_names[metric.name].setdefault(name, metric.label if name == metric.name else name)
                     values[name] = scored.value
