@@ -470,10 +470,14 @@ def test_a_full_disk_in_the_merge_is_one_line_and_no_export(tiny_trained_run, tm
     import resource
 
     run = copy_run(tiny_trained_run, tmp_path / "run")
-    limit = 1 << 20  # room for the staging folder's small files, not for the merged weights
-    full = subprocess.run([sys.executable, str(ROOT / "part6_export.py"), "--output-dir", str(run), "--gguf-type", "none",
-                           "--parity-records", "0"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    # room for the staging folder's small files, not for the merged weights (Python ignores SIGXFSZ:
+    # a write past the limit fails with EFBIG, as on a full disk)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
+    try:
+        full = run_stage("part6_export.py", "--output-dir", str(run), "--gguf-type", "none", "--parity-records", "0")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert full.returncode == 2, full.stderr[-3000:]
     assert "error: cannot write " in full.stderr and ".merged.partial: " in full.stderr, full.stderr[-2000:]
     assert "Traceback" not in full.stderr and not (run / "export").exists()

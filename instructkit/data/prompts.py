@@ -123,10 +123,9 @@ class PromptStyle:
         return self.render_turn([], record, tokenizer)
 
     def apply(self, messages: list[Message], tokenizer, add_generation_prompt: bool) -> str:
-        """Messages through the saved template (the tokenizer's own for a style saved without one),
-        their content as plain text."""
-        return tokenizer.apply_chat_template(plain_messages(messages, tokenizer),
-                                             chat_template=self.template.jinja if self.template else None,
+        """Messages (their text already plain: `as_text`) through the saved template (the tokenizer's
+        own for a style saved without one)."""
+        return tokenizer.apply_chat_template(messages, chat_template=self.template.jinja if self.template else None,
                                              tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def encode(self, text: str, tokenizer) -> list[int]:

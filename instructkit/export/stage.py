@@ -23,7 +23,7 @@ from pathlib import Path
 from instructkit.data.parity import check_parity, stop_ids
 from instructkit.data.prompts import PromptStyle, adds_bos, as_text, load_style
 from instructkit.data.records import Record
-from instructkit.data.responses import RESPONSES_FILE, read_responses
+from instructkit.data.responses import RESPONSES_FILE
 from instructkit.errors import UserError
 from instructkit.export.answer_parity import compare_answers, llama_cpp_runtime, transformers_runtime
 from instructkit.export.card import evaluation_results, model_card
@@ -88,8 +88,8 @@ def export(config: ExportConfig) -> Path:
         raise UserError(f'{adapter}: the run\'s chat template holds """, which the Modelfile cannot quote; '
                         "export with --gguf-type none")
     name = export_name(config)
-    sample = _stage2_sample(output_dir, config, adapter, base, style)
-    answers = read_leaderboard_sources(output_dir)
+    answers = read_leaderboard_sources(output_dir)  # checked before any costly step
+    sample = _stage2_sample(output_dir, config, adapter, base, style, answers.test)
     made_from = {"settings": {"model": config.model, "gguf_types": gguf_types(config), "name": name,
                               "parity_records": config.parity_records, "export_version": EXPORT_VERSION},
                  "inputs": {"adapter": path_input(adapter), "base_model": model_input(base),
@@ -243,7 +243,7 @@ def _check_templates(style: PromptStyle, records: list[Record], tokenizer, runti
 
 
 def _stage2_sample(output_dir: Path, config: ExportConfig, adapter: Path, base: ResolvedModel,
-                   style: PromptStyle) -> Stage2Sample | None:
+                   style: PromptStyle, responses: tuple[list[dict], list[str]] | None) -> Stage2Sample | None:
     """The first --parity-records test records the shipped model answered in stage 2, with stage 2's
     batches and decoding; refused when those answers came from another adapter or base."""
     if not config.parity_records:
@@ -263,7 +263,7 @@ def _stage2_sample(output_dir: Path, config: ExportConfig, adapter: Path, base: 
     if settings.get("engine", "transformers") != "transformers":
         raise UserError(f"{path}: stage 2 answered with --engine {settings['engine']}; the export compares with "
                         "transformers' answers: rerun stage 2 without it, or pass --parity-records 0")
-    rows, _ = read_responses(path)
+    rows, _ = responses  # read and checked once (read_leaderboard_sources); check() made sure it is there
     answered = [row for row in rows if row.get(config.model) is not None]  # null: too long, not asked
     if not answered:
         raise UserError(f"{path}: no {config.model} answers to compare with; rerun stage 2, or pass --parity-records 0")
