@@ -45,10 +45,8 @@ STAGE2_ARGS = ["--limit", "6", "--max-new-tokens", "32", "--batch-size", "2"]
 
 
 def run_script(script: str, *args: str, timeout: int = 900, cwd: Path = ROOT, **kwargs) -> subprocess.CompletedProcess:
-    """The script in a new interpreter: for tests where the process is the subject (exit codes,
-    kills, servers, what gets imported), and for stages 1 and 1b, whose dataset preparation hashes
-    the 262k-token Gemma tokenizer (datasets' fingerprint): 7 s in a fresh process, 30 s or more in
-    a long-lived one like pytest's (measured; the same pickle calls, each slower: cause not found)."""
+    """The script in a new interpreter: only for tests where the process is the subject (exit
+    codes, kills, servers, what gets imported); run_stage for every other."""
     return subprocess.run(
         [sys.executable, str(ROOT / script), *args],
         cwd=cwd, capture_output=True, text=True, timeout=timeout, **kwargs,
@@ -265,7 +263,7 @@ def trained_run(tmp_path_factory, base_model) -> Path:
     command = [sys.executable, str(ROOT / "part1_instruction_finetuning.py"), "--output-dir", str(output_dir), *TRAIN_ARGS]
     kill_at_checkpoint(command, ROOT, output_dir, 4)
     assert not (output_dir / "finetuned" / "training_summary.json").exists(), "killed too late to test resuming"
-    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    second = run_stage("part1_instruction_finetuning.py", *command[2:])  # the kill was the subject; the rerun is not
     assert second.returncode == 0, second.stderr[-3000:]
     # Quiet progress: the loss rides on the progress bar, not a printed dict per step.
     assert "'loss':" not in second.stdout + second.stderr and ", loss=" in second.stderr and "eval_loss=" in second.stderr
@@ -326,7 +324,7 @@ def stage2_args(stage1: Path, output_dir: Path) -> list[str]:
 def responses_dir(trained_run, tmp_path_factory) -> Path:
     """Stage 2's test_base_model.json for 6 test records, from the adapter trained above."""
     output_dir = tmp_path_factory.mktemp("stage2")
-    result = run_script("part2_generate_test_responses.py", *stage2_args(trained_run, output_dir))
+    result = run_stage("part2_generate_test_responses.py", *stage2_args(trained_run, output_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     return output_dir
 
@@ -336,6 +334,12 @@ class JSONHandler(BaseHTTPRequestHandler):
 
     def log_message(self, *args):  # keep the test output quiet
         pass
+
+    def handle(self):
+        # A stage that stops (all requests failed, a kill) drops its other connections; the server
+        # runs in the test's process, so its traceback would land in the stage's captured stderr.
+        with contextlib.suppress(ConnectionError):
+            super().handle()
 
     def reply(self, status: int, payload, headers: dict | None = None):
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -393,3 +397,4 @@ def local_servers():
     yield start
     for server in servers:
         server.shutdown()
+

@@ -11,7 +11,7 @@ from html import unescape
 
 import pytest
 
-from conftest import ROOT, chat_app_served, run_script, run_stage
+from conftest import ROOT, chat_app_served, run_stage
 from instructkit.data.conversations import earlier_turns
 from instructkit.data.parity import check_parity, parity_sample
 from instructkit.data.prompts import ChatTemplate, get_style, load_style
@@ -167,9 +167,9 @@ def chatml_run(tmp_path_factory):
     with_system = [c for c in chats if c["messages"][0]["role"] == "system" and len(c["messages"]) == 3][:8]
     data = folder / "chats.json"
     data.write_text(json.dumps(two_turn + with_system), encoding="utf-8")
-    trained = run_script("part1_instruction_finetuning.py", "--data", str(data), "--prompt-style", "chatml",
-                         "--max-steps", "16", "--batch-size", "4", "--lr", "2e-3", "--val-fraction", "0",
-                         "--test-fraction", "0.2", "--lora-dropout", "0", "--output-dir", str(folder))
+    trained = run_stage("part1_instruction_finetuning.py", "--data", str(data), "--prompt-style", "chatml",
+                        "--max-steps", "16", "--batch-size", "4", "--lr", "2e-3", "--val-fraction", "0",
+                        "--test-fraction", "0.2", "--lora-dropout", "0", "--output-dir", str(folder))
     assert trained.returncode == 0, trained.stderr[-3000:]
     answered = run_stage("part2_generate_test_responses.py", "--output-dir", str(folder), "--batch-size", "1",
                          "--max-new-tokens", str(MAX_NEW_TOKENS))

@@ -36,7 +36,7 @@ from instructkit.export.templates import (
 )
 from instructkit.runs.artifacts import write_json_atomic
 
-PARITY_RECORDS = 10
+PARITY_RECORDS = 6
 EXPORT_TYPES = ["--gguf-type", "f16"]
 LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 needs_llama_cpp = pytest.mark.skipif(not LLAMA_CPP, reason="llama-cpp-python is not installed: `make llama-cpp` "
@@ -172,7 +172,7 @@ def test_mt_bench_answers_become_a_fastchat_bench_of_the_models_that_answered(tm
 
 @pytest.fixture(scope="module")
 def export_run(trained_run, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """Stage 2 (finetuned, 10 records) and stage 6 in a copy of the trained run: the f16 GGUF alone,
+    """Stage 2 (finetuned, PARITY_RECORDS records) and stage 6 in a copy of the trained run: the f16 GGUF alone,
     the file whose answers real weights can hold to stage 2's (q8_0's rounding may move some)."""
     run = tmp_path_factory.mktemp("export-run")
     shutil.copytree(trained_run / "finetuned", run / "finetuned", ignore=shutil.ignore_patterns("merged"))
@@ -186,14 +186,22 @@ def export_run(trained_run, tmp_path_factory) -> tuple[Path, subprocess.Complete
     return run, exported
 
 
-def test_the_merged_model_carries_the_runs_template_and_stops_where_training_did(export_run):
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+@pytest.fixture(scope="module")
+def merged_tokenizer(export_run):
+    """The exported merged model's tokenizer, loaded once (Gemma's takes seconds to load)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(export_run[0] / "export" / "merged")
+
+
+def test_the_merged_model_carries_the_runs_template_and_stops_where_training_did(export_run, merged_tokenizer):
+    from transformers import AutoConfig, GenerationConfig
 
     from instructkit.data.prompts import load_style
 
     run, _ = export_run
     merged = run / "export" / "merged"
-    tokenizer = AutoTokenizer.from_pretrained(merged)
+    tokenizer = merged_tokenizer
     style = load_style(run / "finetuned")
     assert tokenizer.chat_template == runtime_template(style, tokenizer)
     end = tokenizer.convert_tokens_to_ids(style.stop_token(tokenizer))
@@ -202,13 +210,11 @@ def test_the_merged_model_carries_the_runs_template_and_stops_where_training_did
     assert list(merged.glob("*.safetensors"))
 
 
-def test_the_gguf_file_names_the_architecture_and_carries_the_template_and_eos(export_run):
-    from transformers import AutoTokenizer
-
+def test_the_gguf_file_names_the_architecture_and_carries_the_template_and_eos(export_run, merged_tokenizer):
     from instructkit.export.gguf_files import gguf_metadata
 
     run, _ = export_run
-    tokenizer = AutoTokenizer.from_pretrained(run / "export" / "merged")
+    tokenizer = merged_tokenizer
     metadata = gguf_metadata(run / "export" / "tiny-f16.gguf")
     assert metadata["architecture"] == "gemma3" and metadata["file_type"] == 1  # llama.cpp's LlamaFileType
     assert metadata["chat_template"] == tokenizer.chat_template
@@ -217,9 +223,7 @@ def test_the_gguf_file_names_the_architecture_and_carries_the_template_and_eos(e
     assert (metadata["bos_token"], metadata["bos_token_id"]) == (tokenizer.bos_token, tokenizer.bos_token_id)
 
 
-def test_the_modelfile_uses_the_gguf_the_runs_template_and_every_stop(export_run):
-    from transformers import AutoTokenizer
-
+def test_the_modelfile_uses_the_gguf_the_runs_template_and_every_stop(export_run, merged_tokenizer):
     from instructkit.data.prompts import load_style
 
     run, _ = export_run
@@ -227,7 +231,7 @@ def test_the_modelfile_uses_the_gguf_the_runs_template_and_every_stop(export_run
     assert "FROM ./tiny-f16.gguf\n" in text
     template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
     style = load_style(run / "finetuned")
-    tokenizer = AutoTokenizer.from_pretrained(run / "export" / "merged")
+    tokenizer = merged_tokenizer
     records = json.loads((run / "data" / "test.json").read_text())[:5]
     for record in records:
         assert tokenizer.bos_token + render_modelfile(template, "", style.user_text(record)) == model_text(
@@ -259,7 +263,7 @@ def test_each_shipped_file_answers_as_stage2s_finetune(export_run):
     metadata = yaml.safe_load(card.split("---")[1])
     assert metadata["license"] == "other" and {"instructkit", "lora", "gguf"} <= set(metadata["tags"])
     assert "base_model" not in metadata  # the embedded model is no hub id
-    assert f"| tiny-f16.gguf (transformers) | {by_name['tiny-f16.gguf (transformers)']['identical']}/10 |" in card
+    assert f"| tiny-f16.gguf (transformers) | {by_name['tiny-f16.gguf (transformers)']['identical']}/{PARITY_RECORDS} |" in card
 
 
 def test_a_rerun_keeps_the_costly_files_and_writes_the_card_again(export_run):

@@ -53,37 +53,57 @@ def test_sidecar_holds_settings_timings_and_versions(tiny_responses_dir):
     assert not list(tiny_responses_dir.glob(".*progress*")), "the progress file is removed once the output is final"
 
 
-@pytest.mark.parametrize("logged, overwrite", [(4, False), (8, True)])  # records done: 4 of base's 6; all 6 and 2 of finetuned's
-def test_killed_run_resumes_to_the_same_file(trained_run, responses_dir, tmp_path, logged, overwrite):
+# Enough single-record batches that a kill lands mid-run even on the tiny model (about 50 ms a record).
+KILL_RECORDS = 24
+KILL_ARGS = ["--limit", str(KILL_RECORDS), "--max-new-tokens", "32", "--batch-size", "1"]
+
+
+def _kill_args(stage1, output_dir) -> list[str]:
+    return [*stage2_args(stage1, output_dir), *KILL_ARGS]  # the later flags win
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_trained_run, tmp_path_factory):
+    """Stage 2 with KILL_ARGS on the tiny run, never interrupted: what a resumed run must equal."""
+    output_dir = tmp_path_factory.mktemp("uninterrupted")
+    result = run_stage("part2_generate_test_responses.py", *_kill_args(tiny_trained_run, output_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir
+
+
+# records done when killed: 8 of base's 24; all 24 and 4 of finetuned's
+@pytest.mark.parametrize("logged, overwrite", [(8, False), (KILL_RECORDS + 4, True)])
+def test_killed_run_resumes_to_the_same_file(tiny_trained_run, uninterrupted, tmp_path, logged, overwrite):
     """SIGKILL once `logged` records are in the progress file; the rerun must equal the uninterrupted run.
     With --overwrite over a finished output, the rerun with --overwrite resumes too: the flag declines
     the finished file, never the partial work of the run it started."""
     extra = []
     if overwrite:
         for name in ("test_base_model.json", "test_base_model.meta.json"):
-            shutil.copy(responses_dir / name, tmp_path / name)
+            shutil.copy(uninterrupted / name, tmp_path / name)
         extra = ["--overwrite"]
-    command = [sys.executable, str(ROOT / "part2_generate_test_responses.py"), *stage2_args(trained_run, tmp_path), *extra]
-    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [*_kill_args(tiny_trained_run, tmp_path), *extra]
+    first = subprocess.Popen([sys.executable, str(ROOT / "part2_generate_test_responses.py"), *args], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress = tmp_path / ".test_base_model.json.progress.jsonl"
     deadline = time.time() + 300
     while first.poll() is None and time.time() < deadline:
         if progress.is_file() and progress.read_text().count("\n") - 1 >= logged:  # after the settings line
             break
-        time.sleep(0.2)
+        time.sleep(0.01)
     first.send_signal(signal.SIGKILL)
     first.wait()
     meta_path = tmp_path / "test_base_model.meta.json"
     assert overwrite or not (tmp_path / "test_base_model.json").exists(), "killed too late to test resuming"
-    assert not overwrite or json.loads(meta_path.read_text()) == json.loads((responses_dir / meta_path.name).read_text()), \
+    assert not overwrite or json.loads(meta_path.read_text()) == json.loads((uninterrupted / meta_path.name).read_text()), \
         "killed too late to test resuming"
-    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    second = run_stage("part2_generate_test_responses.py", *args)  # the kill was the subject; the rerun is not
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming from" in second.stdout
     meta = json.loads(meta_path.read_text())
     redone = sum(t.get("records_this_run", 0) for t in meta["timings"].values())
-    assert redone <= 12 - logged, "the rerun must not redo finished batches"
-    assert (tmp_path / "test_base_model.json").read_text() == (responses_dir / "test_base_model.json").read_text()
+    assert 0 < redone <= 2 * KILL_RECORDS - logged, "the rerun must not redo finished batches"
+    assert (tmp_path / "test_base_model.json").read_text() == (uninterrupted / "test_base_model.json").read_text()
 
 
 def test_rerun_does_nothing_and_changed_settings_do_not_mix(tiny_trained_run, tiny_responses_dir, tmp_path):

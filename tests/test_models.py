@@ -50,6 +50,26 @@ def test_embedded_judge_stops_at_im_end_and_answers(judge_model):
     assert "Paris" in tokenizer.decode(out[0, inputs["input_ids"].shape[1]:])
 
 
+def test_a_tokenizer_loaded_again_is_a_copy_of_the_folders_current_version(judge_model, tmp_path):
+    """load_tokenizer keeps a tokenizer it loaded twice: later loads get a copy of their own, and a
+    folder whose files changed is read again."""
+    folder = tmp_path / "model"
+    load_tokenizer(judge_model).save_pretrained(folder)
+    model = ResolvedModel(str(folder), str(folder), "local")
+    first, second, third = (load_tokenizer(model) for _ in range(3))
+    assert len({id(first), id(second), id(third)}) == 3
+    third.padding_side, third.chat_template = "left", "changed"  # the caller's own: no later load sees it
+    fourth = load_tokenizer(model)
+    assert (fourth.padding_side, fourth.chat_template) == (second.padding_side, second.chat_template) != ("left", "changed")
+    assert fourth("a\n b 85")["input_ids"] == first("a\n b 85")["input_ids"] == [81, 198, 278, 216, 40, 37]
+    assert "_vocab" not in vars(fourth) and "_merges" not in vars(fourth)  # datasets would hash them in every map
+
+    edited = load_tokenizer(model)
+    edited.chat_template = "{{ messages[0]['content'] }}"
+    edited.save_pretrained(folder)  # a new version of the folder
+    assert load_tokenizer(model).chat_template == "{{ messages[0]['content'] }}"
+
+
 def test_local_folder_and_errors(tmp_path, base_model):
     assert resolve_model(base_model.path).source == "local"
     with pytest.raises(UserError, match="has no config.json"):

@@ -11,7 +11,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from conftest import lora_sft_trainer, loss_grads_metrics, run_script
+from conftest import lora_sft_trainer, loss_grads_metrics, run_stage
 from instructkit.errors import UserError
 from instructkit.models.loading import load_causal_lm
 from instructkit.train.loss_head import use_compact_head
@@ -76,11 +76,10 @@ def test_where_attention_mixes_records_packing_is_refused_and_batches_stay_padde
 
 
 def test_packing_trains_under_sdpa(tmp_path, tiny_gemma):
-    """Mechanics, on the tiny Gemma 3: packed rows under its sliding-window and global layers. (A process
-    of its own: see run_script.)"""
-    result = run_script("part1_instruction_finetuning.py", "--packing", "--max-steps", "2", "--batch-size", "2",
-                        "--max-length", "256", "--val-fraction", "0", "--output-dir", str(tmp_path),
-                        "--base-model", tiny_gemma)
+    """Mechanics, on the tiny Gemma 3: packed rows under its sliding-window and global layers."""
+    result = run_stage("part1_instruction_finetuning.py", "--packing", "--max-steps", "2", "--batch-size", "2",
+                       "--max-length", "256", "--val-fraction", "0", "--output-dir", str(tmp_path),
+                       "--base-model", tiny_gemma)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "finetuned" / "training_summary.json").read_text())
     assert summary["padding_free"] is True and summary["steps"] == 2

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, JSONHandler, LocalServer, copy_run, kill_at_checkpoint, run_script, run_stage
+from conftest import ROOT, JSONHandler, LocalServer, copy_run, kill_at_checkpoint, run_stage
 from instructkit.judge.human import save_chat_rating
 from instructkit.train.preference_config import DEFAULT_PAIRS
 
@@ -65,20 +65,20 @@ class PairMaker(OverlapJudge):
         return ("Certainly! " if aspect == "more polite" else "Whatever. ") + answer
 
 
-def _preference_run(stage1: Path, target: Path, run_stage1b=run_stage):
+def _preference_run(stage1: Path, target: Path):
     run = copy_run(stage1, target)
     pairs = json.loads(open(DEFAULT_PAIRS, encoding="utf-8").read())[:N_PAIRS]
     (run / "pairs.json").write_text(json.dumps(pairs))
-    result = run_stage1b("part1b_preference_tuning.py", "--output-dir", str(run), "--data", str(run / "pairs.json"),
-                         *DPO_ARGS)
+    result = run_stage("part1b_preference_tuning.py", "--output-dir", str(run), "--data", str(run / "pairs.json"),
+                       *DPO_ARGS)
     assert result.returncode == 0, result.stderr[-3000:]
     return run, result
 
 
 @pytest.fixture(scope="module")
 def preference_run(trained_run, tmp_path_factory):
-    """DPO on the real finetune: what it learns needs real weights. (A process of its own: see run_script.)"""
-    return _preference_run(trained_run, tmp_path_factory.mktemp("preference"), run_script)
+    """DPO on the real finetune: what it learns needs real weights."""
+    return _preference_run(trained_run, tmp_path_factory.mktemp("preference"))
 
 
 @pytest.fixture(scope="module")

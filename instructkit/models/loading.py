@@ -3,7 +3,10 @@ GPU or a CPU: bitsandbytes has both backends), and the attention kernel the devi
 
 from __future__ import annotations
 
+import copy
 import importlib.util
+from collections import OrderedDict
+from pathlib import Path
 
 import torch
 
@@ -54,7 +57,46 @@ def _name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+# Tokenizers this process loaded more than once, by folder version: stages load the same one several
+# times (stage 6 per check, stage 2 per model in one process) and transformers 5 takes seconds to
+# build Gemma's 262k vocabulary (it parses tokenizer.json, then rebuilds the backend from it); a copy
+# takes a third of that. Kept from the second load on, so a process that loads one once pays no copy.
+_SEEN: OrderedDict[tuple, None] = OrderedDict()
+_KEPT: OrderedDict[tuple, object] = OrderedDict()
+
+
+def _remember(store: OrderedDict, key: tuple, value, size: int) -> None:
+    store[key] = value
+    store.move_to_end(key)
+    while len(store) > size:
+        store.popitem(last=False)
+
+
+def _folder_version(path: str) -> tuple | None:
+    """Every file of a local model folder by name, size and modification time; None for a hub id."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    return tuple(sorted((f.name, s.st_size, s.st_mtime_ns) for f in folder.iterdir() if f.is_file()
+                        for s in [f.stat()]))
+
+
 def load_tokenizer(model: ResolvedModel, trust_remote_code: bool = False):
+    """The model's tokenizer (pad token set), the caller's own to change."""
+    version = _folder_version(model.path)
+    key = (str(Path(model.path).resolve()), trust_remote_code, version)
+    if version is not None and key in _KEPT:
+        _KEPT.move_to_end(key)
+        return copy.deepcopy(_KEPT[key])
+    tokenizer = _load_tokenizer(model, trust_remote_code)
+    if version is not None and key in _SEEN:
+        _remember(_KEPT, key, copy.deepcopy(tokenizer), 2)
+    elif version is not None:
+        _remember(_SEEN, key, None, 64)
+    return tokenizer
+
+
+def _load_tokenizer(model: ResolvedModel, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
     try:
@@ -63,6 +105,11 @@ def load_tokenizer(model: ResolvedModel, trust_remote_code: bool = False):
         raise hub_error(model.reference, exc) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # transformers 5 keeps the vocabulary and merges it built the backend from as Python objects
+    # that nothing reads after __init__; datasets pickles them into the fingerprint of every map
+    # over a function holding the tokenizer (Gemma's 262k tokens and 515k merges: 4 s a hash).
+    for name in ("_vocab", "_merges"):
+        tokenizer.__dict__.pop(name, None)
     return tokenizer
 
 
