@@ -397,4 +397,3 @@ def local_servers():
     yield start
     for server in servers:
         server.shutdown()
-

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -53,17 +54,18 @@ def test_sidecar_holds_settings_timings_and_versions(tiny_responses_dir):
     assert not list(tiny_responses_dir.glob(".*progress*")), "the progress file is removed once the output is final"
 
 
-# Enough single-record batches that a kill lands mid-run even on the tiny model (about 50 ms a record).
+# Enough batches that a kill lands mid-run even on the tiny model (about 50 ms a record); two records
+# a batch, so that a resume must keep the batches the whole turn's lengths made.
 KILL_RECORDS = 24
-KILL_ARGS = ["--limit", str(KILL_RECORDS), "--max-new-tokens", "32", "--batch-size", "1"]
+KILL_ARGS = ["--limit", str(KILL_RECORDS), "--max-new-tokens", "32", "--batch-size", "2"]
 
 
-def _kill_args(stage1, output_dir) -> list[str]:
+def _kill_args(stage1: Path, output_dir: Path) -> list[str]:
     return [*stage2_args(stage1, output_dir), *KILL_ARGS]  # the later flags win
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tiny_trained_run, tmp_path_factory):
+def uninterrupted(tiny_trained_run, tmp_path_factory) -> Path:
     """Stage 2 with KILL_ARGS on the tiny run, never interrupted: what a resumed run must equal."""
     output_dir = tmp_path_factory.mktemp("uninterrupted")
     result = run_stage("part2_generate_test_responses.py", *_kill_args(tiny_trained_run, output_dir))

@@ -50,24 +50,42 @@ def test_embedded_judge_stops_at_im_end_and_answers(judge_model):
     assert "Paris" in tokenizer.decode(out[0, inputs["input_ids"].shape[1]:])
 
 
-def test_a_tokenizer_loaded_again_is_a_copy_of_the_folders_current_version(judge_model, tmp_path):
-    """load_tokenizer keeps a tokenizer it loaded twice: later loads get a copy of their own, and a
+def test_a_tokenizer_loaded_again_is_a_copy_of_the_folders_current_version(judge_model, tmp_path, monkeypatch):
+    """load_tokenizer keeps a tokenizer it loaded twice: later loads are copies of their own, and a
     folder whose files changed is read again."""
+    from instructkit.models import loading
+
     folder = tmp_path / "model"
     load_tokenizer(judge_model).save_pretrained(folder)
     model = ResolvedModel(str(folder), str(folder), "local")
+    loads, load = [], loading._load_tokenizer
+    monkeypatch.setattr(loading, "_load_tokenizer", lambda *args: loads.append(args) or load(*args))
     first, second, third = (load_tokenizer(model) for _ in range(3))
-    assert len({id(first), id(second), id(third)}) == 3
+    assert len(loads) == 2 and len({id(first), id(second), id(third)}) == 3  # the third: a copy of the second
     third.padding_side, third.chat_template = "left", "changed"  # the caller's own: no later load sees it
     fourth = load_tokenizer(model)
+    assert len(loads) == 2
     assert (fourth.padding_side, fourth.chat_template) == (second.padding_side, second.chat_template) != ("left", "changed")
     assert fourth("a\n b 85")["input_ids"] == first("a\n b 85")["input_ids"] == [81, 198, 278, 216, 40, 37]
-    assert "_vocab" not in vars(fourth) and "_merges" not in vars(fourth)  # datasets would hash them in every map
 
-    edited = load_tokenizer(model)
-    edited.chat_template = "{{ messages[0]['content'] }}"
-    edited.save_pretrained(folder)  # a new version of the folder
-    assert load_tokenizer(model).chat_template == "{{ messages[0]['content'] }}"
+    fourth.chat_template = "{{ messages[0]['content'] }}"
+    fourth.save_pretrained(folder)  # a new version of the folder
+    assert load_tokenizer(model).chat_template == "{{ messages[0]['content'] }}" and len(loads) == 3
+
+
+@pytest.mark.fast
+def test_a_gemma_tokenizer_keeps_no_python_copy_of_its_vocabulary(tmp_path):
+    """transformers 5 keeps the vocabulary and merges a GemmaTokenizer was built from; datasets would
+    pickle them into the fingerprint of every map (seconds for Gemma's 262k tokens)."""
+    from transformers import GemmaTokenizer
+
+    built = GemmaTokenizer(vocab={"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "a": 4, "b": 5, "ab": 6, "▁": 7},
+                           merges=[("a", "b")])
+    assert vars(built)["_vocab"] and vars(built)["_merges"]
+    built.save_pretrained(tmp_path)
+    loaded = load_tokenizer(ResolvedModel(str(tmp_path), str(tmp_path), "local"))
+    assert type(loaded) is GemmaTokenizer and "_vocab" not in vars(loaded) and "_merges" not in vars(loaded)
+    assert loaded("ab a")["input_ids"] == built("ab a")["input_ids"] == [6, 7, 4]
 
 
 def test_local_folder_and_errors(tmp_path, base_model):

@@ -13,7 +13,7 @@ N = 8
 def test_offline_text_to_sql_run_reports_execution_accuracy_first(tmp_path):
     run = str(tmp_path / "sql")
     stage1 = run_stage("part1_instruction_finetuning.py", "--output-dir", run, "--data", SQL_DATA, "--test-fraction",
-                        "0.2", "--max-steps", "12", "--lr", "1e-3", "--eval-steps", "12")
+                       "0.2", "--max-steps", "12", "--lr", "1e-3", "--eval-steps", "12")
     assert stage1.returncode == 0, stage1.stderr[-3000:]
     test = json.loads((tmp_path / "sql" / "data" / "test.json").read_text())
     assert all(r["input"].startswith("CREATE TABLE") and r["db_id"] == "shop" for r in test)  # the schema is in the prompt

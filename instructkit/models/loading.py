@@ -7,11 +7,15 @@ import copy
 import importlib.util
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from instructkit.errors import UserError
 from instructkit.models.references import ResolvedModel, hub_error
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def default_dtype() -> torch.dtype:
@@ -61,8 +65,15 @@ def _name(dtype: torch.dtype) -> str:
 # times (stage 6 per check, stage 2 per model in one process) and transformers 5 takes seconds to
 # build Gemma's 262k vocabulary (it parses tokenizer.json, then rebuilds the backend from it); a copy
 # takes a third of that. Kept from the second load on, so a process that loads one once pays no copy.
+# Never for remote code: its tokenizer may not copy.
 _SEEN: OrderedDict[tuple, None] = OrderedDict()
 _KEPT: OrderedDict[tuple, object] = OrderedDict()
+
+# transformers 5's tokenizer classes that keep the vocabulary and merges they built the backend from
+# as Python objects no method reads after __init__ (read in its source); datasets pickles them into
+# the fingerprint of every map over a function holding the tokenizer (TRL's dataset preparation
+# runs several): Gemma's 262k tokens and 515k merges 2.8 s a hash, 0.4 s without them.
+_BUILT_FROM_PYTHON_VOCABULARY = {"GemmaTokenizer", "LlamaTokenizer", "GPT2Tokenizer", "Qwen2Tokenizer"}
 
 
 def _remember(store: OrderedDict, key: tuple, value, size: int) -> None:
@@ -73,18 +84,23 @@ def _remember(store: OrderedDict, key: tuple, value, size: int) -> None:
 
 
 def _folder_version(path: str) -> tuple | None:
-    """Every file of a local model folder by name, size and modification time; None for a hub id."""
+    """A local model folder's files (and its extra chat templates) by name, inode, size and
+    modification time; None for a hub id or a folder that changes while it is read."""
     folder = Path(path)
     if not folder.is_dir():
         return None
-    return tuple(sorted((f.name, s.st_size, s.st_mtime_ns) for f in folder.iterdir() if f.is_file()
-                        for s in [f.stat()]))
+    try:
+        files = [f for pattern in ("*", "additional_chat_templates/*") for f in folder.glob(pattern) if f.is_file()]
+        return tuple(sorted((str(f.relative_to(folder)), s.st_ino, s.st_size, s.st_mtime_ns)
+                            for f in files for s in [f.stat()]))
+    except OSError:
+        return None
 
 
-def load_tokenizer(model: ResolvedModel, trust_remote_code: bool = False):
+def load_tokenizer(model: ResolvedModel, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The model's tokenizer (pad token set), the caller's own to change."""
-    version = _folder_version(model.path)
-    key = (str(Path(model.path).resolve()), trust_remote_code, version)
+    version = None if trust_remote_code else _folder_version(model.path)
+    key = (str(Path(model.path).resolve()), version)
     if version is not None and key in _KEPT:
         _KEPT.move_to_end(key)
         return copy.deepcopy(_KEPT[key])
@@ -96,7 +112,7 @@ def load_tokenizer(model: ResolvedModel, trust_remote_code: bool = False):
     return tokenizer
 
 
-def _load_tokenizer(model: ResolvedModel, trust_remote_code: bool):
+def _load_tokenizer(model: ResolvedModel, trust_remote_code: bool) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     try:
@@ -105,11 +121,10 @@ def _load_tokenizer(model: ResolvedModel, trust_remote_code: bool):
         raise hub_error(model.reference, exc) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    # transformers 5 keeps the vocabulary and merges it built the backend from as Python objects
-    # that nothing reads after __init__; datasets pickles them into the fingerprint of every map
-    # over a function holding the tokenizer (Gemma's 262k tokens and 515k merges: 4 s a hash).
-    for name in ("_vocab", "_merges"):
-        tokenizer.__dict__.pop(name, None)
+    kind = type(tokenizer)
+    if kind.__name__ in _BUILT_FROM_PYTHON_VOCABULARY and kind.__module__.startswith("transformers.models."):
+        for name in ("_vocab", "_merges"):
+            tokenizer.__dict__.pop(name, None)
     return tokenizer
 
 
