@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -239,17 +240,23 @@ def judge_model():
     return resolve_model(EMBEDDED_JUDGE)
 
 
+def kill_when(command: list[str], cwd: Path, ready: Callable[[], bool]) -> None:
+    """Run `command` and SIGKILL it as soon as `ready()` holds (polled every 10 ms: a tiny model's
+    next step comes soon after), or once it ended or ten minutes passed."""
+    first = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not ready() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+
+
 def kill_at_checkpoint(command: list[str], cwd: Path, output_dir: Path, step: int,
                        staged: str = ".stage1.partial/finetuned") -> None:
     """Run a training stage (stage 1; stage 1b with `staged` ".stage1b.partial/preference") and
     SIGKILL it once the checkpoint of `step` is saved in its staging folder."""
-    first = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = output_dir / staged / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json"
-    deadline = time.time() + 600
-    while not state.exists() and first.poll() is None and time.time() < deadline:
-        time.sleep(0.05)  # a tiny model's next step comes soon after: kill at once
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    kill_when(command, cwd, state.exists)
     assert state.exists(), f"stage 1 ended before its checkpoint {step} was saved"
 
 
@@ -289,10 +296,7 @@ def tiny_trained_run(tmp_path_factory, tiny_llama) -> Path:
 @pytest.fixture(scope="session")
 def tiny_responses_dir(tiny_trained_run, tmp_path_factory) -> Path:
     """Stage 2 (STAGE2_ARGS) on tiny_trained_run: a finished test_base_model.json for mechanics."""
-    output_dir = tmp_path_factory.mktemp("tiny-stage2")
-    result = run_stage("part2_generate_test_responses.py", *stage2_args(tiny_trained_run, output_dir))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return output_dir
+    return answered(tiny_trained_run, tmp_path_factory.mktemp("tiny-stage2"))
 
 
 def _link_or_copy(source: str, target: str) -> None:
@@ -320,13 +324,17 @@ def stage2_args(stage1: Path, output_dir: Path) -> list[str]:
             "--output-dir", str(output_dir), *STAGE2_ARGS]
 
 
+def answered(stage1: Path, output_dir: Path, *extra: str) -> Path:
+    """`output_dir` after stage 2 (STAGE2_ARGS, then `extra`: the later flags win) on the run `stage1`."""
+    result = run_stage("part2_generate_test_responses.py", *stage2_args(stage1, output_dir), *extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir
+
+
 @pytest.fixture(scope="session")
 def responses_dir(trained_run, tmp_path_factory) -> Path:
     """Stage 2's test_base_model.json for 6 test records, from the adapter trained above."""
-    output_dir = tmp_path_factory.mktemp("stage2")
-    result = run_stage("part2_generate_test_responses.py", *stage2_args(trained_run, output_dir))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return output_dir
+    return answered(trained_run, tmp_path_factory.mktemp("stage2"))
 
 
 class JSONHandler(BaseHTTPRequestHandler):

@@ -6,15 +6,12 @@ run, conftest.tiny_trained_run."""
 import importlib.util
 import json
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_stage, stage2_args
+from conftest import ROOT, answered, kill_when, run_stage, stage2_args
 from instructkit.generate.generator import clean_response, length_sorted_batches
 
 # The test record's own fields as the split has them (our default data names each record's category),
@@ -60,17 +57,10 @@ KILL_RECORDS = 24
 KILL_ARGS = ["--limit", str(KILL_RECORDS), "--max-new-tokens", "32", "--batch-size", "2"]
 
 
-def _kill_args(stage1: Path, output_dir: Path) -> list[str]:
-    return [*stage2_args(stage1, output_dir), *KILL_ARGS]  # the later flags win
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_trained_run, tmp_path_factory) -> Path:
     """Stage 2 with KILL_ARGS on the tiny run, never interrupted: what a resumed run must equal."""
-    output_dir = tmp_path_factory.mktemp("uninterrupted")
-    result = run_stage("part2_generate_test_responses.py", *_kill_args(tiny_trained_run, output_dir))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return output_dir
+    return answered(tiny_trained_run, tmp_path_factory.mktemp("uninterrupted"), *KILL_ARGS)
 
 
 # records done when killed: 8 of base's 24; all 24 and 4 of finetuned's
@@ -84,17 +74,10 @@ def test_killed_run_resumes_to_the_same_file(tiny_trained_run, uninterrupted, tm
         for name in ("test_base_model.json", "test_base_model.meta.json"):
             shutil.copy(uninterrupted / name, tmp_path / name)
         extra = ["--overwrite"]
-    args = [*_kill_args(tiny_trained_run, tmp_path), *extra]
-    first = subprocess.Popen([sys.executable, str(ROOT / "part2_generate_test_responses.py"), *args], cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [*stage2_args(tiny_trained_run, tmp_path), *KILL_ARGS, *extra]
     progress = tmp_path / ".test_base_model.json.progress.jsonl"
-    deadline = time.time() + 300
-    while first.poll() is None and time.time() < deadline:
-        if progress.is_file() and progress.read_text().count("\n") - 1 >= logged:  # after the settings line
-            break
-        time.sleep(0.01)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    kill_when([sys.executable, str(ROOT / "part2_generate_test_responses.py"), *args], ROOT,
+              lambda: progress.is_file() and progress.read_text().count("\n") - 1 >= logged)  # after the settings line
     meta_path = tmp_path / "test_base_model.meta.json"
     assert overwrite or not (tmp_path / "test_base_model.json").exists(), "killed too late to test resuming"
     assert not overwrite or json.loads(meta_path.read_text()) == json.loads((uninterrupted / meta_path.name).read_text()), \
